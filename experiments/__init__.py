@@ -1,0 +1,1 @@
+"""User entry points: ``python -m experiments <command>``."""

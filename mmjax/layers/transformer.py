@@ -1,0 +1,252 @@
+"""Transformer layers: multi-head attention, MLP, pre-LN block and a stack.
+
+Shared by the ViT / text / audio / video encoders, the attention fusion blocks
+and the caption decoder. Attention goes through ``jax.nn.dot_product_attention``
+so GPUs get fused (cuDNN flash) kernels where shapes allow.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mmjax.sharding import EMBED, HEADS, KV, LAYERS, MLP, NORM, logical
+
+Array = jax.Array
+
+
+def layer_norm(dtype: Any, param_dtype: Any, name: Optional[str] = None) -> nn.LayerNorm:
+    return nn.LayerNorm(
+        dtype=dtype,
+        param_dtype=param_dtype,
+        scale_init=logical(nn.initializers.ones_init(), (NORM,)),
+        bias_init=logical(nn.initializers.zeros_init(), (NORM,)),
+        name=name,
+    )
+
+
+def attention_mask(q_mask: Optional[Array], kv_mask: Optional[Array]) -> Optional[Array]:
+    """(B, T) query mask and (B, S) key mask -> (B, T, S) bool, or None.
+
+    Only keys are masked; a padded query still gets an output (ignored later),
+    so no row of the softmax is ever empty unless every key is padding.
+    """
+    del q_mask
+    if kv_mask is None:
+        return None
+    return kv_mask[:, None, :]
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head (self or cross) attention.
+
+    Attributes:
+      num_heads: number of heads N.
+      qkv_dim: total width of q/k/v (N * head_dim); defaults to the query width.
+      out_dim: output width; defaults to the query width.
+    """
+
+    num_heads: int
+    qkv_dim: Optional[int] = None
+    out_dim: Optional[int] = None
+    dropout_rate: float = 0.0
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        inputs_q: Array,
+        inputs_kv: Optional[Array] = None,
+        mask: Optional[Array] = None,
+        causal: bool = False,
+        train: bool = False,
+    ) -> Array:
+        """inputs_q (B, T, Dq), inputs_kv (B, S, Dkv) or None for self-attention,
+        mask (B, T, S) bool (True = may attend) -> (B, T, out_dim)."""
+        if inputs_kv is None:
+            inputs_kv = inputs_q
+        qkv_dim = self.qkv_dim or inputs_q.shape[-1]
+        if qkv_dim % self.num_heads:
+            raise ValueError(
+                f"attention width {qkv_dim} is not divisible by num_heads={self.num_heads}"
+            )
+        head_dim = qkv_dim // self.num_heads
+        proj = functools.partial(
+            nn.DenseGeneral,
+            features=(self.num_heads, head_dim),
+            axis=-1,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=logical(nn.initializers.xavier_uniform(), (EMBED, HEADS, KV)),
+            bias_init=logical(nn.initializers.zeros_init(), (HEADS, KV)),
+        )
+        q = proj(name="query")(inputs_q)
+        k = proj(name="key")(inputs_kv)
+        v = proj(name="value")(inputs_kv)
+        if mask is not None:
+            mask = mask[:, None, :, :]  # (B, 1, T, S): same mask for every head
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal)
+        out = nn.DenseGeneral(
+            features=self.out_dim or inputs_q.shape[-1],
+            axis=(-2, -1),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=logical(nn.initializers.xavier_uniform(), (HEADS, KV, EMBED)),
+            bias_init=logical(nn.initializers.zeros_init(), (EMBED,)),
+            name="out",
+        )(out)
+        return nn.Dropout(self.dropout_rate)(out, deterministic=not train)
+
+
+class MlpBlock(nn.Module):
+    """Dense(mlp_dim) -> GELU -> Dropout -> Dense(D): (B, T, D) -> (B, T, D)."""
+
+    mlp_dim: int
+    dropout_rate: float = 0.0
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        d = x.shape[-1]
+        h = nn.Dense(
+            self.mlp_dim,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=logical(nn.initializers.xavier_uniform(), (EMBED, MLP)),
+            bias_init=logical(nn.initializers.zeros_init(), (MLP,)),
+            name="fc1",
+        )(x)
+        h = nn.gelu(h)
+        h = nn.Dropout(self.dropout_rate)(h, deterministic=not train)
+        h = nn.Dense(
+            d,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=logical(nn.initializers.xavier_uniform(), (MLP, EMBED)),
+            bias_init=logical(nn.initializers.zeros_init(), (EMBED,)),
+            name="fc2",
+        )(h)
+        return nn.Dropout(self.dropout_rate)(h, deterministic=not train)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LN block: x + SelfAttn(LN x) [+ CrossAttn(LN x, context)] + MLP(LN x).
+
+    Shapes: x (B, T, D), mask (B, T) bool key padding mask, context (B, S, Dc),
+    context_mask (B, S) bool. Returns (B, T, D).
+    """
+
+    num_heads: int
+    mlp_dim: int
+    dropout_rate: float = 0.0
+    causal: bool = False
+    cross_attention: bool = False
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        x: Array,
+        mask: Optional[Array] = None,
+        context: Optional[Array] = None,
+        context_mask: Optional[Array] = None,
+        train: bool = False,
+    ) -> Array:
+        attn = functools.partial(
+            MultiHeadAttention,
+            num_heads=self.num_heads,
+            dropout_rate=self.dropout_rate,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
+        h = layer_norm(self.dtype, self.param_dtype, "ln_attn")(x)
+        x = x + attn(name="self_attn")(
+            h, mask=attention_mask(mask, mask), causal=self.causal, train=train
+        )
+        if self.cross_attention:
+            if context is None:
+                raise ValueError("TransformerBlock(cross_attention=True) needs a context")
+            h = layer_norm(self.dtype, self.param_dtype, "ln_cross")(x)
+            x = x + attn(name="cross_attn")(
+                h, context, mask=attention_mask(mask, context_mask), train=train
+            )
+        h = layer_norm(self.dtype, self.param_dtype, "ln_mlp")(x)
+        x = x + MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype, self.param_dtype, name="mlp")(
+            h, train=train
+        )
+        return x
+
+
+class _ScanBlock(TransformerBlock):
+    """TransformerBlock with the (carry, output) signature nn.scan expects."""
+
+    @nn.compact
+    def __call__(self, x, mask, context, context_mask, train):  # type: ignore[override]
+        return super().__call__(x, mask, context, context_mask, train), None
+
+
+class TransformerStack(nn.Module):
+    """``num_layers`` TransformerBlocks and a final LayerNorm.
+
+    ``scan=True`` stacks the layers' weights on a leading "layers" axis and runs
+    them with ``nn.scan`` (compile time independent of depth); ``remat=True``
+    recomputes activations in the backward pass to save memory.
+    """
+
+    num_layers: int
+    num_heads: int
+    mlp_dim: int
+    dropout_rate: float = 0.0
+    causal: bool = False
+    cross_attention: bool = False
+    scan: bool = False
+    remat: bool = False
+    final_norm: bool = True
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        x: Array,
+        mask: Optional[Array] = None,
+        context: Optional[Array] = None,
+        context_mask: Optional[Array] = None,
+        train: bool = False,
+    ) -> Array:
+        """x (B, T, D), mask (B, T) -> (B, T, D)."""
+        kwargs = dict(
+            num_heads=self.num_heads,
+            mlp_dim=self.mlp_dim,
+            dropout_rate=self.dropout_rate,
+            causal=self.causal,
+            cross_attention=self.cross_attention,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
+        if self.scan:
+            block = _ScanBlock
+            if self.remat:
+                block = nn.remat(block, static_argnums=(5,), prevent_cse=False)
+            stack = nn.scan(
+                block,
+                variable_axes={"params": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                length=self.num_layers,
+                metadata_params={nn.PARTITION_NAME: LAYERS},
+            )(**kwargs, name="layers")
+            x, _ = stack(x, mask, context, context_mask, train)
+        else:
+            block = nn.remat(TransformerBlock, static_argnums=(5,)) if self.remat else TransformerBlock
+            for i in range(self.num_layers):
+                x = block(**kwargs, name=f"layer_{i}")(x, mask, context, context_mask, train)
+        if self.final_norm:
+            x = layer_norm(self.dtype, self.param_dtype, "ln_final")(x)
+        return x
