@@ -1,0 +1,1 @@
+"""Models composed from encoders, fusion blocks and heads: classifier, contrastive dual encoder, captioner."""
