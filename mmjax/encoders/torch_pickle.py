@@ -96,7 +96,7 @@ class _LazyTensor:
         view = np.lib.stride_tricks.as_strided(
             flat[self.offset:], shape=self.size, strides=tuple(st * item for st in self.stride)
         )
-        return np.array(view)  # copy: own, contiguous memory, independent of the file buffer
+        return np.array(view, order="C")  # a C-contiguous, writable copy independent of the file buffer
 
 
 def _rebuild_tensor(storage, storage_offset, size, stride):
