@@ -171,7 +171,8 @@ def load_efficientnet_lite0(
     if not include_top:
         params = {k: v for k, v in params.items() if k != "classifier"}
     pdt = param_dtype or jnp.float32
-    variables = {"params": _cast(params, pdt), "batch_stats": _cast(stats, pdt)}
+    # Flax keeps BatchNorm statistics in float32 whatever param_dtype is.
+    variables = {"params": _cast(params, pdt), "batch_stats": _cast(stats, jnp.float32)}
     return module, variables, _efficientnet.preprocess
 
 
