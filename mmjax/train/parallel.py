@@ -128,7 +128,15 @@ class Runner:
             raise ParallelConfigError(f"parallel.mode must be one of {MODES}, got {mode!r}")
         self.mode = mode
         self.model = model
-        self.make_tx = make_tx
+        self._tx = None
+
+        def cached_tx(params):
+            # One transformation per runner: the state's static fields must compare equal
+            # between a created and a restored state (jit caches and in_shardings key on them).
+            if self._tx is None:
+                self._tx = make_tx(params)
+            return self._tx
+        self.make_tx = cached_tx
         self.step_kwargs = dict(step_kwargs or {})
         self.eval_kwargs = dict(eval_kwargs or {})
         self.rules = parse_rules(rules)
