@@ -102,7 +102,7 @@ def apply_init_from(runner: Runner, state, spec: Mapping[str, Any]):
     if loaded is None:
         loaded = load_params(spec["path"], spec.get("step"))
     source = [p for p in str(spec.get("source", "")).split("/") if p]
-    target = [p for p in str(spec.get("target", spec.get("source", ""))).split("/") if p]
+    target = [p for p in str(spec.get("target") or spec.get("source") or "").split("/") if p]
     for p in source:
         if not isinstance(loaded, Mapping) or p not in loaded:
             raise CheckpointError(f"init_from.source: no {p!r} in the loaded params (has {sorted(loaded)})")
