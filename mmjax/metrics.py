@@ -53,8 +53,8 @@ def roc_auc_ovr(labels, scores, *, average: str = "macro") -> float:
     Args:
       labels: (N,) int class ids.
       scores: (N, C) scores (probabilities or logits; only their order matters).
-      average: "macro" (mean over classes that have both positives and negatives)
-        or "none" is not supported here; use :func:`roc_auc_per_class`.
+      average: only "macro" (mean over the classes that have both positives
+        and negatives); per-class values come from :func:`roc_auc_per_class`.
 
     Returns:
       The macro average; NaN if no class has both positives and negatives.

@@ -65,7 +65,8 @@ class Checkpointer:
 
     def best_step(self) -> Optional[int]:
         """The best step by ``best_metric`` (the latest when none was ranked)."""
-        return self.manager.best_step() if self.best_metric else self.manager.latest_step()
+        best = self.manager.best_step() if self.best_metric else None
+        return self.manager.latest_step() if best is None else best
 
     def all_steps(self):
         return list(self.manager.all_steps())
