@@ -25,6 +25,9 @@ def _mmjax_data():
         import mmjax.data as data_lib
     except ImportError as e:
         raise UserError(f"this experiment needs the data pipeline (mmjax.data), which failed to import: {e}") from None
+    missing = [f for f in ("make_iterator", "dataset_info") if not hasattr(data_lib, f)]
+    if missing:
+        raise UserError(f"this experiment needs mmjax.data.{' and '.join(missing)}, which this install lacks")
     return data_lib
 
 
