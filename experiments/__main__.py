@@ -15,6 +15,9 @@ from experiments.errors import UserError
 # Command name -> module in experiments.commands.
 COMMANDS = {
     "demo": "demo",
+    "train": "train",
+    "eval": "eval",
+    "list": "list",
 }
 
 

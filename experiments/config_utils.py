@@ -1,0 +1,168 @@
+"""Loading experiment configs and applying ``--config.KEY=VALUE`` overrides.
+
+An experiment is a name (a file ``experiments/configs/<name>.py``) or a path
+to a Python file, either way defining ``get_config() -> ConfigDict``.
+Overrides are type-cast to the type of the value they replace; an unknown key
+is a :class:`UserError` naming it and the closest existing key.
+"""
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib
+import importlib.util
+import os
+from typing import Any, Iterable, List, Sequence, Tuple
+
+import ml_collections
+
+from experiments.errors import UserError
+
+CONFIG_DIR = os.path.join(os.path.dirname(__file__), "configs")
+NOT_EXPERIMENTS = {"__init__", "base"}
+
+
+def experiment_names() -> List[str]:
+    """Names of the experiments in experiments/configs/."""
+    return sorted(
+        f[:-3] for f in os.listdir(CONFIG_DIR)
+        if f.endswith(".py") and f[:-3] not in NOT_EXPERIMENTS
+    )
+
+
+def load_config(experiment: str) -> ml_collections.ConfigDict:
+    """An experiment name or a path to a config file -> its ConfigDict."""
+    if experiment.endswith(".py") or os.sep in experiment:
+        if not os.path.isfile(experiment):
+            raise UserError(f"config file {experiment!r} does not exist")
+        spec = importlib.util.spec_from_file_location("_experiment_config", experiment)
+        module = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:  # a broken user file: report it in one line
+            raise UserError(f"config file {experiment!r} failed to load: {type(e).__name__}: {e}") from None
+    else:
+        names = experiment_names()
+        if experiment not in names:
+            close = difflib.get_close_matches(experiment, names, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise UserError(f"unknown experiment {experiment!r}.{hint} Known: {', '.join(names)}")
+        module = importlib.import_module(f"experiments.configs.{experiment}")
+    if not hasattr(module, "get_config"):
+        raise UserError(f"config {experiment!r} defines no get_config()")
+    config = module.get_config()
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise UserError(f"config {experiment!r}: get_config() must return an ml_collections.ConfigDict")
+    return config
+
+
+def flat_keys(config: Any, prefix: str = "") -> List[str]:
+    """All dotted keys of a (nested) ConfigDict, inner nodes included."""
+    out = []
+    for k in config.keys():
+        key = f"{prefix}{k}"
+        out.append(key)
+        v = config[k]
+        if isinstance(v, (ml_collections.ConfigDict, dict)):
+            out.extend(flat_keys(v, key + "."))
+    return out
+
+
+def _literal(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def cast_value(key: str, text: str, current: Any) -> Any:
+    """``text`` parsed as the type of ``current`` (bool, int, float, str, tuple/list, dict, None)."""
+    def bad(kind):
+        return UserError(f"--config.{key}: cannot read {text!r} as {kind}")
+    if isinstance(current, bool):
+        low = text.strip().lower()
+        if low in ("true", "1", "yes", "on"):
+            return True
+        if low in ("false", "0", "no", "off"):
+            return False
+        raise bad("a bool (true/false)")
+    if isinstance(current, int):
+        try:
+            return int(text)
+        except ValueError:
+            value = _literal(text)
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise bad("an int") from None
+    if isinstance(current, float):
+        try:
+            return float(text)
+        except ValueError:
+            raise bad("a float") from None
+    if isinstance(current, str):
+        return text
+    if isinstance(current, (tuple, list)):
+        value = _literal(text)
+        if isinstance(value, str):
+            value = tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
+        if not isinstance(value, (tuple, list)):
+            value = (value,)
+        return type(current)(value)
+    if isinstance(current, (dict, ml_collections.ConfigDict)):
+        value = _literal(text)
+        if not isinstance(value, dict):
+            raise bad("a dict literal like {'data': -1}")
+        return value
+    return _literal(text)
+
+
+def parse_override_args(argv: Sequence[str]) -> Tuple[List[Tuple[str, str]], List[str]]:
+    """Splits ``--config.KEY=VALUE`` / ``--config.KEY VALUE`` tokens from the other arguments."""
+    overrides, rest = [], []
+    argv = list(argv)
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        if tok.startswith("--config."):
+            body = tok[len("--config."):]
+            if "=" in body:
+                key, value = body.split("=", 1)
+            else:
+                if i + 1 >= len(argv):
+                    raise UserError(f"{tok} needs a value (--config.KEY=VALUE)")
+                key, value = body, argv[i + 1]
+                i += 1
+            overrides.append((key, value))
+        else:
+            rest.append(tok)
+        i += 1
+    return overrides, rest
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[Tuple[str, str]]) -> ml_collections.ConfigDict:
+    """Sets each dotted ``key`` to ``value`` cast to the existing type. Unknown keys are errors."""
+    keys = flat_keys(config)
+    for key, text in overrides:
+        parts = key.split(".")
+        node = config
+        for j, p in enumerate(parts):
+            container_ok = isinstance(node, (ml_collections.ConfigDict, dict)) and p in node
+            if not container_ok:
+                close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise UserError(f"unknown config key {key!r}.{hint}")
+            if j < len(parts) - 1:
+                node = node[p]
+        current = node[parts[-1]]
+        value = cast_value(key, text, current)
+        try:
+            if isinstance(value, dict) and isinstance(current, ml_collections.ConfigDict):
+                value = ml_collections.ConfigDict(value)
+            if isinstance(node, ml_collections.ConfigDict):
+                with node.ignore_type():
+                    node[parts[-1]] = value
+            else:
+                node[parts[-1]] = value
+        except (TypeError, ValueError) as e:
+            raise UserError(f"--config.{key}: {e}") from None
+    return config

@@ -1,0 +1,63 @@
+"""Defaults shared by every experiment (not runnable on its own: it has no data)."""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.description = ""
+    c.seed = 0
+    c.total_steps = 1000
+    c.batch_size = 64            # global, over all processes and devices
+    c.log_every = 50
+    c.eval_every = 500           # 0: only at the end
+    c.eval_steps = 0             # 0: the whole eval split
+    c.eval_split = "test"
+    c.checkpoint_every = 500
+    c.tensorboard = True
+
+    c.data = ml_collections.ConfigDict({"name": ""})
+
+    c.model = ml_collections.ConfigDict()
+    c.model.placement = "middle"   # early | middle | late
+    c.model.encoders = ml_collections.ConfigDict()
+    c.model.fusion = "concat"
+    c.model.fusion_config = ml_collections.ConfigDict({"out_dim": 128})
+    c.model.head_hidden = ()
+    c.model.dropout_rate = 0.0
+    c.model.dtype = "float32"      # compute dtype; "bfloat16" for mixed precision
+    c.model.param_dtype = "float32"
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.name = "softmax_xent"   # softmax_xent | sigmoid_bce
+    c.loss.label_smoothing = 0.0
+    c.loss.class_weights = ()      # () = none, else one weight per class
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.name = "adamw"
+    c.optim.learning_rate = 1e-3
+    c.optim.schedule = "cosine"
+    c.optim.warmup_steps = 50
+    c.optim.end_lr_factor = 0.0
+    c.optim.weight_decay = 1e-4
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.clip_norm = 1.0
+    c.optim.freeze = ()            # parameter path prefixes, e.g. ("encoder_text",)
+
+    c.train = ml_collections.ConfigDict()
+    c.train.grad_accum_steps = 1
+    c.train.nan_policy = "skip"    # skip | stop
+
+    c.parallel = ml_collections.ConfigDict()
+    c.parallel.mode = "auto"       # auto | single | pmap | sharded
+    c.parallel.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    c.parallel.rules = ()          # () = mmjax.sharding.LOGICAL_RULES
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.keep = 2
+    c.checkpoint.best_metric = "accuracy"
+    c.checkpoint.best_mode = "max"
+    c.checkpoint.async_save = False
+
+    c.init_from = ml_collections.ConfigDict({"path": "", "source": "", "target": ""})
+    return c

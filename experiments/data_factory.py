@@ -1,0 +1,50 @@
+"""Where the train/eval commands get data: ``make_data(config, split, ...)``.
+
+``data.name == "synthetic"`` is served by :mod:`experiments.synthetic`
+(in-memory, for tests and smoke runs); every other name goes to
+``mmjax.data.make_iterator`` (tf.data pipelines), imported only when needed so
+the synthetic path never imports tensorflow.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Iterator
+
+from experiments import synthetic
+from experiments.errors import UserError
+
+
+def _data_config(config: Any) -> Any:
+    data = getattr(config, "data", None)
+    if data is None or not data.get("name"):
+        raise UserError("config.data.name is not set")
+    return data
+
+
+def _mmjax_data():
+    try:
+        import mmjax.data as data_lib
+    except ImportError as e:
+        raise UserError(f"this experiment needs the data pipeline (mmjax.data), which failed to import: {e}") from None
+    missing = [f for f in ("make_iterator", "dataset_info") if not hasattr(data_lib, f)]
+    if missing:
+        raise UserError(f"this experiment needs mmjax.data.{' and '.join(missing)}, which this install lacks")
+    return data_lib
+
+
+def make_data(config: Any, split: str, *, global_batch_size: int, seed: int, train: bool,
+              start_step: int = 0) -> Iterator[Dict[str, Any]]:
+    """An iterator of this process's numpy batches (see ARCHITECTURE.md for the batch format)."""
+    data = _data_config(config)
+    if data.name == "synthetic":
+        return synthetic.make_iterator(data, split, global_batch_size=global_batch_size, seed=seed,
+                                       train=train, start_step=start_step)
+    return _mmjax_data().make_iterator(data, split, global_batch_size=global_batch_size, seed=seed,
+                                       train=train, start_step=start_step)
+
+
+def data_info(config: Any) -> Dict[str, Any]:
+    """{"num_classes": C, "modalities": [...], ...} for the configured dataset."""
+    data = _data_config(config)
+    if data.name == "synthetic":
+        return synthetic.info(data)
+    return dict(_mmjax_data().dataset_info(data))

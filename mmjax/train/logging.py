@@ -1,0 +1,121 @@
+"""Training logs: console progress, ``metrics.jsonl`` and TensorBoard event files.
+
+TensorBoard files are written by ``tensorboardX`` (no tensorflow needed);
+when it is not installed the TensorBoard writer is skipped with a notice.
+Only process 0 writes; the others get a :class:`MetricWriter` that does nothing.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Dict, Mapping, Optional, TextIO
+
+
+def _flat(metrics: Mapping[str, Any], prefix: str = "") -> Dict[str, float]:
+    out: Dict[str, float] = {}
+    for k, v in metrics.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flat(v, key + "/"))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[key] = float(v)
+    return out
+
+
+def _json_value(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)  # JSON has no NaN/Inf; keep them readable
+    if isinstance(v, Mapping):
+        return {k: _json_value(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_value(x) for x in v]
+    return v
+
+
+class MetricWriter:
+    """Writes one record per logged step to every enabled sink.
+
+    Args:
+      workdir: the run directory (``metrics.jsonl``, ``tensorboard/``).
+      enabled: False on processes other than 0.
+      tensorboard: also write TensorBoard events.
+      console: stream for progress lines (None: silent).
+    """
+
+    def __init__(self, workdir: str, *, enabled: bool = True, tensorboard: bool = True,
+                 console: Optional[TextIO] = sys.stdout):
+        self.enabled = enabled
+        self.console = console if enabled else None
+        self._jsonl = None
+        self._tb = None
+        if not enabled:
+            return
+        os.makedirs(workdir, exist_ok=True)
+        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+        if tensorboard:
+            try:
+                from tensorboardX import SummaryWriter
+            except ImportError:
+                self._print("tensorboardX is not installed: no TensorBoard events (pip install tensorboardX)")
+            else:
+                self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def _print(self, line: str) -> None:
+        if self.console is not None:
+            print(line, file=self.console, flush=True)
+
+    def write(self, step: int, metrics: Mapping[str, Any], *, prefix: str = "") -> None:
+        """``metrics`` (nested dicts of numbers allowed) at ``step``; ``prefix`` e.g. "eval/" for TensorBoard tags."""
+        if not self.enabled:
+            return
+        record = {"step": int(step)}
+        record.update({(prefix.rstrip("/") + "_" + k if prefix else k): _json_value(v) for k, v in metrics.items()})
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        if self._tb is not None:
+            for k, v in _flat(metrics, prefix).items():
+                self._tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self._jsonl is not None:
+            self._jsonl.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+class Progress:
+    """Steps/s, examples/s and ETA over the steps since the last report."""
+
+    def __init__(self, total_steps: int, batch_size: int, start_step: int = 0):
+        self.total_steps = total_steps
+        self.batch_size = batch_size
+        self._t = time.perf_counter()
+        self._step = start_step
+
+    def exclude(self, seconds: float) -> None:
+        """Leaves time spent outside training steps (eval, checkpoints) out of the rates."""
+        self._t += seconds
+
+    def update(self, step: int) -> Dict[str, float]:
+        now = time.perf_counter()
+        dt = max(now - self._t, 1e-9)
+        steps_per_s = (step - self._step) / dt
+        self._t, self._step = now, step
+        eta = (self.total_steps - step) / steps_per_s if steps_per_s > 0 else float("inf")
+        return {"steps_per_sec": steps_per_s, "examples_per_sec": steps_per_s * self.batch_size, "eta_sec": eta}
+
+
+def format_line(step: int, total: int, metrics: Mapping[str, float], speed: Mapping[str, float]) -> str:
+    eta = speed.get("eta_sec", float("inf"))
+    eta_s = "?" if not math.isfinite(eta) else time.strftime("%H:%M:%S", time.gmtime(eta))
+    parts = [f"step {step}/{total}"]
+    for key in ("loss", "accuracy", "grad_norm"):
+        if key in metrics:
+            parts.append(f"{key} {metrics[key]:.4f}")
+    parts.append(f"{speed.get('steps_per_sec', 0):.2f} steps/s")
+    parts.append(f"{speed.get('examples_per_sec', 0):.0f} ex/s")
+    parts.append(f"ETA {eta_s}")
+    return " | ".join(parts)

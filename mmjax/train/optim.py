@@ -1,0 +1,126 @@
+"""The optimizer from config: schedule, AdamW with a decay mask, clipping, freezing.
+
+Config keys (``config.optim``):
+  name: "adamw" | "sgd".
+  learning_rate: peak learning rate.
+  schedule: "cosine" (linear warmup, then cosine to ``end_lr_factor * lr``) | "constant" (with warmup).
+  warmup_steps, end_lr_factor, weight_decay, b1, b2, momentum (sgd).
+  clip_norm: global-norm clipping threshold (0 or None = off).
+  freeze: list of parameter path prefixes ("encoder_text", "head/out") whose
+    weights get no update (optax.set_to_zero through multi_transform).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Mapping, Sequence, Tuple
+
+import jax
+import optax
+
+PyTree = Any
+
+
+class OptimConfigError(ValueError):
+    """Bad ``config.optim`` value."""
+
+
+def path_str(path: Tuple[Any, ...]) -> str:
+    """jax key path -> "a/b/c"."""
+    parts = []
+    for k in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                parts.append(str(getattr(k, attr)))
+                break
+        else:
+            parts.append(str(k))
+    return "/".join(parts)
+
+
+def matches_prefix(path: str, prefix: str) -> bool:
+    """True when ``prefix`` covers ``path`` at a component boundary.
+
+    "encoder_text" covers "encoder_text_0/dense_0/kernel" (the classifier names
+    a modality's encoders ``encoder_<modality>_<k>``) and "head/out" covers
+    "head/out/kernel", but "head/o" does not.
+    """
+    prefix = prefix.strip("/")
+    return path == prefix or path.startswith(prefix + "/") or path.startswith(prefix + "_")
+
+
+def decay_mask(params: PyTree) -> PyTree:
+    """True for weights that get weight decay: matrices and embeddings, not biases or norm scales."""
+    def keep(path, x):
+        name = path_str(path).rsplit("/", 1)[-1]
+        return x.ndim >= 2 and name not in ("bias", "scale")
+    return jax.tree_util.tree_map_with_path(keep, params)
+
+
+def freeze_labels(params: PyTree, freeze: Sequence[str]) -> PyTree:
+    """"frozen" / "trainable" label per leaf for optax.multi_transform; checks every prefix matches something."""
+    freeze = [f for f in (freeze or ()) if f]
+    paths = [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    for prefix in freeze:
+        if not any(matches_prefix(p, prefix) for p in paths):
+            tops = sorted({p.split("/")[0] for p in paths})
+            raise OptimConfigError(
+                f"optim.freeze: prefix {prefix!r} matches no parameter; top-level modules are {tops}"
+            )
+    return jax.tree_util.tree_map_with_path(
+        lambda p, _: "frozen" if any(matches_prefix(path_str(p), f) for f in freeze) else "trainable", params
+    )
+
+
+def make_schedule(cfg: Mapping[str, Any], total_steps: int) -> Callable[[int], Any]:
+    lr = float(cfg.get("learning_rate", 1e-3))
+    warmup = int(cfg.get("warmup_steps", 0))
+    kind = cfg.get("schedule", "cosine")
+    if kind == "cosine":
+        decay_steps = max(int(total_steps), warmup + 1)
+        return optax.warmup_cosine_decay_schedule(
+            init_value=0.0 if warmup else lr,
+            peak_value=lr,
+            warmup_steps=warmup,
+            decay_steps=decay_steps,
+            end_value=lr * float(cfg.get("end_lr_factor", 0.0)),
+        )
+    if kind == "constant":
+        if not warmup:
+            return optax.constant_schedule(lr)
+        return optax.join_schedules(
+            [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup]
+        )
+    raise OptimConfigError(f"optim.schedule must be 'cosine' or 'constant', got {kind!r}")
+
+
+def make_optimizer(cfg: Mapping[str, Any], params: PyTree, total_steps: int) -> optax.GradientTransformation:
+    """The optax chain: clip -> optimizer (with decay mask) -> freeze.
+
+    ``params`` (arrays or ShapeDtypeStructs) is only used to build the decay
+    and freeze label trees, so the same transformation works for any sharding.
+    """
+    cfg = dict(cfg)
+    schedule = make_schedule(cfg, total_steps)
+    name = cfg.get("name", "adamw")
+    if name == "adamw":
+        opt = optax.adamw(
+            schedule,
+            b1=float(cfg.get("b1", 0.9)),
+            b2=float(cfg.get("b2", 0.999)),
+            weight_decay=float(cfg.get("weight_decay", 0.0)),
+            mask=decay_mask(params),
+        )
+    elif name == "sgd":
+        opt = optax.sgd(schedule, momentum=cfg.get("momentum") or None)
+    else:
+        raise OptimConfigError(f"optim.name must be 'adamw' or 'sgd', got {name!r}")
+    chain = []
+    if cfg.get("clip_norm"):
+        chain.append(optax.clip_by_global_norm(float(cfg["clip_norm"])))
+    chain.append(opt)
+    tx = optax.chain(*chain)
+    freeze = list(cfg.get("freeze") or ())
+    if freeze:
+        tx = optax.multi_transform(
+            {"trainable": tx, "frozen": optax.set_to_zero()}, freeze_labels(params, freeze)
+        )
+    return tx

@@ -1,0 +1,298 @@
+"""Parallelism wrappers around the pure steps: ``single``, ``pmap`` and ``sharded``.
+
+The step functions of :mod:`mmjax.train.step` are never rewritten; a
+:class:`Runner` compiles them for one of three modes (``config.parallel.mode``):
+
+* ``single``: ``jax.jit`` with the state donated; one device.
+* ``pmap``: data parallel with ``jax.pmap`` over the local devices; the step
+  receives ``grad_reduce=partial(lax.pmean, axis_name="batch")``. Note that
+  ``jax.pmap`` is in maintenance mode in recent JAX (it is implemented on
+  ``jit`` + ``shard_map``); prefer ``sharded`` for new work.
+* ``sharded``: ``jax.jit`` with ``in_shardings``/``out_shardings`` and
+  donation over a ``Mesh`` with axes ("data", "fsdp", "tensor") of the shape
+  ``config.parallel.mesh`` ({data: -1, fsdp: 1, tensor: 1}; -1 takes the
+  remaining devices). Parameters follow their logical axis names through
+  ``mmjax.sharding.LOGICAL_RULES`` (or ``config.parallel.rules``); the batch
+  is split over ("data", "fsdp"). The state is created already sharded.
+
+Multi-host: every process calls the same code with its own share of the global
+batch (rows ``process_index`` of ``process_count`` equal parts); the sharded
+runner assembles global arrays with ``jax.make_array_from_process_local_data``.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from mmjax.sharding import LOGICAL_RULES, MESH_AXES
+from mmjax.train import step as step_lib
+from mmjax.train.state import TrainState, _init_fn, create_train_state, example_inputs, state_shardings
+
+PyTree = Any
+MODES = ("single", "pmap", "sharded")
+PMAP_AXIS = "batch"
+
+
+class ParallelConfigError(ValueError):
+    """Bad ``config.parallel`` value (mode, mesh shape, rules) or a batch that does not fit it."""
+
+
+def mesh_shape(mesh_cfg: Mapping[str, int], num_devices: int) -> Tuple[int, ...]:
+    """{data, fsdp, tensor} with at most one -1 -> sizes in MESH_AXES order, product = num_devices."""
+    cfg = dict(mesh_cfg or {})
+    unknown = sorted(set(cfg) - set(MESH_AXES))
+    if unknown:
+        raise ParallelConfigError(f"parallel.mesh: unknown axes {unknown}; the axes are {list(MESH_AXES)}")
+    sizes = [int(cfg.get(a, 1)) for a in MESH_AXES]
+    if sizes.count(-1) > 1:
+        raise ParallelConfigError(f"parallel.mesh: at most one axis may be -1, got {cfg}")
+    if any(s == 0 or s < -1 for s in sizes):
+        raise ParallelConfigError(f"parallel.mesh: sizes must be positive or -1, got {cfg}")
+    known = int(np.prod([s for s in sizes if s != -1]))
+    if -1 in sizes:
+        if num_devices % known:
+            raise ParallelConfigError(
+                f"parallel.mesh {cfg}: the fixed axes ({known}) do not divide the {num_devices} devices"
+            )
+        sizes[sizes.index(-1)] = num_devices // known
+    if int(np.prod(sizes)) != num_devices:
+        raise ParallelConfigError(
+            f"parallel.mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, "
+            f"but {num_devices} are available"
+        )
+    return tuple(sizes)
+
+
+def make_mesh(mesh_cfg: Mapping[str, int], devices: Optional[Sequence[Any]] = None) -> Mesh:
+    """A Mesh over ``devices`` (default: all, every process) with axes ("data", "fsdp", "tensor").
+
+    Devices are laid out in ``jax.devices()`` order, which groups each
+    process's devices together along the leading ("data") axis, so a process's
+    batch rows land on its own devices.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    shape = mesh_shape(mesh_cfg, len(devices))
+    return Mesh(np.asarray(devices, dtype=object).reshape(shape), MESH_AXES)
+
+
+def parse_rules(rules: Optional[Sequence[Sequence[Any]]]) -> Tuple[Tuple[str, Any], ...]:
+    """config.parallel.rules (pairs [logical, mesh axis | [axes] | None]) -> flax rules; default LOGICAL_RULES."""
+    if not rules:
+        return tuple(LOGICAL_RULES)
+    out = []
+    for r in rules:
+        if len(r) != 2:
+            raise ParallelConfigError(f"parallel.rules: each rule is [logical_name, mesh_axis], got {r!r}")
+        name, axes = r
+        if isinstance(axes, (list, tuple)):
+            axes = tuple(axes)
+            bad = [a for a in axes if a not in MESH_AXES]
+        else:
+            bad = [] if axes is None or axes in MESH_AXES else [axes]
+        if bad:
+            raise ParallelConfigError(f"parallel.rules: {name!r} maps to unknown mesh axes {bad}")
+        out.append((str(name), axes))
+    return tuple(out)
+
+
+class Runner:
+    """Creates the state and runs compiled steps for one parallel mode.
+
+    Args:
+      mode: "single" | "pmap" | "sharded".
+      model: the linen model; make_tx: abstract params -> optax transformation.
+      step_kwargs: keyword options of ``train_step`` (loss, grad_accum_steps, nan_policy...).
+      eval_kwargs: keyword options of ``eval_step`` (num_classes, loss...).
+      mesh_cfg / rules: the ``sharded`` mesh and logical rules.
+    """
+
+    def __init__(
+        self,
+        mode: str,
+        model: nn.Module,
+        make_tx: Callable[[PyTree], Any],
+        *,
+        step_kwargs: Optional[Dict[str, Any]] = None,
+        eval_kwargs: Optional[Dict[str, Any]] = None,
+        mesh_cfg: Optional[Mapping[str, int]] = None,
+        rules: Optional[Sequence[Sequence[Any]]] = None,
+        devices: Optional[Sequence[Any]] = None,
+    ):
+        if mode not in MODES:
+            raise ParallelConfigError(f"parallel.mode must be one of {MODES}, got {mode!r}")
+        self.mode = mode
+        self.model = model
+        self._tx = None
+
+        def cached_tx(params):
+            # One transformation per runner: the state's static fields must compare equal
+            # between a created and a restored state (jit caches and in_shardings key on them).
+            if self._tx is None:
+                self._tx = make_tx(params)
+            return self._tx
+        self.make_tx = cached_tx
+        self.step_kwargs = dict(step_kwargs or {})
+        self.eval_kwargs = dict(eval_kwargs or {})
+        self.rules = parse_rules(rules)
+        self.mesh: Optional[Mesh] = None
+        self.state_shardings: Optional[TrainState] = None
+        self.batch_sharding: Optional[NamedSharding] = None
+        if mode == "sharded":
+            self.mesh = make_mesh(mesh_cfg or {"data": -1}, devices)
+            self.batch_sharding = NamedSharding(self.mesh, P(("data", "fsdp")))
+        self.local_devices = jax.local_devices() if devices is None else [
+            d for d in devices if d.process_index == jax.process_index()
+        ]
+        # pmap spans every process's devices unless devices were given explicitly.
+        self._pmap_devices = None if devices is None else list(devices)
+        self._train = None
+        self._eval = None
+
+    # ------------------------------------------------------------------ context
+    def context(self):
+        """Mesh + logical rules in scope while tracing (for modules that constrain activations)."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(nn.logical_axis_rules(self.rules))
+        if self.mesh is not None:
+            stack.enter_context(jax.set_mesh(self.mesh))
+        return stack
+
+    # ------------------------------------------------------------------ state
+    def create_state(self, example_batch: Mapping[str, Any], rng: jax.Array) -> TrainState:
+        """The initial state, placed for this mode (sharded at creation for ``sharded``)."""
+        with self.context():
+            state, shardings = create_train_state(
+                self.model, self.make_tx, example_batch, rng, mesh=self.mesh, rules=self.rules
+            )
+        self.state_shardings = shardings
+        if self.mode == "pmap":
+            state = self.replicate(state)
+        return state
+
+    def abstract_state(self, example_batch: Mapping[str, Any], rng: jax.Array) -> TrainState:
+        """ShapeDtypeStructs carrying the target shardings, to restore a checkpoint into."""
+        with self.context():
+            abstract = jax.eval_shape(
+                lambda r: create_train_state(self.model, self.make_tx, example_batch, r)[0], rng
+            )
+            if self.mode == "sharded":
+                init = _init_fn(self.model, example_inputs(example_batch))
+                specs = nn.logical_to_mesh(nn.get_partition_spec(jax.eval_shape(init, rng))["params"], self.rules)
+                self.state_shardings = state_shardings(abstract, specs, self.mesh)
+                shardings = self.state_shardings
+            else:
+                single = jax.sharding.SingleDeviceSharding(self.local_devices[0])
+                shardings = jax.tree.map(lambda _: single, abstract)
+        return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract, shardings)
+
+    def replicate(self, state: TrainState) -> TrainState:
+        """One copy per local device along a new leading axis (pmap layout)."""
+        n = len(self.local_devices)
+        return jax.pmap(lambda x: x, devices=self._pmap_devices)(
+            jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), state)
+        )
+
+    def place_restored(self, state: TrainState) -> TrainState:
+        """A state restored from a checkpoint -> this mode's layout."""
+        if self.mode == "pmap":
+            return self.replicate(state)
+        return state
+
+    def host_state(self, state: TrainState) -> TrainState:
+        """The state as checkpointed: one logical copy (pmap: device 0's replica)."""
+        if self.mode == "pmap":
+            return jax.tree.map(lambda x: x[0], state)
+        return state
+
+    def step_of(self, state: TrainState) -> int:
+        s = state.step[0] if self.mode == "pmap" else state.step
+        return int(jax.device_get(s))
+
+    # ------------------------------------------------------------------ batches
+    def put_batch(self, batch: Mapping[str, Any]) -> PyTree:
+        """This process's numpy rows -> the step's input layout."""
+        batch = dict(batch)
+        if self.mode == "single":
+            return jax.device_put(batch, self.local_devices[0])
+        if self.mode == "pmap":
+            n = len(self.local_devices)
+
+            def split(x):
+                x = np.asarray(x)
+                if x.shape[0] % n:
+                    raise ParallelConfigError(
+                        f"pmap: the per-process batch {x.shape[0]} is not divisible by {n} local devices"
+                    )
+                return x.reshape((n, x.shape[0] // n) + x.shape[1:])
+            return jax.tree.map(split, batch)
+        n_shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        local_shards = n_shards // jax.process_count()
+
+        def to_global(x):
+            x = np.asarray(x)
+            if x.shape[0] % max(local_shards, 1):
+                raise ParallelConfigError(
+                    f"sharded: per-process batch {x.shape[0]} is not divisible by the {local_shards} "
+                    "local (data x fsdp) shards"
+                )
+            return jax.make_array_from_process_local_data(self.batch_sharding, x)
+        return jax.tree.map(to_global, batch)
+
+    # ------------------------------------------------------------------ steps
+    def _compile(self):
+        train = functools.partial(step_lib.train_step, **self.step_kwargs)
+        evaluate = functools.partial(step_lib.eval_step, **self.eval_kwargs)
+        if self.mode == "single":
+            self._train = jax.jit(train, donate_argnums=0)
+            self._eval = jax.jit(evaluate)
+        elif self.mode == "pmap":
+            reduce = functools.partial(jax.lax.pmean, axis_name=PMAP_AXIS)
+            self._train = jax.pmap(functools.partial(train, grad_reduce=reduce), axis_name=PMAP_AXIS,
+                                   donate_argnums=0, devices=self._pmap_devices)
+            summed = lambda s, b: jax.lax.psum(evaluate(s, b), PMAP_AXIS)  # noqa: E731
+            self._eval = jax.pmap(summed, axis_name=PMAP_AXIS, devices=self._pmap_devices)
+        else:
+            if self.state_shardings is None:
+                raise RuntimeError("sharded runner: create_state or abstract_state must run before a step")
+            replicated = NamedSharding(self.mesh, P())
+            self._train = jax.jit(
+                train,
+                in_shardings=(self.state_shardings, self.batch_sharding),
+                out_shardings=(self.state_shardings, replicated),
+                donate_argnums=0,
+            )
+            self._eval = jax.jit(evaluate, in_shardings=(self.state_shardings, self.batch_sharding),
+                                 out_shardings=replicated)
+
+    def train_step(self, state: TrainState, batch: PyTree) -> Tuple[TrainState, Dict[str, Any]]:
+        """One update; ``batch`` comes from :meth:`put_batch`. Metrics stay on device."""
+        if self._train is None:
+            self._compile()
+        with self.context():
+            return self._train(state, batch)
+
+    def eval_step(self, state: TrainState, batch: PyTree) -> Dict[str, Any]:
+        if self._eval is None:
+            self._compile()
+        with self.context():
+            return self._eval(state, batch)
+
+    def train_metrics(self, metrics: Dict[str, Any]) -> Dict[str, float]:
+        """Device metrics -> python floats (pmap: replicas agree after pmean; take the first)."""
+        m = jax.device_get(metrics)
+        if self.mode == "pmap":
+            m = jax.tree.map(lambda x: x[0], m)
+        return {k: float(v) for k, v in m.items()}
+
+    def eval_sums(self, sums: Dict[str, Any]) -> Dict[str, np.ndarray]:
+        """Device eval sums -> numpy (pmap: already psum-med over devices; take the first)."""
+        m = jax.device_get(sums)
+        if self.mode == "pmap":
+            m = jax.tree.map(lambda x: np.asarray(x)[0], m)
+        return {k: np.asarray(v, np.float64) for k, v in m.items()}

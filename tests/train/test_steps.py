@@ -1,0 +1,163 @@
+"""Train-step behaviour on one device: accumulation, freezing, NaN policies, bf16, resume, init_from."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import synthetic
+from experiments.configs import synthetic as synthetic_config
+from mmjax.train import loop
+from mmjax.train.optim import decay_mask, freeze_labels
+
+DATA = {"name": "synthetic", "num_classes": 3, "dims": {"a": 6, "b": 4}}
+
+
+def _config(**over):
+    c = synthetic_config.get_config()
+    c.model.encoders = {"a": {"name": "mlp", "features": (8,)}, "b": {"name": "mlp", "features": (8,)}}
+    c.model.fusion_config = {"out_dim": 8}
+    c.model.head_hidden = ()
+    c.total_steps = 4
+    c.batch_size = 8
+    c.log_every = 1
+    c.eval_every = 0
+    c.checkpoint_every = 2
+    c.data.eval_examples = 8
+    c.optim.warmup_steps = 0
+    c.parallel.mode = "single"
+    c.tensorboard = False
+    for k, v in over.items():
+        node = c
+        *parents, leaf = k.split(".")
+        for p in parents:
+            node = node[p]
+        with node.ignore_type():
+            node[leaf] = v
+    return c
+
+
+def _batches(n, b=8, start=0):
+    it = synthetic.make_iterator(DATA, "train", global_batch_size=b, seed=0, train=True, start_step=start)
+    return [next(it) for _ in range(n)]
+
+
+def _state(config, batch):
+    runner = loop.build(config, 3)
+    return runner, runner.create_state(batch, jax.random.PRNGKey(0))
+
+
+def _np(tree):
+    return jax.tree.map(lambda x: np.asarray(x), tree)
+
+
+def test_grad_accumulation_equals_the_large_batch():
+    batch = _batches(1)[0]
+    results = []
+    for k in (1, 4):
+        runner, state = _state(_config(**{"train.grad_accum_steps": k}), batch)
+        state, m = runner.train_step(state, runner.put_batch(batch))
+        results.append((_np(state.params), runner.train_metrics(m)))
+    (p1, m1), (p4, m4) = results
+    assert m1["loss"] == pytest.approx(m4["loss"], rel=1e-5)
+    assert m1["grad_norm"] == pytest.approx(m4["grad_norm"], rel=1e-5)
+    assert m1["accuracy"] == m4["accuracy"]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), p1, p4)
+
+
+def test_freezing_leaves_frozen_params_bit_identical():
+    batches = _batches(2)
+    runner, state = _state(_config(**{"optim.freeze": ("encoder_a",), "optim.weight_decay": 0.1}), batches[0])
+    before = _np(state.params)
+    for b in batches:
+        state, _ = runner.train_step(state, runner.put_batch(b))
+    after = _np(state.params)
+    for name in after:
+        same = jax.tree.leaves(jax.tree.map(np.array_equal, before[name], after[name]))
+        assert all(same) == (name == "encoder_a_0"), name
+
+
+def test_decay_mask_and_freeze_labels():
+    params = {"enc_x_0": {"dense_0": {"kernel": jnp.zeros((2, 3)), "bias": jnp.zeros(3)}},
+              "head": {"ln": {"scale": jnp.zeros(3)}, "out": {"kernel": jnp.zeros((3, 2))}}}
+    mask = decay_mask(params)
+    assert mask["enc_x_0"]["dense_0"] == {"kernel": True, "bias": False}
+    assert mask["head"]["ln"]["scale"] is False and mask["head"]["out"]["kernel"] is True
+    labels = freeze_labels(params, ["enc_x", "head/out"])
+    assert labels["enc_x_0"]["dense_0"]["kernel"] == "frozen" and labels["head"]["ln"]["scale"] == "trainable"
+    assert labels["head"]["out"]["kernel"] == "frozen"
+    with pytest.raises(ValueError, match="matches no parameter"):
+        freeze_labels(params, ["encoders/text"])
+
+
+def test_nonfinite_update_is_skipped_and_reported():
+    good, bad = _batches(2)
+    bad["inputs"]["a"][3, 0] = np.nan
+    runner, state = _state(_config(), good)
+    state, m = runner.train_step(state, runner.put_batch(good))
+    assert runner.train_metrics(m)["finite"] == 1.0
+    before = _np((state.params, state.opt_state))
+    state, m = runner.train_step(state, runner.put_batch(bad))
+    m = runner.train_metrics(m)
+    assert m["finite"] == 0.0 and not np.isfinite(m["loss"])
+    after = _np((state.params, state.opt_state))
+    assert all(jax.tree.leaves(jax.tree.map(np.array_equal, before, after)))
+    assert int(state.step) == 2
+
+
+def test_bf16_compute_trains_with_f32_params():
+    batches = _batches(6)
+    runner, state = _state(_config(**{"model.dtype": "bfloat16", "optim.learning_rate": 0.03}), batches[0])
+    losses = []
+    for b in batches * 3:
+        state, m = runner.train_step(state, runner.put_batch(b))
+        losses.append(runner.train_metrics(m)["loss"])
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
+    assert np.isfinite(losses).all() and np.mean(losses[-6:]) < np.mean(losses[:6]) - 0.05
+
+
+def _losses(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
+
+
+@pytest.mark.slow
+def test_resume_reproduces_the_uninterrupted_run(tmp_path):
+    cfg = _config(**{"model.dropout_rate": 0.2})  # dropout: checks the per-step RNG too
+    full = loop.train_and_evaluate(cfg, str(tmp_path / "full"), console=None)
+    part = loop.train_and_evaluate(cfg, str(tmp_path / "split"), console=None, stop_at=2)
+    assert part == {"step": 2, "stopped_at": 2}
+    assert not (tmp_path / "split" / "results.json").exists()
+    resumed = loop.train_and_evaluate(cfg, str(tmp_path / "split"), console=None)
+    assert _losses(tmp_path / "full") == _losses(tmp_path / "split")
+    assert sorted(_losses(tmp_path / "full")) == [1, 2, 3, 4]
+    assert resumed["loss"] == full["loss"] and resumed["step"] == 4
+    # init_from: a fresh run whose encoder_a starts from the finished run's weights.
+    from mmjax.train.checkpoint import load_params
+    cfg2 = _config(**{"init_from.path": str(tmp_path / "full"), "init_from.source": "encoder_a_0",
+                      "total_steps": 1})
+    runner = loop.build(cfg2, 3)
+    state = runner.create_state(_batches(1)[0], jax.random.PRNGKey(5))
+    state = loop.apply_init_from(runner, state, dict(cfg2.init_from))
+    want = load_params(str(tmp_path / "full"))
+    jax.tree.map(np.testing.assert_array_equal, _np(state.params["encoder_a_0"]), _np(want["encoder_a_0"]))
+    assert not np.array_equal(np.asarray(state.params["head"]["out"]["kernel"]), want["head"]["out"]["kernel"])
+
+
+def test_nan_stop_names_the_step(tmp_path):
+    def data_fn(config, split, *, global_batch_size, seed, train, start_step=0):
+        it = synthetic.make_iterator(config.data, split, global_batch_size=global_batch_size, seed=seed,
+                                     train=train, start_step=start_step)
+        for i, b in enumerate(it, start=start_step):
+            if train and i == 2:  # the batch of step 3
+                b["inputs"]["b"][:] = np.inf
+            yield b
+    cfg = _config(**{"train.nan_policy": "stop"})
+    with pytest.raises(loop.TrainingDiverged, match="at step 3.*last good checkpoint is step 2"):
+        loop.train_and_evaluate(cfg, str(tmp_path), data_fn=data_fn, info_fn=synthetic_config_info, console=None)
+
+
+def synthetic_config_info(config):
+    return synthetic.info(config.data)
