@@ -81,8 +81,8 @@ class BilinearFusion(nn.Module):
             x = dense(k * o, **kw, name=f"U_{a}_{b}")(inputs.pooled[a].astype(self.dtype))
             y = dense(k * o, **kw, name=f"V_{a}_{b}")(inputs.pooled[b].astype(self.dtype))
             p = nn.Dropout(self.dropout_rate)(x * y, deterministic=not train)
-            # Normalise in float32: sqrt near 0 and the squared norm lose too much in bf16.
-            z = p.reshape(p.shape[0], o, k).sum(-1).astype(jnp.float32)
+            # Normalise in >= float32: sqrt near 0 and the squared norm lose too much in bf16.
+            z = p.reshape(p.shape[0], o, k).sum(-1).astype(jnp.promote_types(self.dtype, jnp.float32))
             z = l2_normalize(signed_sqrt(z, self.eps), self.eps)
             both = (inputs.present[a] & inputs.present[b])[:, None]
             outs.append(jnp.where(both, z, 0).astype(self.dtype))

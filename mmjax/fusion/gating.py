@@ -55,15 +55,16 @@ class GatedFusion(nn.Module):
         h = jnp.stack([jnp.tanh(dense(self.out_dim, **kw, name=f"hidden_{n}")(x)) for n, x in zip(names, z)], 1)
         zcat = jnp.concatenate(z, axis=-1)
         present = inputs.present_matrix(bool)  # (B, M)
+        wide = jnp.promote_types(self.dtype, jnp.float32)  # gates in >= float32, as softmax in attention
         if self.gate == "sigmoid":
-            g = jax.nn.sigmoid(dense(self.out_dim, **kw, name="gate")(zcat).astype(jnp.float32))
+            g = jax.nn.sigmoid(dense(self.out_dim, **kw, name="gate")(zcat).astype(wide))
             both = (present[:, 0] & present[:, 1])[:, None]
             g1 = jnp.where(both, g, present[:, :1].astype(g.dtype))
             g2 = jnp.where(both, 1 - g, present[:, 1:].astype(g.dtype))
             gates = jnp.stack([g1, g2], axis=1)
         else:
             logits = dense(m * self.out_dim, **kw, name="gate")(zcat).reshape(-1, m, self.out_dim)
-            gates = masked_softmax(logits.astype(jnp.float32), present[..., None], axis=1)
+            gates = masked_softmax(logits.astype(wide), present[..., None], axis=1)
         return jnp.einsum("bmo,bmo->bo", gates.astype(self.dtype), h)
 
 

@@ -66,10 +66,10 @@ class LateFusion(nn.Module):
         logits = jnp.stack(logits, axis=1)  # (B, M, C)
         present = inputs.present_matrix(bool)
         if self.combine == "learned":
-            a = modality_logits(self, len(inputs.names)).astype(jnp.float32)
+            a = modality_logits(self, len(inputs.names))
             w = masked_softmax(jnp.broadcast_to(a, present.shape), present, axis=1)
         else:
-            p = present.astype(jnp.float32)
+            p = present.astype(jnp.promote_types(self.dtype, jnp.float32))
             w = p / jnp.maximum(p.sum(axis=1, keepdims=True), 1.0)
         return jnp.einsum("bm,bmc->bc", w.astype(self.dtype), logits)
 

@@ -34,11 +34,13 @@ def masked_softmax(logits: jax.Array, present: jax.Array, axis: int = -1) -> jax
 def modality_logits(module: nn.Module, num: int) -> jax.Array:
     """(M,) learned modality scores, zero-initialised (so uniform weights at init).
 
-    Replicated like a norm scale: M is tiny and has nothing to shard.
+    Replicated like a norm scale: M is tiny and has nothing to shard. Returned
+    in at least float32: the softmax over them is cheap and bf16 would blur it.
     """
-    return module.param(
+    a = module.param(
         "modality_logits", logical(nn.initializers.zeros_init(), (NORM,)), (num,), module.param_dtype
     )
+    return a.astype(jnp.promote_types(module.param_dtype, jnp.float32))
 
 
 def _project_all(module: nn.Module, inputs, out_dim: int) -> jax.Array:
@@ -104,7 +106,7 @@ class WeightedFusion(nn.Module):
     def __call__(self, features, modality_mask=None, *, train: bool = False) -> jax.Array:
         inputs = prepare(features, modality_mask, block="weighted")
         v = _project_all(self, inputs, self.out_dim)
-        a = modality_logits(self, len(inputs.names)).astype(jnp.float32)
+        a = modality_logits(self, len(inputs.names))
         present = inputs.present_matrix(bool)
         w = masked_softmax(jnp.broadcast_to(a, present.shape), present, axis=1)
         return jnp.einsum("bm,bmo->bo", w.astype(self.dtype), v)
