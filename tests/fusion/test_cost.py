@@ -48,7 +48,7 @@ def cases():
     return out
 
 
-def block_config(name, cfg, m):
+def block_config(name, cfg):
     cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
     if name == "film" and isinstance(cfg.get("target"), int):
         cfg["target"] = f"m{cfg['target']}"
@@ -75,7 +75,7 @@ def param_count(block, feats):
 
 @pytest.mark.parametrize("name,cfg,dims", cases())
 def test_cost_model_params_equal_real_count(name, cfg, dims):
-    block = F.create(name, **block_config(name, cfg, len(dims)))
+    block = F.create(name, **block_config(name, cfg))
     want = param_count(block, features(name, dims))
     got = F.cost(name, list(dims), cfg["out_dim"], **cost_config(name, cfg, dims))
     assert got.params == want, (name, cfg, dims, got, want)
