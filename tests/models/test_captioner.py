@@ -19,6 +19,12 @@ V, L = 9, 6
 ENC = {"encoder": "mlp", "features": (8,)}
 
 
+def rkey(seed):
+    """An RBG key: its initialisers compile several times faster than threefry's,
+    which dominates the cost of these tiny tests."""
+    return jax.random.key(seed, impl="unsafe_rbg")
+
+
 def make_batch(seed=0, b=2, s=3):
     rng = np.random.default_rng(seed)
     text = np.array([[4, 5, 6, 2, 0, 0], [7, 3, 2, 0, 0, 0]], np.int32)[:b]
@@ -61,7 +67,7 @@ def uncached_greedy(model, variables, batch, steps):
 def transformer():
     model = small(num_layers=1)
     batch = make_batch()
-    return model, jax.jit(model.init)(jax.random.key(0), batch), batch
+    return model, jax.jit(model.init)(rkey(0), batch), batch
 
 
 @pytest.fixture(scope="module")
@@ -108,11 +114,11 @@ def test_cached_decoder_equals_full_rerun():
     tokens = jnp.asarray(rng.integers(1, V, size=(2, L)), jnp.int32)
     ctx = jnp.asarray(rng.normal(size=(2, 3, 7)), jnp.float32)
     cmask = jnp.array([[True, False, True], [True, True, True]])
-    params = dec.init(jax.random.key(0), tokens, ctx, cmask)["params"]
+    params = jax.jit(dec.init)(rkey(0), tokens, ctx, cmask)["params"]
     full = dec.apply({"params": params}, tokens, ctx, cmask)
     ddec = dec.clone(decode=True)
-    cache = ddec.init(jax.random.key(0), tokens, ctx, cmask)["cache"]
-    cache = jax.tree.map(jnp.zeros_like, cache)
+    shapes = jax.eval_shape(lambda: ddec.init(rkey(0), tokens, ctx, cmask)["cache"])
+    cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
     step = jax.jit(lambda tok, cache: ddec.apply({"params": params, "cache": cache}, tok, ctx, cmask,
                                                  mutable=["cache"]))
     # One token at a time, then a 2-token chunk (prefill) followed by single steps.
@@ -142,7 +148,7 @@ def test_cached_greedy_and_beam_match_uncached(transformer, forward):
 def test_lstm_decoder_teacher_forced_and_greedy():
     model = small("lstm", lstm_attention=True)
     batch = make_batch()
-    variables = jax.jit(model.init)(jax.random.key(2), batch)
+    variables = jax.jit(model.init)(rkey(2), batch)
     logits = model.apply(variables, batch)
     assert logits.shape == (2, L, V)
     assert "attn_key" in nn.unbox(variables["params"])["text_decoder"]
@@ -153,24 +159,25 @@ def test_lstm_decoder_teacher_forced_and_greedy():
 def test_lstm_without_attention_sees_context_only_through_initial_state():
     model = small("lstm", lstm_attention=False, width=8)
     batch = make_batch()
-    variables = model.init(jax.random.key(2), batch)
+    variables = jax.jit(model.init)(rkey(2), batch)
     params = nn.unbox(variables["params"])["text_decoder"]
     assert "attn_key" not in params and {"init_c", "init_h"} <= set(params)
-    logits = model.apply(variables, batch)
+    forward = jax.jit(model.apply)
+    logits = forward(variables, batch)
     assert logits.shape == (2, L, V) and np.all(np.isfinite(logits))
     # Same pooled encoding -> same logits: move weight between two real context
     # tokens of example 1 so their mean is unchanged.
     moved = {**batch, "inputs": {**batch["inputs"], "image": batch["inputs"]["image"].copy()}}
     img = moved["inputs"]["image"]
     img[1, 0], img[1, 1] = img[1, 1].copy(), img[1, 0].copy()
-    np.testing.assert_allclose(model.apply(variables, moved), logits, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(forward(variables, moved), logits, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_tiny_captioner_overfits_two_sequences():
     model = small(width=16, num_layers=1, mlp_dim=32)
     batch = make_batch(seed=3)
-    variables = model.init(jax.random.key(3), batch)
-    params = variables["params"]
+    params = jax.jit(model.init)(rkey(3), batch)["params"]
     tx = optax.adam(3e-2)
     opt_state = tx.init(params)
 
@@ -195,7 +202,7 @@ def test_tiny_captioner_overfits_two_sequences():
 def test_config_and_input_errors(transformer):
     model, variables, batch = transformer
     with pytest.raises(CaptionerConfigError, match="decoder must be one of"):
-        small("gru").init(jax.random.key(0), batch)
+        small("gru").init(rkey(0), batch)
     with pytest.raises(CaptionerConfigError, match="exceed max_len"):
         long = {**batch, "inputs": {**batch["inputs"], "text": np.ones((2, L + 1), np.int32)}}
         model.apply(variables, long)
@@ -203,4 +210,4 @@ def test_config_and_input_errors(transformer):
         model.apply(variables, {"inputs": {"text": batch["inputs"]["text"]}})
     with pytest.raises(DecoderInputError, match="integer ids"):
         TransformerDecoder(vocab_size=V, max_len=L, width=8, num_heads=2, mlp_dim=8).init(
-            jax.random.key(0), jnp.zeros((1, 2)), jnp.zeros((1, 2, 4)))
+            rkey(0), jnp.zeros((1, 2)), jnp.zeros((1, 2, 4)))

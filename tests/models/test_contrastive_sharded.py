@@ -56,7 +56,7 @@ CHILD = textwrap.dedent(
                         "text": rng.normal(size=(16, 2)).astype(np.float32)}}
     for loss in ("clip", "siglip"):
         model = ContrastiveModel(towers=towers, embed_dim=4, loss=loss)
-        params = model.init(jax.random.key(0), batch)["params"]
+        params = jax.jit(model.init)(jax.random.key(0, impl="unsafe_rbg"), batch)["params"]
         f = lambda p, mesh: model.apply({"params": p}, batch, method="loss_fn", mesh=mesh)[0]
         v1, g1 = jax.value_and_grad(f)(params, None)
         v2, g2 = jax.jit(jax.value_and_grad(lambda p: f(p, auto)))(params)
