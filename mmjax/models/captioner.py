@@ -192,7 +192,8 @@ def make_step_fn(
     max_len: int,
 ) -> Tuple[Callable, Any]:
     """Builds ``step_fn(tokens (N,), cache) -> (logits (N, V), cache)`` and its
-    initial (zero) cache for the N rows of ``context``.
+    initial (zero) cache for the N rows of ``context``. The step's logits for
+    ``bos_id`` and ``pad_id`` are set to -1e9 so decoding never emits them.
 
     The cache is the decode-mode model's ``"cache"`` collection, its shapes
     taken from ``jax.eval_shape`` of an ``init`` on a (N, max_len) dummy (no
@@ -215,7 +216,9 @@ def make_step_fn(
             {"params": params, "cache": cache}, tokens[:, None], context, context_mask, pooled,
             method=Captioner.decode_tokens, mutable=["cache"],
         )
-        return logits[:, 0], updated["cache"]
+        # BOS and padding are never real caption tokens: forbid them.
+        logits = logits[:, 0].at[:, jnp.array([model.bos_id, model.pad_id])].set(-1e9)
+        return logits, updated["cache"]
 
     return step_fn, cache
 

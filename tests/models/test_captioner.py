@@ -53,7 +53,9 @@ def uncached_greedy(model, variables, batch, steps):
     seq[:, 0] = model.bos_id
     out = np.zeros((b, steps), np.int32)
     for t in range(steps):
-        out[:, t] = np.asarray(jnp.argmax(full(jnp.asarray(seq))[:, t], -1))
+        logits = np.array(full(jnp.asarray(seq))[:, t])
+        logits[:, [model.bos_id, model.pad_id]] = -np.inf  # never emitted
+        out[:, t] = np.argmax(logits, -1)
         if t + 1 < steps:
             seq[:, t + 1] = out[:, t]
     for row in out:  # pad after the first EOS, as the decoders do
@@ -139,7 +141,7 @@ def test_cached_greedy_and_beam_match_uncached(transformer, forward):
     assert beam_tokens.shape == (2, L)
     # alpha = 0: beam search's best is at least as likely as greedy's.
     full = forward(variables, {**batch, "inputs": {**batch["inputs"], "text": beam_tokens}})
-    lp = jax.nn.log_softmax(full, -1)
+    lp = jax.nn.log_softmax(full.at[..., jnp.array([model.bos_id, model.pad_id])].set(-1e9), -1)
     real = (beam_tokens != 0)
     beam_logp = (jnp.take_along_axis(lp, beam_tokens[..., None], -1)[..., 0] * real).sum(-1)
     assert np.all(np.asarray(beam_logp) >= np.asarray(logp) - 1e-4)
