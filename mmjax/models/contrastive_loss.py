@@ -25,7 +25,7 @@ is a reduce-scatter, ``ppermute``'s is the reverse permutation).
 from __future__ import annotations
 
 import math
-from typing import Sequence, Tuple, Union
+from typing import Tuple, Union
 
 import jax
 import jax.numpy as jnp
