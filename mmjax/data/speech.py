@@ -35,7 +35,7 @@ class Synthesizer:
     """
 
     _instance: Optional["Synthesizer"] = None
-    _lock = threading.Lock()
+    _lock = threading.RLock()
 
     def __init__(self):
         try:
@@ -64,6 +64,10 @@ class Synthesizer:
         # Keep a reference: ctypes would otherwise free the trampoline.
         self._callback = callback_type(on_audio)
         self._lib.espeak_SetSynthCallback(self._callback)
+        # The very first utterance after initialisation comes out slightly different
+        # from later ones; speak one throwaway word so every clip sees the same state.
+        self._seed_rng = getattr(self._lib, "espeak_ng_SetRandSeed", None)
+        self.synth("zero", "en")
 
     @classmethod
     def get(cls) -> "Synthesizer":
@@ -86,6 +90,10 @@ class Synthesizer:
             self._lib.espeak_SetParameter(_RATE, int(rate), 0)
             self._lib.espeak_SetParameter(_PITCH, int(pitch), 0)
             self._chunks = []
+            # espeak-ng's noise sources use its own PRNG; reseed so a clip does not
+            # depend on what was spoken before it.
+            if self._seed_rng is not None:
+                self._seed_rng(0)
             data = text.encode() + b"\0"
             err = self._lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, 0, None, None)
             if err != 0:

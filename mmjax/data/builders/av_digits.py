@@ -57,7 +57,7 @@ class AvDigits(tfds.core.GeneratorBasedBuilder):
                 {
                     "id": np.int32,
                     "image": tfds.features.Image(shape=(28, 28, 1), encoding_format="png"),
-                    "audio": tfds.features.Tensor(shape=(None,), dtype=np.int16),
+                    "audio": tfds.features.Tensor(shape=(None,), dtype=np.int16, encoding=tfds.features.Encoding.ZLIB),
                     "label": tfds.features.ClassLabel(names=list(gen.DIGIT_NAMES)),
                     "image_id": np.int32,
                     "speaker": tfds.features.Text(),
