@@ -24,6 +24,11 @@ Batches (numpy): ``{"inputs": {m: array}, "token_mask": {m: (B, L) bool}``
 (or (B, C) float32 multi-hot) ``}`` plus ``"weight": (B,) float32`` with class
 weights and ``"valid"`` in eval. A dropped or missing modality has zero inputs
 and ``modality_mask`` False; its token_mask is left as is.
+
+Scope: every split is held decoded in host memory (per process), which suits
+the datasets this package builds and small public ones (MNIST, CIFAR, a few
+GB at most). Datasets larger than host memory (e.g. COCO at 224 px) need a
+streaming tf.data path that this module does not have yet.
 """
 from __future__ import annotations
 
@@ -38,7 +43,7 @@ import numpy as np
 
 from mmjax.data import preprocess as pp
 from mmjax.data import source
-from mmjax.data.config import validate
+from mmjax.data.config import resolve_data_dir, validate
 from mmjax.data.errors import DataConfigError
 from mmjax.data.source import DatasetInfo
 
@@ -70,7 +75,7 @@ def split_columns(data_config, split: str) -> Dict[str, np.ndarray]:
 
 def _columns(cfg, split: str) -> Dict[str, np.ndarray]:
     corruption = {m: (mc.get("occlusion"), mc.get("noise_std"), mc.get("snr_db"), mc.get("scale")) for m, mc in cfg.modalities.items()}
-    key = (cfg.backend, source.export_dir(cfg), source.stage_key(cfg), split, cfg.corruption_seed, repr(sorted(corruption.items())))
+    key = (cfg.backend, resolve_data_dir(cfg.data_dir), source.export_dir(cfg), source.stage_key(cfg), split, cfg.corruption_seed, repr(sorted(corruption.items())))
     if key in _COLUMN_CACHE:
         return _COLUMN_CACHE[key]
     cols = dict(source.tf_columns(cfg, split) if cfg.backend == "tf" else source.numpy_columns(cfg, split))
@@ -86,6 +91,11 @@ def _columns(cfg, split: str) -> Dict[str, np.ndarray]:
             cols[m] = pp.add_noise_at_snr(x, cols[m + "__length"], rng, mc.snr_db)
     _COLUMN_CACHE[key] = cols
     return cols
+
+
+def clear_cache() -> None:
+    """Forgets the decoded splits held in memory (e.g. after rebuilding a dataset)."""
+    _COLUMN_CACHE.clear()
 
 
 class _GlobalDraws:
