@@ -114,8 +114,8 @@ class _GlobalDraws:
     def integers(self, low, high=None, size=1):
         return self._cut(self._rng.integers(low, high, size=self._size(size)))
 
-    def random(self, size=1):
-        return self._cut(self._rng.random(self._size(size)))
+    def random(self, size=1, dtype=np.float64):
+        return self._cut(self._rng.random(self._size(size), dtype=dtype))
 
     def uniform(self, low=0.0, high=1.0, size=1):
         return self._cut(self._rng.uniform(low, high, size=self._size(size)))
@@ -154,8 +154,9 @@ def _assemble(cfg, cols, idx, draws, train: bool, weights: Optional[np.ndarray])
         probs = [float(cfg.modality_dropout.get(m, 0.0)) for m in names]
         present = pp.modality_dropout(present, probs, draws)
     for j, m in enumerate(names):
-        keep = present[:, j].reshape((-1,) + (1,) * (inputs[m].ndim - 1))
-        inputs[m] = np.where(keep, inputs[m], 0).astype(inputs[m].dtype)
+        if not present[:, j].all():
+            keep = present[:, j].reshape((-1,) + (1,) * (inputs[m].ndim - 1))
+            inputs[m] = np.where(keep, inputs[m], 0).astype(inputs[m].dtype)
     batch: Dict[str, Any] = {
         "inputs": inputs,
         "modality_mask": {m: present[:, j] for j, m in enumerate(names)},

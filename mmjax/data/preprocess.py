@@ -105,21 +105,24 @@ def augment_images(x: np.ndarray, rng: np.random.Generator, pad: int, flip: bool
 def augment_audio(
     x: np.ndarray, lengths: np.ndarray, rng: np.random.Generator, gain_db: float, shift: int, noise_std: float
 ) -> Tuple[np.ndarray, np.ndarray]:
-    """Random gain in [-gain_db, gain_db], circular shift of the valid part's start by up to
-    ``shift`` samples to the right (clipped at the end), additive noise. x: (B, L) -> (x, lengths)."""
+    """Random gain in [-gain_db, gain_db] dB, a delay of up to ``shift`` samples (the end is
+    cut at L), additive uniform noise of std ``noise_std`` on the valid part. x: (B, L) -> (x, lengths)."""
     b, length = x.shape
     gains = 10.0 ** (rng.uniform(-gain_db, gain_db, size=b) / 20.0)
     shifts = rng.integers(0, shift + 1, size=b)
-    noise = rng.standard_normal(x.shape).astype(np.float32)
     x = x * gains[:, None].astype(np.float32)
     if shift > 0:
-        src = np.arange(length)[None, :] - shifts[:, None]
-        x = np.where(src >= 0, np.take_along_axis(x, np.clip(src, 0, length - 1), 1), 0.0)
+        out = np.zeros_like(x)
+        for i, s in enumerate(shifts):  # row slices: far cheaper than a (B, L) gather
+            out[i, s:] = x[i, : length - s]
+        x = out
         lengths = np.minimum(lengths + shifts, length)
-    mask = length_mask(lengths, length)
     if noise_std > 0:
-        x = np.where(mask, x + noise_std * noise, 0.0)
-    return x.astype(np.float32), lengths.astype(np.int32)
+        # Uniform noise with the same variance: generating it is several times cheaper
+        # than Gaussian noise and it is only an augmentation.
+        u = rng.random(x.shape, dtype=np.float32)
+        x = np.where(length_mask(lengths, length), x + (noise_std * np.sqrt(12.0)) * (u - 0.5), 0.0)
+    return x.astype(np.float32, copy=False), lengths.astype(np.int32)
 
 
 def modality_dropout(
