@@ -105,7 +105,12 @@ def builder(cfg, *, prepare: bool = True):
     try:
         b = tfds.builder(cfg.name, data_dir=data_dir)
     except Exception as e:  # tfds raises several types for unknown names/configs
-        raise DataConfigError(f"unknown tfds dataset {cfg.name!r}: {e}") from None
+        import difflib
+
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        close = difflib.get_close_matches(cfg.name.split("/")[0], tfds.list_builders(), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise DataConfigError(f"unknown tfds dataset {cfg.name!r} ({first_line}).{hint}") from None
     if not b.is_prepared():
         if _download_is_mocked(b):  # under tfds.testing.mock_data nothing is read from disk
             return b
