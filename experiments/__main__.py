@@ -18,6 +18,7 @@ COMMANDS = {
     "train": "train",
     "eval": "eval",
     "list": "list",
+    "data": "data",
 }
 
 

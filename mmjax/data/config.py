@@ -1,0 +1,123 @@
+"""Data configs: an ml_collections ConfigDict per dataset, and their keys.
+
+Keys of a data config:
+  name: tfds name, optionally with a builder config ("av_digits", "av_digits/tiny", "cifar10").
+  data_dir: tfds data dir; None -> $MMJAX_DATA_DIR, else ~/tensorflow_datasets.
+  backend: "tf" (read with tensorflow_datasets) or "numpy" (read the .npz export written by
+    ``python -m experiments data export NAME``; needs no tensorflow).
+  export_dir: where numpy exports live; None -> <data_dir>/mmjax_numpy.
+  label: feature path of the integer class label ("label"), or None (no "label" in batches).
+  label_kind: "class" ((B,) int32) or "multi_hot" ((B, C) float32 from a sequence of labels).
+  num_classes: only needed for multi_hot labels without class names.
+  modalities: modality name -> ConfigDict with
+    feature: feature path in the tfds example, "/" between nesting levels ("captions/text").
+    kind: "image" | "text" | "audio" | "vector".
+    image: size (H, W) or None to keep the stored size; mean, std (per channel, in [0, 1] units);
+      occlusion, noise_std: fixed per-example corruption (difficulty knob, also at eval);
+      augment_pad (random crop after zero padding), augment_flip (train only).
+    text: max_len; index: which element to take from a sequence of texts (e.g. COCO's 5 captions).
+    audio: length (samples, crop/pad, mask over real samples); scale (divide int samples by it);
+      snr_db: fixed per-example white noise at this SNR (None: clean);
+      augment_gain_db, augment_shift, augment_noise (train only).
+  modality_dropout: modality name -> probability of dropping it at train time (never all of an example).
+  class_weights: None, "balanced" (from the train split's label counts) or a list of C weights;
+    adds "weight" (B,) float32 to batches.
+  corruption_seed: seed of the fixed corruption (independent of the training seed).
+  shuffle: shuffle train epochs (by (seed, epoch)).
+  prefetch: batches prepared ahead in a background thread.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import ml_collections
+
+from mmjax.data.errors import DataConfigError
+
+KINDS = ("image", "text", "audio", "vector")
+
+
+def _modality(**kw) -> ml_collections.ConfigDict:
+    defaults = {
+        "image": dict(size=None, mean=(0.5,), std=(0.5,), occlusion=0.0, noise_std=0.0, augment_pad=0, augment_flip=False),
+        "text": dict(max_len=64, index=0),
+        "audio": dict(length=16000, scale=32768.0, snr_db=None, augment_gain_db=0.0, augment_shift=0, augment_noise=0.0),
+        "vector": dict(),
+    }[kw["kind"]]
+    d = dict(defaults)
+    d.update(kw)
+    return ml_collections.ConfigDict(d)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        dict(
+            name="",
+            data_dir=None,
+            backend="tf",
+            export_dir=None,
+            label="label",
+            label_kind="class",
+            num_classes=None,
+            modalities={},
+            modality_dropout={},
+            class_weights=None,
+            corruption_seed=0,
+            shuffle=True,
+            prefetch=2,
+        )
+    )
+
+
+def default_config(name: str) -> ml_collections.ConfigDict:
+    """A ready data config for a known dataset; for any other tfds name the modalities are
+    inferred from its features by the pipeline (images -> image, texts -> text, audio -> audio)."""
+    cfg = base_config()
+    cfg.name = name
+    base = name.split("/")[0]
+    if base == "av_digits":
+        # Default difficulty: a large occluder plus noise on the digit and 0 dB noise on the
+        # speech of unseen voices, so each modality alone is clearly imperfect and fusion helps.
+        cfg.modalities = dict(
+            image=_modality(kind="image", feature="image", mean=(0.13,), std=(0.31,), occlusion=0.5, noise_std=0.3),
+            audio=_modality(kind="audio", feature="audio", length=8000, snr_db=0.0),
+        )
+    elif base in ("mnist", "fashion_mnist", "cifar10", "cifar100", "svhn_cropped"):
+        cfg.modalities = dict(image=_modality(kind="image", feature="image", augment_flip=base.startswith("cifar")))
+    elif base == "coco_captions":
+        cfg.label = "objects/label"
+        cfg.label_kind = "multi_hot"
+        cfg.modalities = dict(
+            image=_modality(kind="image", feature="image", size=(224, 224)),
+            text=_modality(kind="text", feature="captions/text", max_len=64),
+        )
+    elif base == "stamps":
+        cfg.modalities = dict(
+            image=_modality(kind="image", feature="image", size=(64, 64)),
+            text=_modality(kind="text", feature="description", max_len=96),
+            audio=_modality(kind="audio", feature="speech", length=32000),
+        )
+    return cfg
+
+
+def resolve_data_dir(data_dir: Optional[str]) -> str:
+    """Argument > $MMJAX_DATA_DIR > ~/tensorflow_datasets."""
+    return os.path.expanduser(data_dir or os.environ.get("MMJAX_DATA_DIR") or "~/tensorflow_datasets")
+
+
+def validate(cfg: ml_collections.ConfigDict) -> None:
+    if not cfg.get("name"):
+        raise DataConfigError("data config: 'name' (a tfds dataset name) is required")
+    if cfg.get("backend", "tf") not in ("tf", "numpy"):
+        raise DataConfigError(f"data config: backend must be 'tf' or 'numpy', got {cfg.backend!r}")
+    for m, mc in (cfg.get("modalities") or {}).items():
+        if mc.get("kind") not in KINDS:
+            raise DataConfigError(f"data config: modalities.{m}.kind must be one of {KINDS}, got {mc.get('kind')!r}")
+        if not mc.get("feature"):
+            raise DataConfigError(f"data config: modalities.{m}.feature (a feature path) is required")
+    for m, p in (cfg.get("modality_dropout") or {}).items():
+        if m not in cfg.modalities:
+            raise DataConfigError(f"data config: modality_dropout names {m!r}, not among modalities {sorted(cfg.modalities)}")
+        if not 0.0 <= float(p) <= 1.0:
+            raise DataConfigError(f"data config: modality_dropout.{m} must be a probability, got {p}")

@@ -1,0 +1,152 @@
+"""Per-modality preprocessing in numpy: tokenising, padding, corruption, augmentation, dropout.
+
+Everything random here takes an explicit ``np.random.Generator`` and draws for
+the *global* batch, so a process's slice of the batch does not depend on how
+many processes there are, and a resumed iterator redraws the same numbers.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+# Byte-level tokenizer. TODO: switch to mmjax.tokenizer once it exists.
+PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
+BYTE_OFFSET = 3
+BYTE_VOCAB_SIZE = 256 + BYTE_OFFSET
+
+
+def tokenize_bytes(texts: Sequence, max_len: int) -> Tuple[np.ndarray, np.ndarray]:
+    """UTF-8 bytes + 3 with BOS/EOS, truncated/padded -> ids (N, max_len) int32, mask (N, max_len) bool."""
+    ids = np.zeros((len(texts), max_len), np.int32)
+    for i, t in enumerate(texts):
+        b = t if isinstance(t, bytes) else str(t).encode("utf-8")
+        seq = np.concatenate([[BOS_ID], np.frombuffer(b, np.uint8).astype(np.int32) + BYTE_OFFSET, [EOS_ID]])
+        seq = seq[:max_len]
+        ids[i, : seq.size] = seq
+    return ids, ids != PAD_ID
+
+
+def pad_or_crop(waves: Sequence[np.ndarray], length: int, dtype=np.float32) -> Tuple[np.ndarray, np.ndarray]:
+    """1-D waves of any length -> (N, length) array and (N,) valid lengths (crop keeps the start)."""
+    out = np.zeros((len(waves), length), dtype)
+    lengths = np.zeros((len(waves),), np.int32)
+    for i, w in enumerate(waves):
+        w = np.asarray(w)[:length]
+        out[i, : w.size] = w
+        lengths[i] = w.size
+    return out, lengths
+
+
+def length_mask(lengths: np.ndarray, length: int) -> np.ndarray:
+    """(N,) lengths -> (N, length) bool, True at real samples."""
+    return np.arange(length)[None, :] < np.asarray(lengths)[:, None]
+
+
+def corrupt_images(images: np.ndarray, rng: np.random.Generator, occlusion: float, noise_std: float) -> np.ndarray:
+    """Fixed per-example corruption of uint8 images (N, H, W, C) -> uint8.
+
+    occlusion: side of a square of zeros, as a fraction of the image side, at a
+      uniformly random position (0 disables).
+    noise_std: std of added Gaussian pixel noise in [0, 1] units (0 disables).
+    """
+    n, h, w = images.shape[:3]
+    x = images.astype(np.float32) / 255.0
+    side_h, side_w = int(round(occlusion * h)), int(round(occlusion * w))
+    top = rng.integers(0, h - side_h + 1, size=n)
+    left = rng.integers(0, w - side_w + 1, size=n)
+    if side_h > 0 and side_w > 0:
+        rows = np.arange(h)[None, :, None]
+        cols = np.arange(w)[None, None, :]
+        box = ((rows >= top[:, None, None]) & (rows < top[:, None, None] + side_h)) & (
+            (cols >= left[:, None, None]) & (cols < left[:, None, None] + side_w)
+        )
+        x = np.where(box[..., None], 0.0, x)
+    noise = rng.standard_normal(x.shape, dtype=np.float32)
+    if noise_std > 0:
+        x = x + noise_std * noise
+    return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
+
+
+def add_noise_at_snr(waves: np.ndarray, lengths: np.ndarray, rng: np.random.Generator, snr_db: Optional[float]) -> np.ndarray:
+    """Adds white noise to the valid part of each wave (N, L) at ``snr_db`` (None disables)."""
+    noise = rng.standard_normal(waves.shape).astype(np.float32)
+    if snr_db is None:
+        return waves
+    mask = length_mask(lengths, waves.shape[1])
+    x = waves.astype(np.float32)
+    power = (np.where(mask, x, 0) ** 2).sum(1) / np.maximum(lengths, 1)
+    scale = np.sqrt(power / (10.0 ** (snr_db / 10.0)))
+    return np.where(mask, x + scale[:, None] * noise, 0.0).astype(np.float32)
+
+
+def normalize_images(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """uint8 (B, H, W, C) -> float32 ((x / 255) - mean) / std."""
+    x = images.astype(np.float32) / 255.0
+    return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+
+
+def augment_images(x: np.ndarray, rng: np.random.Generator, pad: int, flip: bool) -> np.ndarray:
+    """Random crop after zero padding by ``pad`` pixels and random horizontal flip. x: (B, H, W, C)."""
+    b, h, w = x.shape[:3]
+    dy = rng.integers(0, 2 * pad + 1, size=b)
+    dx = rng.integers(0, 2 * pad + 1, size=b)
+    flips = rng.random(b) < 0.5
+    if pad > 0:
+        padded = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+        rows = dy[:, None] + np.arange(h)[None, :]
+        cols = dx[:, None] + np.arange(w)[None, :]
+        x = padded[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    if flip:
+        x = np.where(flips[:, None, None, None], x[:, :, ::-1], x)
+    return x
+
+
+def augment_audio(
+    x: np.ndarray, lengths: np.ndarray, rng: np.random.Generator, gain_db: float, shift: int, noise_std: float
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Random gain in [-gain_db, gain_db], circular shift of the valid part's start by up to
+    ``shift`` samples to the right (clipped at the end), additive noise. x: (B, L) -> (x, lengths)."""
+    b, length = x.shape
+    gains = 10.0 ** (rng.uniform(-gain_db, gain_db, size=b) / 20.0)
+    shifts = rng.integers(0, shift + 1, size=b)
+    noise = rng.standard_normal(x.shape).astype(np.float32)
+    x = x * gains[:, None].astype(np.float32)
+    if shift > 0:
+        src = np.arange(length)[None, :] - shifts[:, None]
+        x = np.where(src >= 0, np.take_along_axis(x, np.clip(src, 0, length - 1), 1), 0.0)
+        lengths = np.minimum(lengths + shifts, length)
+    mask = length_mask(lengths, length)
+    if noise_std > 0:
+        x = np.where(mask, x + noise_std * noise, 0.0)
+    return x.astype(np.float32), lengths.astype(np.int32)
+
+
+def modality_dropout(
+    present: np.ndarray, probs: Sequence[float], rng: np.random.Generator
+) -> np.ndarray:
+    """present (B, M) bool, probs (M,) -> (B, M) bool with each modality dropped with its probability,
+    never dropping every present modality of an example (one of them, drawn uniformly, is kept)."""
+    b, m = present.shape
+    drop = rng.random((b, m)) < np.asarray(probs, np.float64)[None, :]
+    keep_pick = rng.random((b, m))
+    out = present & ~drop
+    empty = ~out.any(1) & present.any(1)
+    # Among present modalities pick the one with the largest random key.
+    choice = np.argmax(np.where(present, keep_pick, -1.0), axis=1)
+    out[empty, choice[empty]] = True
+    return out
+
+
+def class_weight_table(labels: np.ndarray, num_classes: int, spec) -> np.ndarray:
+    """(C,) weights: "balanced" -> N / (C * count_c) (classes absent from the split get 0); or explicit."""
+    if isinstance(spec, str):
+        if spec != "balanced":
+            raise ValueError(f"class_weights: expected 'balanced' or a list of {num_classes} numbers, got {spec!r}")
+        counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+        w = np.where(counts > 0, labels.size / (num_classes * np.maximum(counts, 1)), 0.0)
+        return w.astype(np.float32)
+    w = np.asarray(list(spec), np.float32)
+    if w.shape != (num_classes,):
+        raise ValueError(f"class_weights: expected {num_classes} weights, got {w.shape[0]}")
+    return w
