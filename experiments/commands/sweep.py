@@ -44,7 +44,7 @@ def fusion_names(spec: Optional[str], config) -> List[str]:
     """``--fusions`` -> names, checked against the fusion registry."""
     from mmjax.fusion import registry
 
-    known = sorted(registry.FUSION.names())
+    known = sorted(n for n in registry.FUSION.names() if n != modalities.UNIMODAL)
     if not spec:
         return [config.model.fusion]
     if spec.strip() == "all":
@@ -168,6 +168,7 @@ def sweep(config, workdir: str, fusions: List[str], seeds: int, *, baselines: bo
     from experiments.reports import plots
     from mmjax.train import loop
 
+    _compilation_cache(workdir)
     if seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {seeds}")
     os.makedirs(workdir, exist_ok=True)
@@ -185,6 +186,15 @@ def sweep(config, workdir: str, fusions: List[str], seeds: int, *, baselines: bo
         rows.append(row)
         _write(rows, workdir, title, command)
     return rows
+
+
+def _compilation_cache(workdir: str) -> None:
+    """Seeds of a row compile the same programs: a persistent cache lets the 2nd..Nth reuse them."""
+    import jax
+
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, ".jax_cache"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def _write(rows, workdir, title, command):

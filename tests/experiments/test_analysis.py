@@ -75,7 +75,7 @@ def test_modalities_switch_restricts_model_and_data():
     config_utils.apply_overrides(c, [("modalities", "audio")])
     modalities.restrict(c)
     assert sorted(c.model.encoders) == ["audio"] and sorted(c.data.modalities) == ["audio"]
-    assert c.model.fusion == "concat" and c.model.fusion_config.out_dim is None
+    assert c.model.fusion == modalities.UNIMODAL
     c = config_utils.load_config("av_digits")
     with pytest.raises(UserError, match="modalities.*'video'.*\\['audio', 'image'\\]"):
         modalities.restrict(c, ("video",))
