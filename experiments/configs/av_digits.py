@@ -2,16 +2,17 @@
 
 Both modalities are corrupted on purpose (mmjax.data.default_config: a large
 occluder and pixel noise on the image, 0 dB white noise on the speech), so
-each alone is clearly imperfect and fusion helps. The fusion block is the one
-the av_digits sweep ranked first (experiments/SWEEP_av_digits.md); small CNN
-encoders keep a CPU run to a few minutes. Needs the ``av_digits`` tfds builder
+each alone is clearly imperfect and fusion helps. The fusion block is
+provisional (``gated``) until ``sweep av_digits --fusions all --seeds 2`` has
+been run (experiments/SWEEP_av_digits.md); small CNN encoders keep a CPU run
+to a few minutes. Needs the ``av_digits`` tfds builder
 (``python -m experiments data build av_digits``, built on first use otherwise).
 """
 import ml_collections
 
 from experiments.configs import base
 
-# The sweep's winner (see experiments/SWEEP_av_digits.md).
+# Provisional: replace with the sweep's winner (experiments/SWEEP_av_digits.md).
 DEFAULT_FUSION = "gated"
 FUSION_CONFIGS = {
     "concat": {"out_dim": 64},
