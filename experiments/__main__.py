@@ -19,6 +19,7 @@ COMMANDS = {
     "eval": "eval",
     "list": "list",
     "data": "data",
+    "sweep": "sweep",
 }
 
 

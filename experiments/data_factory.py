@@ -1,13 +1,17 @@
 """Where the train/eval commands get data: ``make_data(config, split, ...)``.
 
 ``data.name == "synthetic"`` is served by :mod:`experiments.synthetic`
-(in-memory, for tests and smoke runs); every other name goes to
+(in-memory, for tests and smoke runs), ``"features3"`` by
+:mod:`experiments.features` (precomputed feature vectors in .npz, numpy
+only); every other name goes to
 ``mmjax.data.make_iterator`` (tf.data pipelines), imported only when needed so
 the synthetic path never imports tensorflow.
 """
 from __future__ import annotations
 
 from typing import Any, Dict, Iterator
+
+import dataclasses
 
 from experiments import synthetic
 from experiments.errors import UserError
@@ -38,8 +42,23 @@ def make_data(config: Any, split: str, *, global_batch_size: int, seed: int, tra
     if data.name == "synthetic":
         return synthetic.make_iterator(data, split, global_batch_size=global_batch_size, seed=seed,
                                        train=train, start_step=start_step)
-    return _mmjax_data().make_iterator(data, split, global_batch_size=global_batch_size, seed=seed,
-                                       train=train, start_step=start_step)
+    if data.name == "features3":
+        from experiments import features
+        return features.make_iterator(data, split, global_batch_size=global_batch_size, seed=seed,
+                                      train=train, start_step=start_step)
+    it = _mmjax_data().make_iterator(data, split, global_batch_size=global_batch_size, seed=seed,
+                                     train=train, start_step=start_step)
+    return _valid_as_weight(it)
+
+
+def _valid_as_weight(it: Iterator[Dict[str, Any]]) -> Iterator[Dict[str, Any]]:
+    """Eval batches mark their padding rows with ``valid``; the steps weight examples by ``weight``."""
+    for batch in it:
+        valid = batch.pop("valid", None)
+        if valid is not None:
+            w = valid.astype("float32")
+            batch["weight"] = w if "weight" not in batch else batch["weight"] * w
+        yield batch
 
 
 def data_info(config: Any) -> Dict[str, Any]:
@@ -47,4 +66,8 @@ def data_info(config: Any) -> Dict[str, Any]:
     data = _data_config(config)
     if data.name == "synthetic":
         return synthetic.info(data)
-    return dict(_mmjax_data().dataset_info(data))
+    if data.name == "features3":
+        from experiments import features
+        return features.info(data)
+    info = _mmjax_data().dataset_info(data)
+    return dataclasses.asdict(info) if dataclasses.is_dataclass(info) else dict(info)

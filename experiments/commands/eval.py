@@ -1,25 +1,121 @@
-"""``python -m experiments eval EXPERIMENT --workdir DIR [--latest] [--config.KEY=VALUE ...]``.
+"""``python -m experiments eval EXPERIMENT --workdir DIR [--latest] [--noise_levels ...] [--config.KEY=VALUE ...]``.
 
 Restores DIR's best checkpoint (by ``checkpoint.best_metric``; ``--latest``
-for the most recent) and writes DIR/eval/metrics.json.
+for the most recent), evaluates it on ``config.eval_split`` and writes to DIR/eval/:
+
+* metrics.json: loss, accuracy, macro-F1, per-class precision/recall/F1,
+  confusion matrix, ROC-AUC one-vs-rest (macro and per class), and the
+  modality analysis: accuracy with each modality masked out
+  (``modality_mask`` False) and with Gaussian noise added to one modality at
+  a time (std = level x that input's std over the eval set);
+* confusion_matrix.png, roc.png (one-vs-rest curves), robustness.png.
 """
 from __future__ import annotations
 
+import json
+import os
+import sys
+from typing import Any, Dict, Optional, Sequence
+
+from experiments import modalities
 from experiments.commands import train as train_cmd
 from experiments.errors import UserError
 
 
 def add_parser(subparsers):
-    p = train_cmd.make_subparser(subparsers, "eval", "evaluate the best (or latest) checkpoint of a run")
+    p = train_cmd.make_subparser(subparsers, "eval", "evaluate the best (or latest) checkpoint of a run, with plots")
     p.add_argument("--latest", action="store_true", help="use the latest checkpoint instead of the best")
+    p.add_argument("--noise_levels", default="0,0.25,0.5,1,2",
+                   help="comma-separated noise stds relative to each input's std (robustness analysis)")
+    p.add_argument("--no_plots", action="store_true", help="metrics.json only")
     return p
+
+
+def _levels(text: str):
+    try:
+        levels = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UserError(f"--noise_levels: expected comma-separated numbers, got {text!r}") from None
+    if not levels or any(v < 0 for v in levels):
+        raise UserError(f"--noise_levels: need one or more non-negative numbers, got {text!r}")
+    return levels
+
+
+def evaluate(config, workdir: str, *, which: str = "best", noise_levels: Sequence[float] = (0.0, 0.25, 0.5, 1.0, 2.0),
+             plots: bool = True, data_fn=None, info_fn=None, console=sys.stdout) -> Dict[str, Any]:
+    """Full evaluation of WORKDIR's checkpoint; writes WORKDIR/eval/ and returns the metrics dict."""
+    import jax
+    import numpy as np
+
+    from experiments import data_factory
+    from experiments.reports import analysis
+    from mmjax.train import loop
+    from mmjax.train.checkpoint import Checkpointer, CheckpointError
+
+    data_fn = data_fn or data_factory.make_data
+    info_fn = info_fn or data_factory.data_info
+    info = info_fn(config)
+    num_classes = int(info["num_classes"])
+    class_names = list(info.get("class_names") or []) or None
+    runner = loop.build(config, num_classes)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=int(config.checkpoint.get("keep", 2)),
+                        best_metric=config.checkpoint.get("best_metric") or None,
+                        best_mode=config.checkpoint.get("best_mode", "max"))
+    seed = int(config.get("seed", 0))
+    split = config.get("eval_split", "test")
+    try:
+        step = ckpt.best_step() if which == "best" else ckpt.latest_step()
+        if step is None:
+            raise CheckpointError(f"no checkpoint in {ckpt.directory}: train first")
+        batches = analysis.collect(
+            data_fn(config, split, global_batch_size=int(config.batch_size), seed=seed, train=False, start_step=0),
+            int(config.eval_steps) if config.get("eval_steps") else None)
+        state = runner.place_restored(ckpt.restore(runner.abstract_state(batches[0], jax.random.PRNGKey(seed)), step))
+        host = runner.host_state(state)
+    finally:
+        ckpt.close()
+    variables = {"params": host.params}
+    if host.batch_stats:
+        variables["batch_stats"] = host.batch_stats
+    predict = analysis.make_predict_fn(runner.model, jax.device_get(variables))
+    labels, logits, weights = analysis.run_predictions(predict, batches)
+    out: Dict[str, Any] = {"step": int(step), "checkpoint": which, "eval_split": split,
+                           **analysis.full_metrics(labels, logits, weights, class_names)}
+    out["robustness"] = analysis.robustness(predict, batches, noise_levels, seed=seed)
+    if jax.process_index() != 0:
+        return out
+    eval_dir = os.path.join(workdir, "eval")
+    os.makedirs(eval_dir, exist_ok=True)
+    with open(os.path.join(eval_dir, "metrics.json"), "w", encoding="utf-8") as f:
+        json.dump(out, f, indent=2, default=lambda x: np.asarray(x).tolist())
+    if plots:
+        from experiments.reports import plots as plots_lib
+
+        plots_lib.confusion_plot(np.asarray(out["confusion_matrix"]), os.path.join(eval_dir, "confusion_matrix.png"),
+                                 class_names)
+        plots_lib.roc_plot(analysis.roc_curves(labels, logits, weights, class_names), os.path.join(eval_dir, "roc.png"))
+        plots_lib.robustness_plot(out["robustness"], os.path.join(eval_dir, "robustness.png"))
+    if console is not None:
+        r = out["robustness"]
+        print(f"eval of step {step} ({which}) on {split}: accuracy {out['accuracy']:.4f}, macro-F1 "
+              f"{out['macro_f1']:.4f}, ROC-AUC {out['roc_auc_ovr']:.4f}", file=console)
+        for m, acc in r["masked"].items():
+            print(f"  without {m}: accuracy {acc:.4f}", file=console)
+        for m, curve in r["noise"].items():
+            print(f"  noise on {m}: " + ", ".join(f"{float(k):g}x std -> {v:.3f}" for k, v in curve.items()),
+                  file=console)
+        print(f"wrote {eval_dir}/metrics.json" + (", confusion_matrix.png, roc.png, robustness.png" if plots else ""),
+              file=console)
+    return out
 
 
 def run(args) -> int:
     config = train_cmd.prepare(args)
-    from mmjax.train import loop
+    modalities.restrict(config)
+    levels = _levels(args.noise_levels)
     try:
-        loop.evaluate(config, args.workdir, which="latest" if args.latest else "best")
+        evaluate(config, args.workdir, which="latest" if args.latest else "best", noise_levels=levels,
+                 plots=not args.no_plots)
     except train_cmd._user_errors() as e:
         raise UserError(str(e)) from None
     return 0

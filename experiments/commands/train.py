@@ -60,6 +60,8 @@ def prepare(args):
         raise UserError(str(e)) from None
     config = config_utils.load_config(args.experiment)
     config_utils.apply_overrides(config, getattr(args, "overrides", []))
+    from experiments import modalities
+    modalities.restrict(config)  # the ``modalities`` switch (unimodal baselines)
     for key in ("total_steps", "batch_size"):
         if key not in config:
             raise UserError(f"config {args.experiment!r} has no {key}")

@@ -1,0 +1,224 @@
+"""``python -m experiments sweep EXPERIMENT --workdir DIR [--fusions a,b,...|all] [--seeds N] [--config.KEY=VALUE ...]``.
+
+Trains the experiment once per (fusion block, seed), plus one unimodal
+baseline per modality (encoder + head, via the ``modalities`` switch), all
+in this process one after another, and writes
+
+* DIR/sweep.json: one row per fusion and baseline: test accuracy (and
+  macro-F1) mean and std over seeds, parameter count, train examples/s, wall
+  time, and each seed's numbers;
+* DIR/sweep.md: the same as a Markdown table, best first;
+* DIR/sweep.png: accuracy (mean ± std) per row.
+
+Each run lives in DIR/runs/<row>/seed_<k>/ (a normal train workdir); a run that
+already finished there (it has results.json) is read back instead of retrained,
+so an interrupted sweep continues where it stopped.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+import time
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from experiments import config_utils, modalities
+from experiments.commands import train as train_cmd
+from experiments.errors import UserError
+
+
+def add_parser(subparsers):
+    p = train_cmd.make_subparser(subparsers, "sweep", "train every fusion block and the unimodal baselines, N seeds each")
+    p.add_argument("--fusions", default=None,
+                   help="comma-separated fusion names, or 'all' (default: the experiment's own fusion)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per row (config.seed, config.seed+1, ...)")
+    p.add_argument("--no_baselines", action="store_true", help="skip the unimodal baselines")
+    p.add_argument("--quiet", action="store_true", help="no per-step training output")
+    return p
+
+
+def fusion_names(spec: Optional[str], config) -> List[str]:
+    """``--fusions`` -> names, checked against the fusion registry."""
+    from mmjax.fusion import registry
+
+    known = sorted(n for n in registry.FUSION.names() if n != modalities.UNIMODAL)
+    if not spec:
+        return [config.model.fusion]
+    if spec.strip() == "all":
+        return known
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise UserError(f"--fusions: unknown fusion {bad}; known: {', '.join(known)} (or 'all')")
+    return names
+
+
+def variants(config, fusions: List[str], baselines: bool) -> Dict[str, Any]:
+    """Row name -> config: one per fusion (``fusion_configs[name]`` when the config has it) and baseline."""
+    out = {}
+    per_fusion = config.get("fusion_configs") or {}
+    for name in fusions:
+        c = copy.deepcopy(config)
+        with c.ignore_type():
+            c.model.fusion = name
+            if name in per_fusion:
+                c.model.fusion_config = copy.deepcopy(per_fusion[name])
+        out[name] = c
+    mods = sorted(config.model.encoders.keys())
+    if baselines and len(mods) > 1:
+        for m in mods:
+            out[f"{m}_only"] = modalities.restrict(copy.deepcopy(config), (m,))
+    return out
+
+
+def param_count(config, data_fn, info_fn) -> int:
+    """Number of parameters of the experiment's model (shapes only: no compute)."""
+    import jax
+
+    from mmjax.train import loop
+
+    model = loop.build_classifier(loop._as_dict(config.model), int(info_fn(config)["num_classes"]))
+    example = next(iter(data_fn(config, "train", global_batch_size=int(config.batch_size), seed=0,
+                                train=True, start_step=0)))
+    shapes = jax.eval_shape(lambda b: model.init({"params": jax.random.PRNGKey(0),
+                                                  "dropout": jax.random.PRNGKey(1)}, b), example)
+    import flax.linen as nn
+
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nn.unbox(shapes.get("params", {})))))
+
+
+def _train_speed(workdir: str) -> float:
+    """Median examples/s over the logged training records (the first one includes compilation)."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    speeds = []
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                rec = json.loads(line)
+                if "examples_per_sec" in rec:
+                    speeds.append(float(rec["examples_per_sec"]))
+    if len(speeds) > 1:
+        speeds = speeds[1:]
+    return float(np.median(speeds)) if speeds else float("nan")
+
+
+def run_variant(name: str, config, workdir: str, seeds: int, *, data_fn=None, info_fn=None,
+                console=None) -> Dict[str, Any]:
+    """Trains ``config`` with ``seeds`` seeds under WORKDIR/runs/<name>/ -> its sweep row."""
+    from experiments import data_factory
+    from mmjax.train import loop
+
+    data_fn = data_fn or data_factory.make_data
+    info_fn = info_fn or data_factory.data_info
+    row: Dict[str, Any] = {"name": name, "fusion": None if name.endswith("_only") else str(config.model.fusion),
+                           "modalities": sorted(config.model.encoders.keys()), "seeds": []}
+    base_seed = int(config.get("seed", 0))
+    for k in range(seeds):
+        c = copy.deepcopy(config)
+        c.seed = base_seed + k
+        wd = os.path.join(workdir, "runs", name, f"seed_{k}")
+        done = os.path.join(wd, "results.json")
+        t0 = time.perf_counter()
+        if os.path.exists(done):
+            with open(done, encoding="utf-8") as f:
+                res = json.load(f)
+            wall = float(res.get("wall_time_sec", float("nan")))
+        else:
+            res = loop.train_and_evaluate(c, wd, data_fn=data_fn, info_fn=info_fn, console=console)
+            wall = time.perf_counter() - t0
+            res = dict(res, wall_time_sec=wall)
+            with open(done, "w", encoding="utf-8") as f:
+                json.dump({k2: v for k2, v in res.items() if k2 != "confusion_matrix"}, f, indent=2, default=float)
+        row["seeds"].append({"seed": c.seed, "accuracy": float(res["accuracy"]),
+                             "macro_f1": float(res.get("macro_f1", float("nan"))),
+                             "examples_per_sec": _train_speed(wd), "wall_time_sec": wall})
+    acc = np.array([s["accuracy"] for s in row["seeds"]])
+    f1 = np.array([s["macro_f1"] for s in row["seeds"]])
+    row.update(
+        accuracy_mean=float(acc.mean()), accuracy_std=float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
+        macro_f1_mean=float(f1.mean()),
+        params=param_count(config, data_fn, info_fn),
+        examples_per_sec=float(np.nanmean([s["examples_per_sec"] for s in row["seeds"]])),
+        wall_time_sec=float(np.sum([s["wall_time_sec"] for s in row["seeds"]])),
+    )
+    return row
+
+
+def markdown(rows: List[Dict[str, Any]], title: str, command: str = "") -> str:
+    """The sweep table, best accuracy first."""
+    lines = [f"# Sweep: {title}", ""]
+    if command:
+        lines += ["Reproduce with:", "", "```", command, "```", ""]
+    lines += ["| row | fusion | modalities | test accuracy (mean ± std) | macro-F1 | params | train ex/s | wall time (s) | seeds |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: -r["accuracy_mean"]):
+        lines.append(
+            f"| {r['name']} | {r['fusion'] or '(none: unimodal)'} | {'+'.join(r['modalities'])} | "
+            f"{r['accuracy_mean']:.4f} ± {r['accuracy_std']:.4f} | {r['macro_f1_mean']:.4f} | {r['params']:,} | "
+            f"{r['examples_per_sec']:.0f} | {r['wall_time_sec']:.1f} | {len(r['seeds'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def sweep(config, workdir: str, fusions: List[str], seeds: int, *, baselines: bool = True, data_fn=None,
+          info_fn=None, console=None, title: str = "", command: str = "") -> List[Dict[str, Any]]:
+    """Runs the sweep and writes WORKDIR/sweep.{json,md,png}; returns the rows."""
+    from experiments.reports import plots
+    from mmjax.train import loop
+
+    _compilation_cache(workdir)
+    if seeds < 1:
+        raise UserError(f"--seeds must be >= 1, got {seeds}")
+    os.makedirs(workdir, exist_ok=True)
+    rows = []
+    todo = variants(config, fusions, baselines)
+    for i, (name, c) in enumerate(todo.items()):
+        print(f"[sweep {i + 1}/{len(todo)}] {name}: {seeds} seed(s)", flush=True)
+        try:
+            row = run_variant(name, c, workdir, seeds, data_fn=data_fn, info_fn=info_fn, console=console)
+        except loop.TrainingDiverged as e:
+            print(f"  {name} diverged: {e}", flush=True)
+            continue
+        print(f"  {name}: accuracy {row['accuracy_mean']:.4f} ± {row['accuracy_std']:.4f}, "
+              f"{row['params']:,} params, {row['wall_time_sec']:.1f} s", flush=True)
+        rows.append(row)
+        _write(rows, workdir, title, command)
+    return rows
+
+
+def _compilation_cache(workdir: str) -> None:
+    """Seeds of a row compile the same programs: a persistent cache lets the 2nd..Nth reuse them."""
+    import jax
+
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, ".jax_cache"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+def _write(rows, workdir, title, command):
+    from experiments.reports import plots
+
+    with open(os.path.join(workdir, "sweep.json"), "w", encoding="utf-8") as f:
+        json.dump({"experiment": title, "command": command, "rows": rows}, f, indent=2)
+    with open(os.path.join(workdir, "sweep.md"), "w", encoding="utf-8") as f:
+        f.write(markdown(rows, title, command))
+    plots.sweep_plot(rows, os.path.join(workdir, "sweep.png"), title=title)
+
+
+def run(args) -> int:
+    config = train_cmd.prepare(args)
+    modalities.restrict(config)
+    names = fusion_names(args.fusions, config)
+    command = "python -m experiments sweep " + args.experiment + f" --workdir {args.workdir}" + (
+        f" --fusions {args.fusions}" if args.fusions else "") + f" --seeds {args.seeds}" + "".join(
+        f" --config.{k}={v}" for k, v in args.overrides)
+    console = None if args.quiet else sys.stdout
+    try:
+        sweep(config, args.workdir, names, args.seeds, baselines=not args.no_baselines,
+              console=console, title=args.experiment, command=command)
+    except train_cmd._user_errors() as e:
+        raise UserError(str(e)) from None
+    print(f"wrote {os.path.join(args.workdir, 'sweep.md')}, sweep.json, sweep.png")
+    return 0

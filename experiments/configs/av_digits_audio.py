@@ -1,0 +1,11 @@
+"""av_digits_audio: the audio-only baseline of av_digits (same encoder, no fusion)."""
+import ml_collections
+
+from experiments import modalities
+from experiments.configs import av_digits
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = av_digits.get_config()
+    c.description = "av_digits, audio only (unimodal baseline: audio encoder + head)"
+    return modalities.restrict(c, ("audio",))

@@ -1,0 +1,103 @@
+"""The ``modalities`` config switch: restrict an experiment to a subset of its modalities.
+
+``config.modalities = ("image",)`` (or ``--config.modalities=image``) keeps only
+those encoders in ``config.model.encoders`` and, for pipeline datasets, only
+those entries of ``config.data.modalities`` (so the other modalities are not
+decoded at all). With a single modality left the model becomes a *unimodal
+baseline*: encoder -> head, no fusion block (the ``unimodal`` pass-through
+below, registered with the fusion blocks so the classifier can name it: every
+real fusion block requires two or more modalities). An empty tuple leaves the
+experiment unchanged.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from experiments.errors import UserError
+
+
+UNIMODAL = "unimodal"
+
+
+class UnimodalPassThrough(nn.Module):
+    """Not a fusion: the single modality's pooled features (B, D), zeroed where
+    ``modality_mask`` is False. Parameter-free, so a baseline is exactly encoder + head."""
+
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, features, modality_mask=None, *, train: bool = False) -> jax.Array:
+        if len(features) != 1:
+            raise UserError(f"{UNIMODAL}: expects exactly one modality, got {sorted(features)}")
+        (m, x), = features.items()
+        x = getattr(x, "pooled", x)
+        if x.ndim == 3:
+            x = x.mean(axis=1)
+        if modality_mask is not None and m in modality_mask:
+            x = jnp.where(modality_mask[m][:, None], x, 0)
+        return x.astype(self.dtype)
+
+
+def _register() -> None:
+    import importlib
+
+    # mmjax.fusion re-exports a function named ``cost``: import the module itself.
+    cost = importlib.import_module("mmjax.fusion.cost")
+    registry = importlib.import_module("mmjax.fusion.registry")
+
+    if UNIMODAL not in registry.FUSION:
+        registry.FUSION.register(UNIMODAL)(UnimodalPassThrough)
+    if UNIMODAL not in cost.COSTS:
+        cost.COSTS.register(UNIMODAL)(lambda dims, out_dim=None, **config: cost.Cost(params=0, flops=0))
+
+
+_register()
+
+
+def selected(config: Any) -> tuple:
+    """The configured subset, as a tuple of names (``()`` = all)."""
+    value = config.get("modalities", ()) if hasattr(config, "get") else ()
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = tuple(v.strip() for v in value.split(",") if v.strip())
+    return tuple(value)
+
+
+def restrict(config: ml_collections.ConfigDict, modalities: Sequence[str] = None) -> ml_collections.ConfigDict:
+    """Applies ``modalities`` (default: ``config.modalities``) to ``config`` in place and returns it.
+
+    Raises:
+      UserError: a name that is not one of the experiment's encoders.
+    """
+    wanted = tuple(modalities) if modalities is not None else selected(config)
+    if not wanted:
+        return config
+    encoders = config.model.encoders
+    known = sorted(encoders.keys())
+    unknown = [m for m in wanted if m not in encoders]
+    if unknown:
+        raise UserError(f"--config.modalities: {unknown} not among this experiment's modalities {known}")
+    with config.ignore_type():
+        if "modalities" in config:
+            config.modalities = tuple(wanted)
+        config.model.encoders = ml_collections.ConfigDict({m: encoders[m].to_dict() if hasattr(encoders[m], "to_dict")
+                                                           else encoders[m] for m in wanted})
+        data_mods = config.data.get("modalities") if "data" in config else None
+        if data_mods:
+            config.data.modalities = ml_collections.ConfigDict(
+                {m: data_mods[m].to_dict() for m in wanted if m in data_mods})
+            dropout = config.data.get("modality_dropout")
+            if dropout:
+                config.data.modality_dropout = {m: p for m, p in dropout.items() if m in wanted}
+        if len(wanted) == 1:
+            config.model.placement = "middle"
+            config.model.fusion = UNIMODAL
+            config.model.fusion_config = ml_collections.ConfigDict({})
+    return config

@@ -1,0 +1,1 @@
+"""Reports of experiment runs: plots (matplotlib, Agg backend) and evaluation analyses."""
