@@ -95,7 +95,8 @@ class _RecurrentEncoder(nn.Module):
                 carry_b, out_b = bwd(h, seq_lengths=lengths, return_carry=True, reverse=True, keep_order=True)
                 out = jnp.concatenate([out, out_b], axis=-1)
                 finals.append(carry_b)
-            h = jnp.where(mask[..., None], out, 0)
+            # Cells keep f32 carries; cast so tokens follow the module's dtype.
+            h = jnp.where(mask[..., None], out, 0).astype(self.dtype)
         if self.pool == "final":
             # LSTM carries are (c, h): the hidden state is the last element.
             states = [c[-1] if isinstance(c, tuple) else c for c in finals]
