@@ -182,7 +182,7 @@ class TransformerTextEncoder(nn.Module):
         d = self.hidden_dim
         h = _embed(self.vocab_size, d, self.dtype, self.param_dtype)(ids)
         pos = sliced_positions(self, "pos_embedding", length, self.max_len, d, self.param_dtype,
-                               "tokens", "transformer")
+                               "tokens", "transformer", "max_len")
         h = h + pos.astype(self.dtype)
         attn_mask = mask
         if self.pool == "cls":
