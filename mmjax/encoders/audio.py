@@ -187,7 +187,7 @@ class AstEncoder(_AudioBase):
                  param_dtype=self.param_dtype, name="patch_embed")(spec[..., None].astype(self.dtype))
         b, nt, nf, d = h.shape
         pos_t = sliced_positions(self, "time_embedding", nt, self.max_time_patches, d, self.param_dtype,
-                                 "time patches", "ast")
+                                 "time patches", "ast", "max_time_patches")
         pos_f = embedding_param(self, "freq_embedding", (nf, d), (LENGTH, EMBED), self.param_dtype)
         h = h + (pos_t[:, None, :] + pos_f[None, :, :]).astype(self.dtype)
         h = einops.rearrange(h, "b t f d -> b (t f) d")

@@ -93,7 +93,7 @@ def embedding_param(module: nn.Module, name: str, shape: Tuple[int, ...], axes: 
 
 
 def sliced_positions(module: nn.Module, name: str, length: int, max_length: int, dim: int,
-                     param_dtype: Any, what: str, encoder: str) -> Array:
+                     param_dtype: Any, what: str, encoder: str, option: str) -> Array:
     """The first ``length`` rows of a (max_length, dim) learned table.
 
     Sliced rather than sized to the input so that appending padding changes
@@ -102,7 +102,7 @@ def sliced_positions(module: nn.Module, name: str, length: int, max_length: int,
     if length > max_length:
         raise EncoderInputError(
             f"{encoder} encoder: {length} {what} exceed the configured maximum {max_length} "
-            f"(raise the encoder's max_{what.replace(' ', '_')} option)"
+            f"(raise the {option} option)"
         )
     table = embedding_param(module, name, (max_length, dim), (LENGTH, EMBED), param_dtype)
     return table[:length]

@@ -126,15 +126,18 @@ _RESNET_STAGES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3,
 
 @register("resnet")
 class ResNetEncoder(nn.Module):
-    """ResNet-18/34/50/101/152: (B, H, W, C) -> Encoded with width ``8 * width``
-    (basic blocks) or ``32 * width`` (bottleneck, depth >= 50).
+    """ResNet-18/34/50/101/152: (B, H, W, C) -> Encoded with width ``2^(S-1) * width``
+    (basic blocks) or ``2^(S+1) * width`` (bottleneck, depth >= 50), S = number of
+    stages (4 unless ``stage_sizes`` says otherwise).
 
     BatchNorm normalises with batch statistics and updates the ``batch_stats``
     collection when ``train=True`` (apply with ``mutable=["batch_stats"]``), and
     uses the running averages when ``train=False``.
 
     Attributes:
-      depth: 18, 34, 50, 101 or 152.
+      depth: 18, 34, 50, 101 or 152 (basic blocks below 50, bottleneck blocks from 50).
+      stage_sizes: optional blocks per stage overriding ``depth``'s, e.g. (1, 1, 1, 1)
+        for a ResNet-10 (block type still follows ``depth``).
       width: channels of the first stage (64 in the paper; 4-8 for tests).
       small_inputs: CIFAR-style stem (3x3 conv, stride 1, no max-pool) for
         images of 32x32 or less; otherwise the ImageNet 7x7/2 conv + 3x3/2 pool.
@@ -145,6 +148,7 @@ class ResNetEncoder(nn.Module):
     """
 
     depth: int = 18
+    stage_sizes: Optional[Sequence[int]] = None
     width: int = 64
     small_inputs: bool = False
     bn_momentum: float = 0.9
@@ -184,7 +188,10 @@ class ResNetEncoder(nn.Module):
             h = conv_(self.width, (7, 7), strides=2, padding=((3, 3), (3, 3)), name="stem_conv")(h)
             h = nn.relu(norm(name="stem_bn")(h))
             h = nn.max_pool(h, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-        for s, blocks in enumerate(_RESNET_STAGES[self.depth]):
+        stages = _RESNET_STAGES[self.depth] if self.stage_sizes is None else tuple(self.stage_sizes)
+        if not stages or min(stages) < 1:
+            raise EncoderInputError(f"resnet encoder: stage_sizes must be positive block counts, got {stages}")
+        for s, blocks in enumerate(stages):
             for b in range(blocks):
                 strides = 2 if s > 0 and b == 0 else 1
                 h = block_cls(self.width * 2**s, strides, conv_, norm, name=f"stage{s + 1}_block{b + 1}")(h)

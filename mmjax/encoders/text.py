@@ -95,7 +95,8 @@ class _RecurrentEncoder(nn.Module):
                 carry_b, out_b = bwd(h, seq_lengths=lengths, return_carry=True, reverse=True, keep_order=True)
                 out = jnp.concatenate([out, out_b], axis=-1)
                 finals.append(carry_b)
-            h = jnp.where(mask[..., None], out, 0)
+            # Cells keep f32 carries; cast so tokens follow the module's dtype.
+            h = jnp.where(mask[..., None], out, 0).astype(self.dtype)
         if self.pool == "final":
             # LSTM carries are (c, h): the hidden state is the last element.
             states = [c[-1] if isinstance(c, tuple) else c for c in finals]
@@ -181,7 +182,7 @@ class TransformerTextEncoder(nn.Module):
         d = self.hidden_dim
         h = _embed(self.vocab_size, d, self.dtype, self.param_dtype)(ids)
         pos = sliced_positions(self, "pos_embedding", length, self.max_len, d, self.param_dtype,
-                               "tokens", "transformer")
+                               "tokens", "transformer", "max_len")
         h = h + pos.astype(self.dtype)
         attn_mask = mask
         if self.pool == "cls":

@@ -122,7 +122,7 @@ class VideoVitEncoder(nn.Module):
         h = einops.rearrange(h, "b t h w d -> b t (h w) d")
         b, _, s, d = h.shape
         pos_t = sliced_positions(self, "time_embedding", nt, self.max_time_tokens, d, self.param_dtype,
-                                 "time tokens", "video_vit")
+                                 "time tokens", "video_vit", "max_time_tokens")
         pos_s = embedding_param(self, "space_embedding", (s, d), (LENGTH, EMBED), self.param_dtype)
         h = h + (pos_t[:, None, :] + pos_s[None, :, :]).astype(self.dtype)
         h = nn.Dropout(self.dropout_rate)(h, deterministic=not train)
