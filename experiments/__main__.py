@@ -15,6 +15,7 @@ from experiments.errors import UserError
 # Command name -> module in experiments.commands.
 COMMANDS = {
     "demo": "demo",
+    "bench": "bench",
 }
 
 
