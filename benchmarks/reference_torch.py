@@ -346,6 +346,264 @@ class LateRef(FusionReference):
             _copy(self.modality_logits, params["modality_logits"], "late.modality_logits")
 
 
+# ----------------------------------------------------------------------------- attention blocks
+#
+# Built from the stock PyTorch layers a PyTorch user reaches for:
+# nn.MultiheadAttention (packed in_proj, as in MulT's and TorchMultimodal's
+# code) and nn.TransformerEncoderLayer(norm_first=True) for self-attention
+# layers. flax's LayerNorm epsilon is 1e-6 and its GELU the tanh approximation;
+# the references use the same so that given the same weights they agree.
+
+LN_EPS = 1e-6
+
+
+def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+@torch.no_grad()
+def load_layer_norm(ln: nn.LayerNorm, p: Mapping[str, Any]) -> None:
+    _copy(ln.weight, p["scale"], "LayerNorm.scale")
+    _copy(ln.bias, p["bias"], "LayerNorm.bias")
+
+
+@torch.no_grad()
+def load_mha(mha: nn.MultiheadAttention, p: Mapping[str, Any]) -> None:
+    """mmjax MultiHeadAttention {query,key,value: kernel (E, H, hd), bias (H, hd);
+    out: kernel (H, hd, E), bias (E,)} -> nn.MultiheadAttention (packed in_proj)."""
+    e = mha.embed_dim
+    w = [_t(p[k]["kernel"]).reshape(e, -1).T for k in ("query", "key", "value")]
+    b = [_t(p[k]["bias"]).reshape(-1) for k in ("query", "key", "value")]
+    _copy(mha.in_proj_weight, torch.cat(w, 0), "attention in_proj_weight")
+    _copy(mha.in_proj_bias, torch.cat(b, 0), "attention in_proj_bias")
+    out_kernel = _t(p["out"]["kernel"])
+    _copy(mha.out_proj.weight, out_kernel.reshape(-1, out_kernel.shape[-1]).T, "attention out_proj.weight")
+    _copy(mha.out_proj.bias, p["out"]["bias"], "attention out_proj.bias")
+
+
+def self_attention_layer(dim: int, num_heads: int, mlp_dim: int) -> nn.TransformerEncoderLayer:
+    """Pre-LN self-attention layer, the stock PyTorch one."""
+    return nn.TransformerEncoderLayer(
+        dim, num_heads, dim_feedforward=mlp_dim, dropout=0.0, activation=_gelu_tanh,
+        layer_norm_eps=LN_EPS, batch_first=True, norm_first=True,
+    )
+
+
+@torch.no_grad()
+def load_self_attention_layer(layer: nn.TransformerEncoderLayer, p: Mapping[str, Any]) -> None:
+    """mmjax TransformerBlock {ln_attn, self_attn, ln_mlp, mlp: {fc1, fc2}} -> encoder layer."""
+    load_layer_norm(layer.norm1, p["ln_attn"])
+    load_mha(layer.self_attn, p["self_attn"])
+    load_layer_norm(layer.norm2, p["ln_mlp"])
+    load_linear(layer.linear1, p["mlp"]["fc1"])
+    load_linear(layer.linear2, p["mlp"]["fc2"])
+
+
+class CrossAttentionLayer(nn.Module):
+    """Pre-LN cross-modal attention layer (MulT): x + MHA(LN x, LN c, LN c); x + MLP(LN x)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_dim: int):
+        super().__init__()
+        self.ln_q = nn.LayerNorm(dim, eps=LN_EPS)
+        self.ln_kv = nn.LayerNorm(dim, eps=LN_EPS)
+        self.attn = nn.MultiheadAttention(dim, num_heads, dropout=0.0, batch_first=True)
+        self.ln_mlp = nn.LayerNorm(dim, eps=LN_EPS)
+        self.fc1 = nn.Linear(dim, mlp_dim)
+        self.fc2 = nn.Linear(mlp_dim, dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        c = self.ln_kv(context)
+        x = x + self.attn(self.ln_q(x), c, c, need_weights=False)[0]
+        return x + self.fc2(_gelu_tanh(self.fc1(self.ln_mlp(x))))
+
+    @torch.no_grad()
+    def load_flax(self, p: Mapping[str, Any]) -> None:
+        load_layer_norm(self.ln_q, p["ln_q"])
+        load_layer_norm(self.ln_kv, p["ln_kv"])
+        load_mha(self.attn, p["cross_attn"])
+        load_layer_norm(self.ln_mlp, p["ln_mlp"])
+        load_linear(self.fc1, p["mlp"]["fc1"])
+        load_linear(self.fc2, p["mlp"]["fc2"])
+
+
+class _TokenReference(FusionReference):
+    """Per-modality token projections (B, T_m, D_m) -> (B, T_m, dim); pooled (B, D_m) is one token."""
+
+    def __init__(self, names, dims, out_dim, dim: int, num_heads: int, mlp_dim: Optional[int],
+                 pos_emb: bool, token_lengths: Optional[Sequence[int]]):
+        super().__init__(names, dims, out_dim)
+        self.dim, self.num_heads = dim, num_heads
+        self.mlp_dim = 4 * dim if mlp_dim is None else mlp_dim
+        self.proj = nn.ModuleList(nn.Linear(d, dim) for d in dims)
+        self.pos_emb = None
+        if pos_emb:
+            if token_lengths is None:
+                raise ReferenceError("attention reference with pos_emb=True needs token_lengths")
+            self.pos_emb = nn.ParameterList(nn.Parameter(torch.zeros(t, dim)) for t in token_lengths)
+
+    def project(self, xs):
+        out = []
+        for i, (lin, x) in enumerate(zip(self.proj, xs)):
+            if x.dim() == 2:
+                x = x[:, None, :]
+            h = lin(x)
+            if self.pos_emb is not None:
+                h = h + self.pos_emb[i]
+            out.append(h)
+        return out
+
+    def load_projections(self, params):
+        for i, (n, lin) in enumerate(zip(self.names, self.proj)):
+            load_linear(lin, params[f"proj_{n}"])
+            if self.pos_emb is not None:
+                _copy(self.pos_emb[i], params[f"pos_emb_{n}"], f"pos_emb_{n}")
+
+
+@_register("cross_attention")
+class CrossModalRef(_TokenReference):
+    """MulT (Tsai et al. 2019): for every target a and source b != a, ``num_layers``
+    cross-modal attention layers (queries from a, keys/values from b) and a
+    LayerNorm; per target the M-1 streams are concatenated on features,
+    mean-pooled over tokens; the M targets concatenated; a Linear to out_dim."""
+
+    def __init__(self, names, dims, out_dim, dim: int = 64, num_heads: int = 4, num_layers: int = 1,
+                 mlp_dim: Optional[int] = None, pos_emb: bool = False, token_lengths=None,
+                 dropout_rate: float = 0.0, return_tokens: bool = False):
+        super().__init__(names, dims, out_dim, dim, num_heads, mlp_dim, pos_emb, token_lengths)
+        if return_tokens:
+            raise ReferenceError("cross_attention reference: return_tokens is not supported")
+        self.num_layers = num_layers
+        m = len(dims)
+        self.pairs = [(a, b) for a in range(m) for b in range(m) if a != b]
+        self.layers = nn.ModuleList(
+            nn.ModuleList(CrossAttentionLayer(dim, num_heads, self.mlp_dim) for _ in range(num_layers))
+            for _ in self.pairs
+        )
+        self.norms = nn.ModuleList(nn.LayerNorm(dim, eps=LN_EPS) for _ in self.pairs)
+        self.out = nn.Linear(m * (m - 1) * dim, out_dim)
+
+    def forward(self, *xs):
+        x = self.project(xs)
+        m = len(x)
+        streams: List[List[torch.Tensor]] = [[] for _ in range(m)]
+        for (a, b), layers, norm in zip(self.pairs, self.layers, self.norms):
+            h = x[a]
+            for layer in layers:
+                h = layer(h, x[b])
+            streams[a].append(norm(h))
+        pooled = [torch.cat(s, dim=-1).mean(dim=1) for s in streams]
+        return self.out(torch.cat(pooled, dim=-1))
+
+    def load_flax(self, params):
+        self.load_projections(params)
+        for (a, b), layers, norm in zip(self.pairs, self.layers, self.norms):
+            na, nb = self.names[a], self.names[b]
+            for i, layer in enumerate(layers):
+                layer.load_flax(params[f"{na}_from_{nb}_{i}"])
+            load_layer_norm(norm, params[f"{na}_from_{nb}_norm"])
+        load_linear(self.out, params["out"])
+
+
+@_register("bottleneck")
+class BottleneckRef(_TokenReference):
+    """MBT (Nagrani et al. 2021): per-modality pre-LN transformer layers; from
+    ``fusion_layer`` on each modality's layer attends over [own tokens;
+    bottleneck tokens] and the updated bottlenecks are averaged over
+    modalities. Per-modality final LayerNorm, token mean, modality mean, Linear."""
+
+    def __init__(self, names, dims, out_dim, dim: int = 64, num_heads: int = 4, num_layers: int = 2,
+                 fusion_layer: int = 0, num_bottlenecks: int = 4, mlp_dim: Optional[int] = None,
+                 share_weights: bool = False, pos_emb: bool = False, token_lengths=None,
+                 dropout_rate: float = 0.0):
+        super().__init__(names, dims, out_dim, dim, num_heads, mlp_dim, pos_emb, token_lengths)
+        self.num_layers, self.fusion_layer, self.share = num_layers, fusion_layer, share_weights
+        owners = 1 if share_weights else len(dims)
+        self.layers = nn.ModuleList(
+            nn.ModuleList(self_attention_layer(dim, num_heads, self.mlp_dim) for _ in range(num_layers))
+            for _ in range(owners)
+        )
+        self.final_norms = nn.ModuleList(nn.LayerNorm(dim, eps=LN_EPS) for _ in range(owners))
+        self.bottleneck = nn.Parameter(torch.zeros(num_bottlenecks, dim)) if fusion_layer < num_layers else None
+        self.out = nn.Linear(dim, out_dim)
+
+    def forward(self, *xs):
+        x = self.project(xs)
+        m, b = len(x), x[0].shape[0]
+        owner = (lambda i: 0) if self.share else (lambda i: i)  # noqa: E731
+        bott = None if self.bottleneck is None else self.bottleneck.expand(b, -1, -1)
+        for layer_idx in range(self.num_layers):
+            if layer_idx < self.fusion_layer:
+                x = [self.layers[owner(i)][layer_idx](x[i]) for i in range(m)]
+                continue
+            updated = []
+            for i in range(m):
+                t = x[i].shape[1]
+                out = self.layers[owner(i)][layer_idx](torch.cat([x[i], bott], dim=1))
+                x[i] = out[:, :t]
+                updated.append(out[:, t:])
+            bott = torch.stack(updated, dim=0).mean(dim=0)
+        pooled = [self.final_norms[owner(i)](x[i]).mean(dim=1) for i in range(m)]
+        return self.out(torch.stack(pooled, dim=0).mean(dim=0))
+
+    def load_flax(self, params):
+        self.load_projections(params)
+        owners = ["shared"] if self.share else self.names
+        for o, layers, norm in zip(owners, self.layers, self.final_norms):
+            for i, layer in enumerate(layers):
+                load_self_attention_layer(layer, params[f"layer_{i}" if self.share else f"{o}_layer_{i}"])
+            load_layer_norm(norm, params["ln_final" if self.share else f"{o}_ln_final"])
+        if self.bottleneck is not None:
+            _copy(self.bottleneck, params["bottleneck"], "bottleneck")
+        load_linear(self.out, params["out"])
+
+
+@_register("perceiver")
+class PerceiverRef(_TokenReference):
+    """Perceiver (Jaegle et al. 2021): N learned latents cross-attend to the
+    concatenated tokens of all modalities (each plus a modality embedding), then
+    latent self-attention; repeated ``num_layers`` times; LayerNorm, latent mean, Linear."""
+
+    def __init__(self, names, dims, out_dim, dim: int = 64, num_heads: int = 4, num_layers: int = 1,
+                 num_latents: int = 8, num_self_layers: int = 1, mlp_dim: Optional[int] = None,
+                 share_weights: bool = False, pos_emb: bool = False, token_lengths=None,
+                 dropout_rate: float = 0.0):
+        super().__init__(names, dims, out_dim, dim, num_heads, mlp_dim, pos_emb, token_lengths)
+        self.num_layers, self.share = num_layers, share_weights
+        repeats = 1 if share_weights else num_layers
+        self.modality_emb = nn.ParameterList(nn.Parameter(torch.zeros(dim)) for _ in dims)
+        self.latents = nn.Parameter(torch.zeros(num_latents, dim))
+        self.cross = nn.ModuleList(CrossAttentionLayer(dim, num_heads, self.mlp_dim) for _ in range(repeats))
+        self.selfs = nn.ModuleList(
+            nn.ModuleList(self_attention_layer(dim, num_heads, self.mlp_dim) for _ in range(num_self_layers))
+            for _ in range(repeats)
+        )
+        self.ln_final = nn.LayerNorm(dim, eps=LN_EPS)
+        self.out = nn.Linear(dim, out_dim)
+
+    def forward(self, *xs):
+        x = self.project(xs)
+        byte = torch.cat([h + e for h, e in zip(x, self.modality_emb)], dim=1)
+        z = self.latents.expand(byte.shape[0], -1, -1)
+        for r in range(self.num_layers):
+            j = 0 if self.share else r
+            z = self.cross[j](z, byte)
+            for layer in self.selfs[j]:
+                z = layer(z)
+        return self.out(self.ln_final(z).mean(dim=1))
+
+    def load_flax(self, params):
+        self.load_projections(params)
+        for n, e in zip(self.names, self.modality_emb):
+            _copy(e, params[f"modality_emb_{n}"], f"modality_emb_{n}")
+        _copy(self.latents, params["latents"], "latents")
+        for r, (cross, selfs) in enumerate(zip(self.cross, self.selfs)):
+            cross.load_flax(params[f"cross_{r}"])
+            for s, layer in enumerate(selfs):
+                load_self_attention_layer(layer, params[f"self_{r}_{s}"])
+        load_layer_norm(self.ln_final, params["ln_final"])
+        load_linear(self.out, params["out"])
+
+
 def has_reference(name: str) -> bool:
     return name in REFERENCES
 
