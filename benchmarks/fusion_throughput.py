@@ -845,6 +845,10 @@ def plot(doc: Mapping[str, Any], out_dir: str) -> None:
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.9 * rows), squeeze=False)
     for ax, name in zip(axes.flat, blocks):
         rs = sorted(_rows(results, "batch", name), key=lambda r: r["batch"])
+        ax.set_title(name, fontsize=10)
+        if not rs:
+            ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
+            continue
         b = [r["batch"] for r in rs]
         ax.plot(b, [r["jax"]["train"]["examples_per_s"] for r in rs], "o-", label="mmjax")
         for variant, style in (("eager", "s--"), ("compile", "^:")):
@@ -854,7 +858,6 @@ def plot(doc: Mapping[str, Any], out_dir: str) -> None:
                 ax.plot(*zip(*pts), style, label=f"torch {variant}")
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_title(name, fontsize=10)
         ax.set_xlabel("batch", fontsize=8)
         ax.set_ylabel("train examples/s", fontsize=8)
         ax.tick_params(labelsize=7)
@@ -884,12 +887,14 @@ def plot(doc: Mapping[str, Any], out_dir: str) -> None:
         axes[1, col].set_ylabel("measured train µs / example")
         for row in range(2):
             ax = axes[row, col]
-            ax.set_yscale("log")
-            if xkey == "dim":
-                ax.set_xscale("log", base=2)
+            if ax.has_data():
+                ax.set_yscale("log")
+                if xkey == "dim":
+                    ax.set_xscale("log", base=2)
             ax.set_xlabel(xlabel)
             ax.grid(True, which="both", alpha=0.3)
-        axes[0, col].legend(fontsize=7, ncol=2)
+        if axes[0, col].get_legend_handles_labels()[0]:
+            axes[0, col].legend(fontsize=7, ncol=2)
     fig.suptitle("How fusion cost grows (tensor: product of dims; low_rank: linear)", fontsize=11)
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "scaling.png"), dpi=110)
