@@ -880,6 +880,7 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
 def plot(doc: Mapping[str, Any], out_dir: str) -> None:
     """throughput.png (train examples/s vs batch per block) and scaling.png."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -904,6 +905,8 @@ def plot(doc: Mapping[str, Any], out_dir: str) -> None:
                 ax.plot(*zip(*pts), style, label=f"torch {variant}")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # short ranges crowd minor labels
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("batch", fontsize=8)
         ax.set_ylabel("train examples/s", fontsize=8)
         ax.tick_params(labelsize=7)
