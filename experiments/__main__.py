@@ -20,6 +20,7 @@ COMMANDS = {
     "list": "list",
     "data": "data",
     "sweep": "sweep",
+    "bench": "bench",
 }
 
 

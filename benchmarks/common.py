@@ -1,0 +1,233 @@
+"""Timing, XLA cost/memory extraction and run metadata shared by the benchmarks.
+
+Conventions used by every benchmark in this package:
+
+* steady state only: a function is compiled (and its compile time recorded
+  separately), warmed up once, then timed in ``repeats`` repeats of ``iters``
+  calls each; the reported time per call is the median over repeats;
+* JAX work is asynchronous, so each repeat ends with ``jax.block_until_ready``
+  on the last result (PyTorch on CPU is synchronous, so nothing to wait for);
+* FLOPs count one multiply-add as 2 FLOPs, the convention of both
+  ``compiled.cost_analysis()`` and :func:`mmjax.fusion.cost`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+
+class BenchmarkConfigError(ValueError):
+    """A benchmark was asked for something it cannot run (unknown block, bad grid)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """Seconds per call: median and min over ``repeats`` repeats of ``iters`` calls."""
+
+    median_s: float
+    min_s: float
+    repeats: int
+    iters: int
+
+    def as_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def time_calls(
+    call: Callable[[], Any],
+    *,
+    sync: Callable[[Any], Any] = lambda x: x,
+    repeats: int = 5,
+    min_time: float = 0.05,
+    max_iters: int = 10_000,
+) -> Timing:
+    """Times ``call()`` in steady state.
+
+    One untimed warm-up call, then the number of calls per repeat is chosen so
+    a repeat lasts about ``min_time`` seconds (short calls are dominated by
+    timer resolution and dispatch jitter otherwise).
+    """
+    if repeats < 1:
+        raise BenchmarkConfigError(f"repeats must be >= 1, got {repeats}")
+    sync(call())
+    t0 = time.perf_counter()
+    sync(call())
+    one = max(time.perf_counter() - t0, 1e-7)
+    iters = int(min(max_iters, max(1, round(min_time / one))))
+    per_call: List[float] = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = None
+        for _ in range(iters):
+            out = call()
+        sync(out)
+        per_call.append((time.perf_counter() - t0) / iters)
+    return Timing(statistics.median(per_call), min(per_call), repeats, iters)
+
+
+def xla_flops(compiled: Any) -> Optional[float]:
+    """FLOPs XLA counted for a compiled executable, or None if it reports none.
+
+    ``Compiled.cost_analysis()`` returns a dict in current jax (0.4.30+) and a
+    list with one dict per device program in older releases; both are handled.
+    """
+    try:
+        analysis = compiled.cost_analysis()
+    except Exception:  # some backends do not implement it
+        return None
+    if analysis is None:
+        return None
+    if isinstance(analysis, (list, tuple)):
+        values = [a.get("flops") for a in analysis if isinstance(a, dict) and a.get("flops") is not None]
+        return float(sum(values)) if values else None
+    flops = analysis.get("flops")
+    return None if flops is None else float(flops)
+
+
+def memory_bytes(compiled: Any) -> Optional[Dict[str, int]]:
+    """temp / argument / output bytes of a compiled executable and their total."""
+    try:
+        stats = compiled.memory_analysis()
+    except Exception:
+        return None
+    if stats is None:
+        return None
+    out = {
+        "temp": int(stats.temp_size_in_bytes),
+        "argument": int(stats.argument_size_in_bytes),
+        "output": int(stats.output_size_in_bytes),
+    }
+    out["total"] = out["temp"] + out["argument"] + out["output"]
+    return out
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _version(module: str) -> Optional[str]:
+    try:
+        mod = __import__(module)
+    except Exception:
+        return None
+    return getattr(mod, "__version__", None)
+
+
+def environment() -> Dict[str, Any]:
+    """Device, library versions, thread settings, load and date of this run."""
+    import jax
+
+    dev = jax.devices()[0]
+    env: Dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "platform": dev.platform,
+        "device_kind": dev.device_kind,
+        "num_devices": jax.device_count(),
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jaxlib": _version("jaxlib"),
+        "flax": _version("flax"),
+        "numpy": _version("numpy"),
+        "torch": _version("torch"),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
+    try:
+        import torch
+
+        env["torch_threads"] = torch.get_num_threads()
+    except Exception:
+        env["torch_threads"] = None
+    return env
+
+
+def matmul_peak(n: int = 1024, *, repeats: int = 5, min_time: float = 0.2, torch_too: bool = True) -> Dict[str, Any]:
+    """This machine's f32 matmul throughput, measured now: the peak that
+    achieved FLOP/s are compared with.
+
+    A square (n, n) @ (n, n) float32 matmul, 2 n^3 FLOPs. Measured in JAX and,
+    if available, in PyTorch; ``peak_flops_per_s`` is the larger of the two so
+    the share of peak is never flattered by a slow reference.
+    """
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a_np = rng.standard_normal((n, n), dtype=np.float32)
+    b_np = rng.standard_normal((n, n), dtype=np.float32)
+    a, b = jnp.asarray(a_np), jnp.asarray(b_np)
+    mm = jax.jit(jnp.matmul).lower(a, b).compile()
+    flops = 2.0 * n**3
+    t = time_calls(lambda: mm(a, b), sync=jax.block_until_ready, repeats=repeats, min_time=min_time)
+    out: Dict[str, Any] = {"n": n, "dtype": "float32", "jax_flops_per_s": flops / t.median_s, "jax_timing": t.as_dict()}
+    best = out["jax_flops_per_s"]
+    if torch_too:
+        try:
+            import torch
+
+            ta, tb = torch.from_numpy(a_np), torch.from_numpy(b_np)
+            tt = time_calls(lambda: torch.mm(ta, tb), repeats=repeats, min_time=min_time)
+            out["torch_flops_per_s"] = flops / tt.median_s
+            out["torch_timing"] = tt.as_dict()
+            best = max(best, out["torch_flops_per_s"])
+        except ImportError:
+            out["torch_flops_per_s"] = None
+    out["peak_flops_per_s"] = best
+    return out
+
+
+def write_json(path: str, data: Any) -> None:
+    """Writes ``data`` as indented JSON (atomically: a reader never sees half a file)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=False, default=_json_default)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _json_default(obj: Any) -> Any:
+    try:
+        import numpy as np
+
+        if isinstance(obj, np.generic):
+            return obj.item()
+    except ImportError:
+        pass
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.asdict(obj)
+    return str(obj)
+
+
+def fmt_rate(x: Optional[float]) -> str:
+    """Human-readable rate: 1.23M, 45.6k, 789."""
+    if x is None or x != x:
+        return "-"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def fmt_bytes(x: Optional[float]) -> str:
+    if x is None:
+        return "-"
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g} {unit}"
+    return f"{int(x)} B"

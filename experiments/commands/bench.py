@@ -1,0 +1,72 @@
+"""``python -m experiments bench {fusion,train}``: throughput benchmarks.
+
+    python -m experiments bench fusion [--quick] [--out DIR] [--blocks a,b] [--torch-compile | --no-torch-compile]
+    python -m experiments bench train [--quick] [--out DIR]
+
+``bench fusion`` writes DIR/fusion.json, DIR/fusion.md, DIR/throughput.png and
+DIR/scaling.png (see ``benchmarks/fusion_throughput.py``).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import List, Optional
+
+from experiments.errors import UserError
+
+
+def _blocks(value: Optional[str]) -> Optional[List[str]]:
+    if value is None:
+        return None
+    names = [b.strip() for b in value.split(",") if b.strip()]
+    if not names:
+        raise UserError("--blocks needs at least one fusion block name, e.g. --blocks concat,low_rank")
+    return names
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("bench", help="throughput benchmarks (fusion blocks, training step)",
+                              description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="bench_target", metavar="TARGET", required=True)
+
+    f = sub.add_parser("fusion", help="fusion blocks: examples/s, FLOPs, memory, vs PyTorch references")
+    f.add_argument("--quick", action="store_true", help="small grid, about two minutes on an idle 2-core CPU")
+    f.add_argument("--out", default="bench_out", help="output directory (default: bench_out)")
+    f.add_argument("--blocks", default=None, help="comma-separated fusion block names (default: all)")
+    tc = f.add_mutually_exclusive_group()
+    tc.add_argument("--torch-compile", dest="torch_compile", action="store_true", default=None,
+                    help="also measure torch.compile (default: on in the full run, off in --quick)")
+    tc.add_argument("--no-torch-compile", dest="torch_compile", action="store_false")
+    f.add_argument("--no-plots", action="store_true", help="skip the matplotlib plots")
+
+    t = sub.add_parser("train", help="training-step throughput of a small classifier")
+    t.add_argument("--quick", action="store_true")
+    t.add_argument("--out", default="bench_out")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.bench_target == "fusion":
+        from benchmarks import fusion_throughput as ft
+        from benchmarks.common import BenchmarkConfigError
+
+        grid = ft.QUICK if args.quick else ft.FULL
+        if args.torch_compile is not None and args.torch_compile != grid.torch_compile:
+            grid = dataclasses.replace(grid, torch_compile=args.torch_compile)
+            if args.quick and args.torch_compile:
+                # One compiled case per block keeps --quick short.
+                grid = dataclasses.replace(grid, torch_compile_batches=(grid.batches[0],))
+        try:
+            ft.run(args.out, grid=grid, blocks=_blocks(args.blocks), plots=not args.no_plots)
+        except BenchmarkConfigError as e:
+            raise UserError(str(e)) from None
+        return 0
+    if args.bench_target == "train":
+        from benchmarks import train_throughput as tt
+
+        try:
+            tt.run(args.out, quick=args.quick)
+        except tt.TrainSystemUnavailable as e:
+            raise UserError(str(e)) from None
+        return 0
+    raise UserError(f"unknown bench target {args.bench_target!r}; use 'fusion' or 'train'")
