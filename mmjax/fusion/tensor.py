@@ -1,1 +1,204 @@
-"""(to be written)"""
+"""Tensor fusion: ``tensor`` (TFN, Zadeh et al. 2017) and ``low_rank`` (LMF, Liu et al. 2018)."""
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any, List, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mmjax.fusion.base import FusionInputError, prepare
+from mmjax.fusion.cost import Cost, register_cost
+from mmjax.fusion.registry import register
+from mmjax.layers import dense
+from mmjax.sharding import FUSION_IN, FUSION_OUT, RANK, logical
+
+
+def _augment(h: jax.Array) -> jax.Array:
+    """(B, d) -> (B, d + 1) = [1; h]."""
+    return jnp.concatenate([jnp.ones(h.shape[:-1] + (1,), h.dtype), h], axis=-1)
+
+
+def tfn_plan(aug_dims: Sequence[int], out_dim: int) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+    """Contraction order for z = W vec(outer_m a_m), a_m of length aug_dims[m].
+
+    The plan is (S, rest): first the outer product of the modalities in S
+    (per example prod_{m in S} a_m numbers), contracted with W in one einsum
+    into a (prod_{m in rest} a_m, out_dim) tensor, which then absorbs the
+    modalities in ``rest`` one at a time (largest first, so each step shrinks
+    the tensor most). S = all modalities is "materialise the outer product";
+    |S| = 1 is "contract mode by mode". Among all non-empty S we take the one
+    with the smallest largest intermediate, then the fewest FLOPs; e.g. for
+    dims (33, 33, 33) and out_dim 64, S has two modalities: intermediates of
+    1089 and 33 * 64 numbers per example instead of 35937 (full outer
+    product) or 1089 * 64 (pure mode by mode).
+    """
+    m = len(aug_dims)
+    best = None
+    for k in range(1, m + 1):
+        for s in itertools.combinations(range(m), k):
+            rest = tuple(sorted((i for i in range(m) if i not in s), key=lambda i: -aug_dims[i]))
+            peak = max(math.prod(aug_dims[i] for i in s) if k > 1 else 0,
+                       math.prod(aug_dims[i] for i in rest) * out_dim)
+            key = (peak, _tfn_flops(aug_dims, out_dim, s, rest))
+            if best is None or key < best[0]:
+                best = (key, (s, rest))
+    return best[1]
+
+
+def _tfn_flops(aug_dims, out_dim, s, rest) -> int:
+    """Einsum FLOPs of a plan (outer-product multiplies excluded)."""
+    total = math.prod(aug_dims)
+    flops = 2 * total * out_dim
+    size = math.prod(aug_dims[i] for i in rest)
+    for i in rest:
+        flops += 2 * size * out_dim
+        size //= aug_dims[i]
+    return flops
+
+
+@register("tensor")
+class TensorFusion(nn.Module):
+    """Tensor Fusion Network: z = W vec(⊗_m [1; h_m]) + b.
+
+    h_m is modality m's pooled features, or ``W_m z_m + b_m`` of width
+    ``pre_dim`` if set (TFN works with small per-modality dims: the weight
+    grows as their product). W is stored as a tensor of shape
+    (d_1+1, ..., d_M+1, out_dim) and contracted without necessarily forming
+    the whole outer product; see :func:`tfn_plan` for the order.
+
+    Cost per example, with a_m = d_m + 1 and P = prod_m a_m:
+      parameters: P * out_dim + out_dim (+ sum_m (D_m + 1) * pre_dim);
+      FLOPs: 2 * P * out_dim for the big contraction, plus
+      2 * out_dim * (prod_{rest} a + prod_{rest minus first} a + ...) for the
+      mode-by-mode tail (+ 2 * sum_m D_m * pre_dim).
+      Peak activation: B * max(prod_{S} a, prod_{rest} a * out_dim).
+
+    Input: pooled (B, D_m) or tokens (B, T_m, D_m) per modality. Output: (B, out_dim).
+
+    Missing modality: h_m = 0 (also after ``pre_dim``), so [1; h_m] = [1; 0]
+    and every term involving that modality vanishes: the output is what the
+    sub-tensor of the present modalities gives (the unimodal and cross terms
+    of those alone, plus the constant term).
+
+    Attributes:
+      out_dim: output width.
+      pre_dim: project each modality to this width first (None: use as is).
+    """
+
+    out_dim: int
+    pre_dim: Optional[int] = None
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, features, modality_mask=None, *, train: bool = False) -> jax.Array:
+        inputs = prepare(features, modality_mask, block="tensor")
+        names = inputs.names
+        if len(names) > 20:
+            raise FusionInputError(f"tensor: at most 20 modalities supported, got {len(names)}")
+        hs: List[jax.Array] = []
+        for n in names:
+            h = inputs.pooled[n].astype(self.dtype)
+            if self.pre_dim is not None:
+                h = dense(self.pre_dim, dtype=self.dtype, param_dtype=self.param_dtype, name=f"pre_{n}")(h)
+                h = jnp.where(inputs.present[n][:, None], h, 0)
+            hs.append(_augment(h))
+        aug = [h.shape[-1] for h in hs]
+        # One logical name may appear once per array: the first mode carries
+        # FUSION_IN, the other modes are replicated.
+        axes = (FUSION_IN,) + (None,) * (len(aug) - 1) + (FUSION_OUT,)
+        init = nn.initializers.variance_scaling(
+            1.0, "fan_in", "truncated_normal", in_axis=tuple(range(len(aug))), out_axis=-1
+        )
+        w = self.param("kernel", logical(init, axes), (*aug, self.out_dim), self.param_dtype)
+        b = self.param("bias", logical(nn.initializers.zeros_init(), (FUSION_OUT,)), (self.out_dim,),
+                       self.param_dtype)
+        w = w.astype(self.dtype)
+
+        s, rest = tfn_plan(aug, self.out_dim)
+        letter = [chr(ord("a") + i) for i in range(len(aug))]
+        sl = "".join(letter[i] for i in s)
+        outer = jnp.einsum(",".join("y" + letter[i] for i in s) + "->y" + sl, *[hs[i] for i in s])
+        cur = [i for i in range(len(aug)) if i not in s]
+        t = jnp.einsum(f"y{sl},{''.join(letter)}z->y{''.join(letter[i] for i in cur)}z", outer, w)
+        for i in rest:
+            src = "".join(letter[j] for j in cur)
+            cur.remove(i)
+            dst = "".join(letter[j] for j in cur)
+            t = jnp.einsum(f"y{src}z,y{letter[i]}->y{dst}z", t, hs[i])
+        return t + b.astype(self.dtype)
+
+
+@register_cost("tensor")
+def _tensor_cost(dims, out_dim, pre_dim: Optional[int] = None, **config) -> Cost:
+    """Exact params; FLOPs of the einsums of :func:`tfn_plan` (outer-product multiplies not counted)."""
+    params, flops = out_dim, 0
+    if pre_dim is not None:
+        params += sum((d + 1) * pre_dim for d in dims)
+        flops += sum(2 * d * pre_dim for d in dims)
+        dims = [pre_dim] * len(dims)
+    aug = [d + 1 for d in dims]
+    params += math.prod(aug) * out_dim
+    flops += _tfn_flops(aug, out_dim, *tfn_plan(aug, out_dim))
+    return Cost(params=params, flops=flops)
+
+
+@register("low_rank")
+class LowRankFusion(nn.Module):
+    """Low-rank Multimodal Fusion: z = sum_{i=1..r} w_i prod_m (W_m^(i) [1; z_m]) + b.
+
+    Each modality has a factor of shape (r, d_m + 1, out_dim) (a real
+    parameter named ``factor_<modality>``); the r rank-one terms are mixed
+    by the learned ``fusion_weights`` (1, r) as in the paper, plus a bias.
+    Parameters r * sum_m (d_m + 1) * out_dim + r + out_dim: linear in M,
+    where ``tensor`` is exponential.
+
+    Input: pooled (B, D_m) or tokens (B, T_m, D_m) per modality. Output: (B, out_dim).
+
+    Missing modality: its factor sees [1; 0], i.e. contributes only its bias
+    row W_m^(i)[0] to the product (the low-rank analogue of TFN's constant
+    slice).
+
+    Attributes:
+      out_dim: output width.
+      rank: number of rank-one terms r.
+    """
+
+    out_dim: int
+    rank: int = 4
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, features, modality_mask=None, *, train: bool = False) -> jax.Array:
+        inputs = prepare(features, modality_mask, block="low_rank")
+        if self.rank < 1:
+            raise FusionInputError(f"low_rank: config rank must be >= 1, got {self.rank}")
+        # Fan-in per rank slice (d_m + 1), not r * (d_m + 1).
+        init = nn.initializers.lecun_normal(batch_axis=(0,))
+        prod = None
+        for n in inputs.names:
+            a = _augment(inputs.pooled[n].astype(self.dtype))
+            f = self.param(
+                f"factor_{n}", logical(init, (RANK, FUSION_IN, FUSION_OUT)),
+                (self.rank, a.shape[-1], self.out_dim), self.param_dtype,
+            )
+            term = jnp.einsum("bd,rdo->bro", a, f.astype(self.dtype))
+            prod = term if prod is None else prod * term
+        w = self.param("fusion_weights", logical(nn.initializers.xavier_normal(), (None, RANK)),
+                       (1, self.rank), self.param_dtype)
+        b = self.param("fusion_bias", logical(nn.initializers.zeros_init(), (FUSION_OUT,)),
+                       (self.out_dim,), self.param_dtype)
+        return jnp.einsum("r,bro->bo", w[0].astype(self.dtype), prod) + b.astype(self.dtype)
+
+
+@register_cost("low_rank")
+def _low_rank_cost(dims, out_dim, rank: int = 4, **config) -> Cost:
+    """Factor einsums and the rank mix; the M-1 elementwise products are not counted."""
+    return Cost(
+        params=rank * sum(d + 1 for d in dims) * out_dim + rank + out_dim,
+        flops=sum(2 * rank * (d + 1) * out_dim for d in dims) + 2 * rank * out_dim,
+    )
