@@ -28,10 +28,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m experiments", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module in COMMANDS.items():
-        mod = importlib.import_module(f"experiments.commands.{module}")
+        try:
+            mod = importlib.import_module(f"experiments.commands.{module}")
+        except ImportError as e:
+            # One missing or broken command must not take the others down: it is
+            # listed, and reported only when it is the one asked for.
+            p = sub.add_parser(name, help=f"(unavailable: {e})", add_help=False)
+            p.add_argument("rest", nargs=argparse.REMAINDER)
+            p.set_defaults(_run=_unavailable(name, module, e))
+            continue
         p = mod.add_parser(sub)
         p.set_defaults(_run=mod.run)
     return parser
+
+
+def _unavailable(name: str, module: str, error: ImportError):
+    def run(args) -> int:
+        del args
+        raise UserError(f"command {name!r} is unavailable: experiments.commands.{module} failed to import "
+                        f"({type(error).__name__}: {error})")
+    return run
 
 
 def main(argv: Optional[List[str]] = None) -> int:

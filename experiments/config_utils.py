@@ -53,6 +53,28 @@ def load_config(experiment: str) -> ml_collections.ConfigDict:
     config = module.get_config()
     if not isinstance(config, ml_collections.ConfigDict):
         raise UserError(f"config {experiment!r}: get_config() must return an ml_collections.ConfigDict")
+    return add_defaults(config)
+
+
+# Keys every training config has, added to configs written before they existed
+# (so ``--config.train.check_finite=off`` is a known key everywhere).
+DEFAULTS = {
+    "train": {
+        "validate_batches": "every",  # every | first | off: structure, shapes, dtypes, labels
+        "check_finite": "every",      # every | first | off: NaN/Inf in inputs (host numpy)
+    },
+}
+
+
+def add_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Fills in :data:`DEFAULTS` keys that ``config`` lacks (existing values win)."""
+    for section, values in DEFAULTS.items():
+        if section not in config:
+            continue  # not a training config (e.g. a data-only one)
+        node = config[section]
+        for key, value in values.items():
+            if key not in node:
+                node[key] = value
     return config
 
 

@@ -58,6 +58,9 @@ def prepare(args):
         distributed.initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
     except distributed.DistributedConfigError as e:
         raise UserError(str(e)) from None
+    import os
+    if os.path.exists(args.workdir) and not os.path.isdir(args.workdir):
+        raise UserError(f"--workdir {args.workdir} is a file, not a directory")
     config = config_utils.load_config(args.experiment)
     config_utils.apply_overrides(config, getattr(args, "overrides", []))
     from experiments import modalities
@@ -77,9 +80,13 @@ def _user_errors():
     from mmjax.train.checkpoint import CheckpointError
     from mmjax.train.optim import OptimConfigError
     from mmjax.train.parallel import ParallelConfigError
+    from mmjax.fusion.base import FusionInputError
+    from mmjax.train.health import WorkdirBusyError
+    from mmjax.train.loop import WorkdirError
     from mmjax.train.step import StepConfigError
+    from mmjax.validation import BatchValidationError
     return (ModelConfigError, UnknownNameError, CheckpointError, OptimConfigError, ParallelConfigError,
-            StepConfigError)
+            StepConfigError, BatchValidationError, FusionInputError, WorkdirError, WorkdirBusyError)
 
 
 def run(args) -> int:

@@ -9,7 +9,9 @@ latest one and continues from its step.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Mapping, Optional
+import shutil
+import time
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import jax
 import orbax.checkpoint as ocp
@@ -103,6 +105,46 @@ class Checkpointer:
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
         )
         return serialization.from_state_dict(abstract_state, restored["state"])
+
+    def restore_latest_good(self, abstract_state: TrainState,
+                            say: Optional[Callable[[str], None]] = None) -> Tuple[Optional[TrainState], Optional[int]]:
+        """Restores the newest checkpoint that reads back whole, newest first; -> (state, step) or (None, None).
+
+        Orbax only ever exposes finalised steps (a save is written to a
+        temporary directory and renamed when complete), so a run killed while
+        saving leaves the previous step as the latest. A finalised checkpoint
+        can still be damaged afterwards (a truncated copy, a disk error): such
+        a step is reported through ``say``, moved to ``checkpoints_corrupt/``
+        next to the checkpoint directory (so the step can be written again)
+        and the next older one is tried.
+        """
+        say = say or (lambda line: None)
+        for step in sorted(self.all_steps(), reverse=True):
+            try:
+                state = self.restore(abstract_state, step)
+                self.metadata(step)
+            except Exception as e:  # noqa: BLE001 - any read failure means "do not trust this step"
+                reason = " ".join(str(e).split())[:300] or type(e).__name__
+                moved = self.quarantine(step)
+                say(f"checkpoint {step} in {self.directory} is unreadable ({type(e).__name__}: {reason}); "
+                    f"moved to {moved}, trying an older one")
+                continue
+            return state, step
+        return None, None
+
+    def quarantine(self, step: int) -> str:
+        """Moves step ``step`` out of the checkpoint directory; returns where it went."""
+        self.manager.wait_until_finished()
+        dest_dir = self.directory.rstrip(os.sep) + "_corrupt"
+        os.makedirs(dest_dir, exist_ok=True)
+        dest = os.path.join(dest_dir, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+        if jax.process_index() == 0:
+            shutil.move(os.path.join(self.directory, str(step)), dest)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices(f"mmjax_quarantine_{step}")
+        self.manager.reload()
+        return dest
 
     def metadata(self, step: Optional[int] = None) -> Dict[str, Any]:
         step = self.latest_step() if step is None else step

@@ -22,7 +22,10 @@ import jax
 import numpy as np
 
 from mmjax import metrics as metrics_lib
+from mmjax import validation
+from mmjax.validation import BatchValidationError
 from mmjax.models.classifier import build_classifier
+from mmjax.train import health
 from mmjax.train import logging as log_lib
 from mmjax.train.checkpoint import Checkpointer, CheckpointError, load_params
 from mmjax.train.optim import make_optimizer
@@ -152,6 +155,98 @@ def _scalars(m: Mapping[str, Any]) -> Dict[str, float]:
     return {k: float(v) for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+class WorkdirError(ValueError):
+    """The workdir cannot be used (it is a file, or not writable)."""
+
+
+def check_workdir(workdir: str) -> None:
+    """Raises :class:`WorkdirError` unless ``workdir`` is (or can become) a writable directory."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise WorkdirError(f"--workdir {workdir} is a file, not a directory")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        raise WorkdirError(f"--workdir {workdir}: cannot create it ({e.strerror})") from None
+    if not os.access(workdir, os.W_OK):
+        raise WorkdirError(f"--workdir {workdir} is not writable")
+
+
+def check_config(config: Any) -> None:
+    """Checks that fail fast, before data is read or anything is compiled.
+
+    Encoder and fusion names (with "did you mean" hints), the mesh against the
+    device count, and the global batch size against the data-parallel width.
+    """
+    from mmjax import encoders as encoder_registry
+    from mmjax import fusion as fusion_registry
+    from mmjax.train.parallel import ParallelConfigError, mesh_shape
+    model = _as_dict(config.model)
+    for m, spec in dict(model.get("encoders") or {}).items():
+        for s in (spec if isinstance(spec, (list, tuple)) else (spec,)):
+            if s and isinstance(s, Mapping) and "name" in s:
+                encoder_registry.ENCODERS.get(s["name"])
+    placement = model.get("placement", "middle")
+    if placement == "middle":
+        fusion_registry.FUSION.get(model.get("fusion", "concat"))
+    elif placement == "late" and model.get("fusion", "concat") != "concat":
+        fusion_registry.FUSION.get(model["fusion"])
+    total = int(config.total_steps)
+    if total < 1:
+        raise ParallelConfigError(f"total_steps must be >= 1, got {total}")
+    batch = int(config.batch_size)
+    if batch < 1:
+        raise ParallelConfigError(f"batch_size must be >= 1, got {batch}")
+    mode = parallel_mode(config)
+    n = jax.device_count()
+    if mode == "sharded":
+        sizes = dict(zip(("data", "fsdp", "tensor"), mesh_shape(_as_dict(_get(config.parallel, "mesh", {})), n)))
+        width = sizes["data"] * sizes["fsdp"]
+    elif mode == "pmap":
+        width = n
+    else:
+        width = jax.process_count()
+    if batch % width:
+        raise ParallelConfigError(
+            f"batch_size {batch} is not divisible by the {width} data-parallel shards "
+            f"({mode} mode on {n} devices); use a multiple of {width}"
+        )
+
+
+def _truncate_metrics(path: str, step: int) -> int:
+    """Drops the records of ``path`` (metrics.jsonl) after ``step`` and any torn last line; -> how many."""
+    if not os.path.exists(path):
+        return 0
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    keep = []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a kill
+        if int(rec.get("step", 0)) <= step:
+            keep.append(line)
+    dropped = len(lines) - len(keep)
+    if dropped:
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("".join(l + "\n" for l in keep))
+        os.replace(tmp, path)
+    return dropped
+
+
+def _poison(batch: Dict[str, Any]) -> Dict[str, Any]:
+    """A copy of ``batch`` whose first float input is NaN (the ``batch@N:nan`` fault)."""
+    inputs = dict(batch["inputs"])
+    for m in sorted(inputs):
+        x = np.array(inputs[m])
+        if x.dtype.kind == "f":
+            x[...] = np.nan
+            inputs[m] = x
+            break
+    return dict(batch, inputs=inputs)
+
+
 def train_and_evaluate(config: Any, workdir: str, *, data_fn: Optional[DataFn] = None,
                        info_fn: Optional[Callable[[Any], Dict[str, Any]]] = None,
                        console: Optional[TextIO] = sys.stdout, stop_at: Optional[int] = None) -> Dict[str, Any]:
@@ -165,6 +260,14 @@ def train_and_evaluate(config: Any, workdir: str, *, data_fn: Optional[DataFn] =
       stop_at: leave the loop after this step (with a checkpoint), as a
         preempted job would; a later call on the same workdir resumes.
 
+    Reliability (see RELIABILITY.md): the workdir is locked against a second
+    run; the first batch is validated on the host against the spec of the
+    config and dataset before anything compiles (later batches per
+    ``train.validate_batches`` / ``train.check_finite``); the newest readable
+    checkpoint is restored (a damaged one is reported and set aside);
+    SIGTERM saves a checkpoint at the next step boundary and returns
+    ``{"step", "stopped_at", "preempted": True}``.
+
     Writes WORKDIR/metrics.jsonl, WORKDIR/tensorboard/, WORKDIR/checkpoints/ and
     (when training finished) WORKDIR/results.json.
     """
@@ -172,102 +275,200 @@ def train_and_evaluate(config: Any, workdir: str, *, data_fn: Optional[DataFn] =
         from experiments import data_factory
         data_fn = data_fn or data_factory.make_data
         info_fn = info_fn or data_factory.data_info
-    os.makedirs(workdir, exist_ok=True)
+    check_workdir(workdir)
+    check_config(config)
+    is_main = jax.process_index() == 0
+    lock = health.WorkdirLock(workdir, say=lambda line: console and print(line, file=console, flush=True))
+    if is_main:
+        lock.acquire()
+    try:
+        with health.PreemptionGuard() as guard:
+            return _train(config, workdir, data_fn, info_fn, console, stop_at, guard)
+    finally:
+        lock.release()
+
+
+def _train(config, workdir, data_fn, info_fn, console, stop_at, guard) -> Dict[str, Any]:
+    health.install_checkpoint_fault()
     info = info_fn(config)
     num_classes = int(info["num_classes"])
     total_steps = int(config.total_steps)
     batch_size = int(config.batch_size)
+    train_cfg = _as_dict(_get(config, "train", {}))
+    validate_mode = train_cfg.get("validate_batches", "every")
+    finite_mode = train_cfg.get("check_finite", "every")
+    for key, value in (("validate_batches", validate_mode), ("check_finite", finite_mode)):
+        if value not in ("every", "first", "off"):
+            raise BatchValidationError(f"train.{key} must be 'every', 'first' or 'off', got {value!r}")
+    nan_stop = train_cfg.get("nan_policy", "skip") == "stop"
+    loss_name = _as_dict(_get(config, "loss", {})).get("name", "softmax_xent")
+    spec = validation.spec_from_config(_as_dict(config.model), info, loss=loss_name,
+                                       batch_size=batch_size // jax.process_count())
     runner = build(config, num_classes)
     ck_cfg = _as_dict(_get(config, "checkpoint", {}))
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=int(ck_cfg.get("keep", 2)),
                         best_metric=ck_cfg.get("best_metric") or None, best_mode=ck_cfg.get("best_mode", "max"),
                         async_save=bool(ck_cfg.get("async_save", False)))
     is_main = jax.process_index() == 0
-    writer = log_lib.MetricWriter(workdir, enabled=is_main, tensorboard=bool(_get(config, "tensorboard", True)),
-                                  console=console)
-    say = writer._print
-    rng = jax.random.PRNGKey(int(_get(config, "seed", 0)))
+    writer = None
+    try:
+        def say(line: str) -> None:
+            if is_main and console is not None:
+                print(line, file=console, flush=True)
+        seed = int(_get(config, "seed", 0))
+        rng = jax.random.PRNGKey(seed)
+        def batches_from(step):
+            it = data_fn(config, "train", global_batch_size=batch_size, seed=seed, train=True, start_step=step)
+            first, it = _peek(iter(it))
+            spec.validate(first, check_finite=finite_mode != "off", where=f"train batch at step {step + 1}")
+            return first, it
+
+        start = int(ckpt.latest_step() or 0)
+        example, train_iter = batches_from(start)
+        state = None
+        if ckpt.all_steps():
+            state, restored = ckpt.restore_latest_good(_first_trace(runner.abstract_state, example, rng), say)
+            if state is None:
+                raise CheckpointError(f"no checkpoint in {ckpt.directory} could be read; move that directory "
+                                      "away to start from scratch")
+            if int(restored) != start:
+                start = int(restored)
+                example, train_iter = batches_from(start)
+            state = runner.place_restored(state)
+        if is_main:
+            dropped = _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), start)
+            if dropped:
+                say(f"metrics.jsonl: dropped {dropped} records after step {start} (they will be replayed)")
+        writer = log_lib.MetricWriter(workdir, enabled=is_main, tensorboard=bool(_get(config, "tensorboard", True)),
+                                      console=console)
+        spec = spec.freeze(example)
+        if state is not None:
+            say(f"resumed from {ckpt.directory} at step {start}")
+        else:
+            state = _first_trace(runner.create_state, example, rng)
+            init_from = _as_dict(_get(config, "init_from", {}))
+            if init_from.get("path") or init_from.get("params") is not None:
+                state = apply_init_from(runner, state, init_from)
+                say(f"initialised {init_from.get('target') or init_from.get('source') or 'all params'} "
+                    f"from {init_from.get('path', 'a pytree')}")
+        return _loop(config, workdir, runner, state, ckpt, writer, say, data_fn, train_iter, spec, start,
+                     num_classes, stop_at, guard, nan_stop, validate_mode, finite_mode)
+    finally:
+        ckpt.close()
+        if writer is not None:
+            writer.close()
+
+
+def _first_trace(fn, example, rng):
+    """Runs the first trace of the model on ``example``; model errors about the inputs become BatchValidationError."""
+    try:
+        return fn(example, rng)
+    except (CheckpointError, validation.BatchValidationError):
+        raise
+    except ValueError as e:
+        if type(e).__module__.startswith(("jax", "flax", "optax", "orbax")):
+            raise
+        raise validation.BatchValidationError(
+            f"the model rejected the first batch ({type(e).__name__}): {' '.join(str(e).split())}") from None
+
+
+def _loop(config, workdir, runner, state, ckpt, writer, say, data_fn, train_iter, spec, start, num_classes,
+          stop_at, guard, nan_stop, validate_mode, finite_mode) -> Dict[str, Any]:
+    total_steps = int(config.total_steps)
+    batch_size = int(config.batch_size)
     seed = int(_get(config, "seed", 0))
-    latest = ckpt.latest_step()
-    start = int(latest or 0)
-    train_iter = data_fn(config, "train", global_batch_size=batch_size, seed=seed, train=True, start_step=start)
-    example, train_iter = _peek(iter(train_iter))
-    if latest is not None:
-        state = runner.place_restored(ckpt.restore(runner.abstract_state(example, rng), latest))
-        say(f"resumed from {ckpt.directory} at step {start}")
-    else:
-        state = runner.create_state(example, rng)
-        init_from = _as_dict(_get(config, "init_from", {}))
-        if init_from.get("path") or init_from.get("params") is not None:
-            state = apply_init_from(runner, state, init_from)
-            say(f"initialised {init_from.get('target') or init_from.get('source') or 'all params'} "
-                f"from {init_from.get('path', 'a pytree')}")
+    is_main = jax.process_index() == 0
     log_every = int(_get(config, "log_every", 50))
     eval_every = int(_get(config, "eval_every", 0))
     ckpt_every = int(_get(config, "checkpoint_every", 0))
     eval_steps = _get(config, "eval_steps", None)
     eval_split = _get(config, "eval_split", "test")
-    nan_stop = _as_dict(_get(config, "train", {})).get("nan_policy", "skip") == "stop"
     cfg_dict = _as_dict(config)
     progress = log_lib.Progress(total_steps, batch_size, start)
     last = stop_at if stop_at is not None else total_steps
     last = min(last, total_steps)
 
-    def do_eval(step):
+    def do_eval(step, state):
         it = data_fn(config, eval_split, global_batch_size=batch_size, seed=seed, train=False, start_step=0)
+        health.fault("during_eval", step)
         ev = run_eval(runner, state, it, num_classes, int(eval_steps) if eval_steps else None)
         writer.write(step, {k: v for k, v in ev.items() if k in ("loss", "accuracy", "macro_f1", "per_class")},
                      prefix="eval/")
         say(f"eval @ {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in _scalars(ev).items()))
         return ev
 
-    skipped = 0
+    # Non-finite steps are counted on device (no host sync per step) and read when logging.
+    nonfinite = jax.numpy.zeros((), jax.numpy.float32)
+    skipped_before = 0
     step = start
     eval_metrics: Optional[Dict[str, Any]] = None
-    try:
-        while step < last:
-            batch = next(train_iter)
-            state, m = runner.train_step(state, runner.put_batch(batch))
-            step += 1
-            if nan_stop or step % log_every == 0 or step == last:
-                host = runner.train_metrics(m)
-                if host["finite"] < 1:
-                    if nan_stop:
-                        raise TrainingDiverged(
-                            f"loss or gradient norm is not finite at step {step} (loss={host['loss']}, "
-                            f"grad_norm={host['grad_norm']}); the last good checkpoint is step "
-                            f"{ckpt.latest_step()} in {ckpt.directory}"
-                        )
-                    skipped += 1
-                if step % log_every == 0 or step == last:
-                    speed = progress.update(step)
-                    record = {k: v for k, v in host.items() if k not in ("finite", "weight")}
-                    record.update(speed)
-                    record["skipped_nonfinite"] = skipped
-                    writer.write(step, record)
-                    say(log_lib.format_line(step, total_steps, host, speed))
-            evaluated = bool(eval_every and step % eval_every == 0) or step == total_steps
-            t0 = time.perf_counter()
-            if evaluated:
-                eval_metrics = do_eval(step)
-            if (ckpt_every and step % ckpt_every == 0) or step == last:
-                ckpt.save(step, runner.host_state(state), config=cfg_dict,
-                          metrics=_scalars(eval_metrics) if evaluated and eval_metrics else None,
-                          force=True)
-            progress.exclude(time.perf_counter() - t0)
-        ckpt.wait()
-        if step >= total_steps:
-            if eval_metrics is None:
-                eval_metrics = do_eval(step)
-            results = {"step": step, "eval_split": eval_split, **eval_metrics}
-            if is_main:
-                with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
-                    json.dump(log_lib._json_value(results), f, indent=2)
-            return results
-        return {"step": step, "stopped_at": step}
-    finally:
-        ckpt.close()
-        writer.close()
+    preempted = False
+    while step < last:
+        batch = next(train_iter)
+        where = f"train batch at step {step + 1}"
+        if validate_mode == "every" and step > start:
+            spec.validate(batch, check_finite=False, where=where)
+        if health.fault("batch", step + 1) == "nan":
+            batch = _poison(batch)
+        if finite_mode == "every" or (finite_mode == "first" and step == start):
+            try:
+                spec.validate(batch, check_finite=True, where=where)
+            except validation.BatchValidationError as e:
+                if nan_stop or "NaN/Inf" not in str(e):
+                    raise
+                say(f"warning: {e}; the update of step {step + 1} will be skipped (train.nan_policy='skip')")
+        state, m = runner.train_step(state, runner.put_batch(batch))
+        step += 1
+        nonfinite = nonfinite + (1.0 - m["finite"].reshape(-1)[0])
+        health.fault("after_step", step)
+        if nan_stop or step % log_every == 0 or step == last:
+            host = runner.train_metrics(m)
+            if host["finite"] < 1 and nan_stop:
+                raise TrainingDiverged(
+                    f"loss or gradient norm is not finite at step {step} (loss={host['loss']}, "
+                    f"grad_norm={host['grad_norm']}); nothing of that step was applied or saved; the last good "
+                    f"checkpoint is step {ckpt.latest_step()} in {ckpt.directory}"
+                )
+            if step % log_every == 0 or step == last:
+                speed = progress.update(step)
+                record = {k: v for k, v in host.items() if k not in ("finite", "weight")}
+                record.update(speed)
+                skipped = int(jax.device_get(nonfinite))
+                record["skipped_nonfinite"] = skipped
+                if skipped > skipped_before:
+                    say(f"warning: {skipped - skipped_before} update(s) skipped for non-finite loss or gradients "
+                        f"up to step {step}")
+                    skipped_before = skipped
+                writer.write(step, record)
+                say(log_lib.format_line(step, total_steps, host, speed))
+        preempted = guard.requested(step)
+        evaluated = (bool(eval_every and step % eval_every == 0) or step == total_steps) and not preempted
+        t0 = time.perf_counter()
+        if evaluated:
+            eval_metrics = do_eval(step, state)
+        if (ckpt_every and step % ckpt_every == 0) or step == last or preempted:
+            ckpt.save(step, runner.host_state(state), config=cfg_dict,
+                      metrics=_scalars(eval_metrics) if evaluated and eval_metrics else None,
+                      force=True)
+            health.fault("after_save", step)
+        progress.exclude(time.perf_counter() - t0)
+        if preempted:
+            ckpt.wait()
+            say(f"preempted ({guard.signal_name or 'preemption notice'}): saved checkpoint {step} in "
+                f"{ckpt.directory}; run the same command again to resume")
+            return {"step": step, "stopped_at": step, "preempted": True}
+    ckpt.wait()
+    if step >= total_steps:
+        if eval_metrics is None:
+            eval_metrics = do_eval(step, state)
+        results = {"step": step, "eval_split": eval_split, **eval_metrics}
+        if is_main:
+            tmp = os.path.join(workdir, "results.json.tmp")
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(log_lib._json_value(results), f, indent=2)
+            os.replace(tmp, os.path.join(workdir, "results.json"))
+        return results
+    return {"step": step, "stopped_at": step}
 
 
 def evaluate(config: Any, workdir: str, *, which: str = "best", data_fn: Optional[DataFn] = None,

@@ -11,6 +11,7 @@ from experiments import synthetic
 from experiments.configs import synthetic as synthetic_config
 from mmjax.train import loop
 from mmjax.train.optim import decay_mask, freeze_labels
+from mmjax.validation import BatchValidationError
 
 DATA = {"name": "synthetic", "num_classes": 3, "dims": {"a": 6, "b": 4}}
 
@@ -155,6 +156,12 @@ def test_nan_stop_names_the_step(tmp_path):
                 b["inputs"]["b"][:] = np.inf
             yield b
     cfg = _config(**{"train.nan_policy": "stop"})
+    # Host validation sees the Inf inputs first and names the step and modality...
+    with pytest.raises(BatchValidationError, match=r"step 3\['inputs'\]\['b'\]: 32 NaN/Inf"):
+        loop.train_and_evaluate(cfg, str(tmp_path / "checked"), data_fn=data_fn, info_fn=synthetic_config_info,
+                                console=None)
+    # ...and with that check off, the loss guard stops the run.
+    cfg.train.check_finite = "off"
     with pytest.raises(loop.TrainingDiverged, match="at step 3.*last good checkpoint is step 2"):
         loop.train_and_evaluate(cfg, str(tmp_path), data_fn=data_fn, info_fn=synthetic_config_info, console=None)
 

@@ -1,0 +1,256 @@
+"""Run health: the workdir lock, preemption (SIGTERM) handling and test fault hooks.
+
+* :class:`WorkdirLock` keeps two runs from writing the same workdir. The lock
+  file ``WORKDIR/run.lock`` holds the owner's pid, host and start time; a lock
+  whose pid is dead on this host (a run killed with ``kill -9``) is stale and is
+  taken over with a message.
+* :class:`PreemptionGuard` turns SIGTERM (the usual preemption notice) into a
+  flag that the loop reads at each step boundary; the loop then saves a
+  checkpoint and exits cleanly. With several processes the flag is ignored and
+  ``multihost_utils.reached_preemption_sync_point`` decides, so that every
+  process stops at the same step.
+* :func:`fault` is a test-only hook: ``MMJAX_FAULT="point@step:action,..."``
+  makes the loop misbehave at a named point (sleep there so a test can kill
+  the process inside the window, send itself SIGTERM, poison a batch). When
+  the variable is unset it is a dictionary lookup that finds nothing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Any, Callable, Dict, Optional, Tuple
+
+
+class WorkdirBusyError(RuntimeError):
+    """Another live run holds the workdir lock."""
+
+
+# --------------------------------------------------------------------------- lock
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live (non-zombie) process on this host."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed but not yet reaped child still answers kill(0)
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
+class WorkdirLock:
+    """An exclusive lock on a run directory (``WORKDIR/run.lock``).
+
+    ``acquire()`` creates the file with ``O_CREAT | O_EXCL`` (atomic on local
+    and NFS v3+ filesystems) and writes ``{"pid", "host", "started"}``. If it
+    exists and names a live process, or a process on another host (whose
+    liveness cannot be checked from here), :class:`WorkdirBusyError` is raised;
+    if the pid is dead on this host the lock is stale and is replaced.
+
+    Args:
+      workdir: the run directory.
+      say: where messages about stale locks go (default: stderr).
+    """
+
+    NAME = "run.lock"
+
+    def __init__(self, workdir: str, say: Optional[Callable[[str], None]] = None):
+        self.path = os.path.join(os.path.abspath(workdir), self.NAME)
+        self.say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.held = False
+
+    def _read(self) -> Dict[str, Any]:
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
+
+    def acquire(self) -> "WorkdirLock":
+        host = socket.gethostname()
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._read()
+                pid, owner_host = int(owner.get("pid", -1) or -1), owner.get("host")
+                if owner and owner_host == host and pid == os.getpid():
+                    self.held = True
+                    return self
+                if owner and (owner_host != host or pid_alive(pid)):
+                    raise WorkdirBusyError(
+                        f"workdir {os.path.dirname(self.path)} is in use by pid {pid} on host {owner_host} "
+                        f"(since {owner.get('started', '?')}); wait for it, or delete {self.path} if that run is gone"
+                    ) from None
+                # Dead owner on this host, or a lock torn before its owner wrote it.
+                what = f"pid {pid} is not running" if owner else "the lock file is empty or unreadable"
+                self.say(f"removing stale lock {self.path} ({what})")
+                stale = f"{self.path}.stale-{os.getpid()}"
+                try:
+                    os.replace(self.path, stale)
+                    os.remove(stale)
+                except FileNotFoundError:
+                    pass  # another starter cleared it first; try again
+                continue
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump({"pid": os.getpid(), "host": host,
+                           "started": time.strftime("%Y-%m-%d %H:%M:%S")}, f)
+            self.held = True
+            return self
+        raise WorkdirBusyError(f"could not take the lock {self.path} (other runs keep starting on this workdir)")
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        owner = self._read()
+        if owner.get("pid") == os.getpid():
+            try:
+                os.remove(self.path)
+            except FileNotFoundError:
+                pass
+        self.held = False
+
+    def __enter__(self) -> "WorkdirLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+# --------------------------------------------------------------------------- preemption
+class PreemptionGuard:
+    """SIGTERM -> a flag the loop polls at step boundaries (``requested(step)``).
+
+    Single process: the signal handler sets the flag (installing a handler is
+    only possible on the main thread; elsewhere SIGTERM keeps its default).
+    Multi-process: every process must stop at the same step, so the decision is
+    ``jax.experimental.multihost_utils.reached_preemption_sync_point(step)``
+    (available when ``jax.distributed.initialize`` started the preemption
+    service); the local flag is not used there, because a signal that reaches
+    one process but not the others would make them disagree.
+    """
+
+    def __init__(self, signals: Tuple[int, ...] = (signal.SIGTERM,)):
+        self.signals = signals
+        self.flag = threading.Event()
+        self.signal_name: Optional[str] = None
+        self._previous: Dict[int, Any] = {}
+        self._multihost = False
+
+    def _handler(self, signum, frame):  # noqa: ARG002
+        self.signal_name = signal.Signals(signum).name
+        self.flag.set()
+
+    def __enter__(self) -> "PreemptionGuard":
+        import jax
+        self._multihost = jax.process_count() > 1
+        if threading.current_thread() is threading.main_thread():
+            for s in self.signals:
+                self._previous[s] = signal.signal(s, self._handler)
+        global _ACTIVE_GUARD
+        _ACTIVE_GUARD = self
+        return self
+
+    def __exit__(self, *exc) -> None:
+        global _ACTIVE_GUARD
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+        self._previous.clear()
+        _ACTIVE_GUARD = None
+
+    def requested(self, step: int) -> bool:
+        """Whether to save and stop after ``step`` (call at the same steps on every process)."""
+        if not self._multihost:
+            return self.flag.is_set()
+        try:
+            from jax.experimental import multihost_utils
+            return bool(multihost_utils.reached_preemption_sync_point(step))
+        except (RuntimeError, AttributeError, ValueError):
+            # No preemption service (not started by jax.distributed.initialize).
+            return False
+
+
+_ACTIVE_GUARD: Optional[PreemptionGuard] = None
+
+
+# --------------------------------------------------------------------------- fault hooks
+def _parse_faults(text: str) -> Dict[Tuple[str, Optional[int]], str]:
+    faults: Dict[Tuple[str, Optional[int]], str] = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        where, _, action = item.partition(":")
+        point, _, step = where.partition("@")
+        faults[(point, int(step) if step else None)] = action or "sleep"
+    return faults
+
+
+FAULTS = _parse_faults(os.environ.get("MMJAX_FAULT", ""))
+FAULT_SLEEP_S = 600.0
+
+
+def fault(point: str, step: Optional[int] = None) -> Optional[str]:
+    """Runs the action configured for ``point`` (at ``step``) in ``MMJAX_FAULT``; returns it.
+
+    Actions: ``sleep`` (announce, then wait up to 10 min or until SIGTERM, so a
+    test can kill the process inside this window), ``sigterm`` (send SIGTERM to
+    this process), ``exit`` (``os._exit(3)``, a crash with no clean-up); any
+    other action (e.g. ``nan``) is returned for the caller to apply. The
+    announcement is a line on stderr and, when ``MMJAX_FAULT_MARKER`` is set,
+    that file created with the point's name.
+    """
+    if not FAULTS:
+        return None
+    action = FAULTS.get((point, step)) or FAULTS.get((point, None))
+    if action is None:
+        return None
+    label = f"{point}@{step}" if step is not None else point
+    print(f"MMJAX_FAULT {label}:{action}", file=sys.stderr, flush=True)
+    marker = os.environ.get("MMJAX_FAULT_MARKER")
+    if marker:
+        with open(marker + ".tmp", "w", encoding="utf-8") as f:
+            f.write(label)
+        os.replace(marker + ".tmp", marker)
+    if action == "sleep":
+        end = time.monotonic() + FAULT_SLEEP_S
+        while time.monotonic() < end:
+            if _ACTIVE_GUARD is not None and _ACTIVE_GUARD.flag.is_set():
+                break
+            time.sleep(0.05)
+    elif action == "sigterm":
+        os.kill(os.getpid(), signal.SIGTERM)
+    elif action == "exit":
+        os._exit(3)
+    return action
+
+
+def install_checkpoint_fault() -> None:
+    """Makes Orbax call ``fault("before_commit", step)`` after writing a checkpoint, before finalising it.
+
+    Only when ``MMJAX_FAULT`` names ``before_commit``: it wraps
+    ``orbax...atomicity.on_commit_callback`` (the rename of the temporary
+    directory to the step directory), so a test can kill the process while
+    the checkpoint is fully written but not yet committed.
+    """
+    if not any(p == "before_commit" for p, _ in FAULTS):
+        return
+    from orbax.checkpoint._src.path import atomicity
+    if getattr(atomicity.on_commit_callback, "_mmjax_fault", False):
+        return
+    original = atomicity.on_commit_callback
+
+    async def wrapped(tmp_dir, **kwargs):
+        name = os.path.basename(str(tmp_dir.get_final()))
+        fault("before_commit", int(name) if name.isdigit() else None)
+        return await original(tmp_dir, **kwargs)
+    wrapped._mmjax_fault = True  # type: ignore[attr-defined]
+    atomicity.on_commit_callback = wrapped
