@@ -1,0 +1,123 @@
+"""Pieces shared by the image, text, audio and video encoders."""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mmjax.sharding import CONV_IN, CONV_OUT, EMBED, LENGTH, NORM, logical
+
+Array = jax.Array
+
+
+class EncoderInputError(ValueError):
+    """An encoder got inputs of the wrong rank, shape, dtype or a bad config."""
+
+
+def check_rank(name: str, x: Array, rank: int, layout: str) -> None:
+    if x.ndim != rank:
+        raise EncoderInputError(f"{name} encoder: expected {layout} inputs, got shape {tuple(x.shape)}")
+
+
+def check_mask(name: str, mask: Optional[Array], shape: Tuple[int, ...], what: str) -> Optional[Array]:
+    """Validates an optional padding mask of ``shape`` and returns it as bool."""
+    if mask is None:
+        return None
+    if tuple(mask.shape) != tuple(shape):
+        raise EncoderInputError(
+            f"{name} encoder: mask must be {what} of shape {tuple(shape)}, got {tuple(mask.shape)}"
+        )
+    return mask.astype(bool)
+
+
+def no_mask(name: str, mask: Optional[Array]) -> None:
+    if mask is not None:
+        raise EncoderInputError(
+            f"{name} encoder: images have no padding, so mask must be None (got shape {tuple(mask.shape)})"
+        )
+
+
+def masked_mean(x: Array, mask: Array) -> Array:
+    """(B, T, D), (B, T) bool -> (B, D); an all-padding row gives zeros, never NaN."""
+    m = mask[..., None].astype(x.dtype)
+    return (x * m).sum(1) / jnp.maximum(m.sum(1), 1)
+
+
+def conv(
+    features: int,
+    kernel: Sequence[int],
+    *,
+    strides: Sequence[int] | int = 1,
+    padding: Any = "SAME",
+    use_bias: bool = True,
+    dtype: Any = jnp.float32,
+    param_dtype: Any = jnp.float32,
+    kernel_init=nn.initializers.lecun_normal(),
+    name: Optional[str] = None,
+) -> nn.Conv:
+    """``nn.Conv`` whose kernel is annotated (spatial..., CONV_IN, CONV_OUT)."""
+    kernel = tuple(kernel)
+    if isinstance(strides, int):
+        strides = (strides,) * len(kernel)
+    return nn.Conv(
+        features,
+        kernel,
+        strides=tuple(strides),
+        padding=padding,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=logical(kernel_init, (None,) * len(kernel) + (CONV_IN, CONV_OUT)),
+        bias_init=logical(nn.initializers.zeros_init(), (CONV_OUT,)),
+        name=name,
+    )
+
+
+def channel_norm(dtype: Any, param_dtype: Any, name: Optional[str] = None) -> nn.LayerNorm:
+    """LayerNorm over channels only: per position, so padded positions never
+    leak into real ones (unlike BatchNorm/GroupNorm statistics)."""
+    return nn.LayerNorm(
+        dtype=dtype,
+        param_dtype=param_dtype,
+        scale_init=logical(nn.initializers.ones_init(), (NORM,)),
+        bias_init=logical(nn.initializers.zeros_init(), (NORM,)),
+        name=name,
+    )
+
+
+def embedding_param(module: nn.Module, name: str, shape: Tuple[int, ...], axes: Sequence[str], dtype: Any):
+    """A learned embedding table, N(0, 0.02) like BERT/ViT."""
+    return module.param(name, logical(nn.initializers.normal(0.02), tuple(axes)), shape, dtype)
+
+
+def sliced_positions(module: nn.Module, name: str, length: int, max_length: int, dim: int,
+                     param_dtype: Any, what: str, encoder: str) -> Array:
+    """The first ``length`` rows of a (max_length, dim) learned table.
+
+    Sliced rather than sized to the input so that appending padding changes
+    no parameter shape and no real token's embedding.
+    """
+    if length > max_length:
+        raise EncoderInputError(
+            f"{encoder} encoder: {length} {what} exceed the configured maximum {max_length} "
+            f"(raise the encoder's max_{what.replace(' ', '_')} option)"
+        )
+    table = embedding_param(module, name, (max_length, dim), (LENGTH, EMBED), param_dtype)
+    return table[:length]
+
+
+def downsample_mask(mask: Array, factor: int, length: int) -> Array:
+    """(B, L) bool -> (B, length): a coarse position is real if any of its
+    ``factor`` fine positions is (the tail is padded with False)."""
+    pad = length * factor - mask.shape[1]
+    if pad < 0:
+        mask = mask[:, : length * factor]
+    elif pad:
+        mask = jnp.pad(mask, ((0, 0), (0, pad)))
+    return mask.reshape(mask.shape[0], length, factor).any(-1)
+
+
+def cls_token(module: nn.Module, dim: int, param_dtype: Any, name: str = "cls") -> Array:
+    return module.param(name, logical(nn.initializers.zeros_init(), (EMBED,)), (dim,), param_dtype)
