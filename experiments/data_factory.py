@@ -1,6 +1,7 @@
 """Where the train/eval commands get data: ``make_data(config, split, ...)``.
 
-``data.name == "synthetic"`` is served by :mod:`experiments.synthetic`
+``data.name == "synthetic"`` / ``"synthetic_multimodal"`` are served by
+:mod:`experiments.synthetic` / :mod:`experiments.synthetic_multimodal`
 (in-memory, for tests and smoke runs); every other name goes to
 ``mmjax.data.make_iterator`` (tf.data pipelines), imported only when needed so
 the synthetic path never imports tensorflow.
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Iterator
 
-from experiments import synthetic
+from experiments import synthetic, synthetic_multimodal
 from experiments.errors import UserError
 
 
@@ -38,6 +39,9 @@ def make_data(config: Any, split: str, *, global_batch_size: int, seed: int, tra
     if data.name == "synthetic":
         return synthetic.make_iterator(data, split, global_batch_size=global_batch_size, seed=seed,
                                        train=train, start_step=start_step)
+    if data.name == "synthetic_multimodal":
+        return synthetic_multimodal.make_iterator(data, split, global_batch_size=global_batch_size, seed=seed,
+                                                  train=train, start_step=start_step)
     return _mmjax_data().make_iterator(data, split, global_batch_size=global_batch_size, seed=seed,
                                        train=train, start_step=start_step)
 
@@ -47,4 +51,6 @@ def data_info(config: Any) -> Dict[str, Any]:
     data = _data_config(config)
     if data.name == "synthetic":
         return synthetic.info(data)
+    if data.name == "synthetic_multimodal":
+        return synthetic_multimodal.info(data)
     return dict(_mmjax_data().dataset_info(data))
