@@ -2,8 +2,8 @@
 captioning smoke runs and CLI tests (not a benchmark).
 
 Every example has a class ``c`` (a colour word) and two ordered attributes
-``a1 != a2`` (animal words). Its caption is the text "<colour> <animal1>
-<animal2>" tokenised with a :class:`mmjax.tokenizer.WordTokenizer` (ids
+``a1 != a2`` (animal words). Its caption is the text "a <colour> <animal1>
+and a <animal2>" (six words, so BLEU-4 has 4-grams to match) tokenised with a :class:`mmjax.tokenizer.WordTokenizer` (ids
 0..3 pad/unk/bos/eos, then the words), and its "image" is a feature vector
 
     image = E_class[c] + E_attr[a1] + 0.5 E_attr[a2] + noise_std * N(0, I)
@@ -11,7 +11,7 @@ Every example has a class ``c`` (a colour word) and two ordered attributes
 for fixed random tables drawn from ``rule_seed``. The caption is therefore a
 function of the image (learnable), the pairs are distinct enough for retrieval
 to be meaningful, and the label ``c`` is named by ``class_names`` so that
-zero-shot prompts ("red") can be scored. Batches are a pure function of
+zero-shot prompts ("a red") can be scored. Batches are a pure function of
 (seed, split, step) and each process takes its equal slice, exactly like
 :mod:`experiments.synthetic`.
 """
@@ -26,6 +26,7 @@ import numpy as np
 from mmjax.tokenizer import EOS_ID, SPECIALS, WordTokenizer
 
 SPLITS = ("train", "test", "validation")
+FUNCTION_WORDS = ("a", "and")
 COLOURS = ("red", "green", "blue", "gold", "pink", "grey", "black", "white")
 ANIMALS = ("cat", "dog", "fish", "bird", "frog", "bear", "owl", "fox", "deer", "seal", "wolf", "hare")
 
@@ -49,16 +50,16 @@ def _sizes(data_config: Mapping[str, Any]):
 
 
 def tokenizer(data_config: Mapping[str, Any]) -> WordTokenizer:
-    """The fixed word vocabulary: specials, colours, animals."""
+    """The fixed word vocabulary: specials, "a", "and", colours, animals."""
     c, a = _sizes(data_config)
-    return WordTokenizer(list(SPECIALS) + list(COLOURS[:c]) + list(ANIMALS[:a]))
+    return WordTokenizer(list(SPECIALS) + list(FUNCTION_WORDS) + list(COLOURS[:c]) + list(ANIMALS[:a]))
 
 
 def info(data_config: Mapping[str, Any]) -> Dict[str, Any]:
     c, a = _sizes(data_config)
     tok = tokenizer(data_config)
     return {"num_classes": c, "class_names": list(COLOURS[:c]), "modalities": ["image", "text"],
-            "tokenizer": tok, "vocab_size": tok.vocab_size, "max_text_len": int(data_config.get("max_len", 6)),
+            "tokenizer": tok, "vocab_size": tok.vocab_size, "max_text_len": int(data_config.get("max_len", 8)),
             "image_dim": int(data_config.get("image_dim", 12)), "synthetic": True}
 
 
@@ -66,8 +67,8 @@ def _examples(data_config: Mapping[str, Any], seed: int, split: str, index: int,
     c, a = _sizes(data_config)
     meta = info(data_config)
     dim, max_len = meta["image_dim"], meta["max_text_len"]
-    if max_len < 4:
-        raise SyntheticDataError(f"data.max_len must be >= 4 (3 words + EOS), got {max_len}")
+    if max_len < 7:
+        raise SyntheticDataError(f"data.max_len must be >= 7 (6 words + EOS), got {max_len}")
     rule = _rng(int(data_config.get("rule_seed", 0)), "tables")
     e_class, e_attr = rule.randn(c, dim), rule.randn(a, dim)
     r = _rng(seed, split, index)
@@ -76,12 +77,11 @@ def _examples(data_config: Mapping[str, Any], seed: int, split: str, index: int,
     a2 = (a1 + 1 + r.randint(0, a - 1, n)) % a  # a2 != a1
     image = e_class[label] + e_attr[a1] + 0.5 * e_attr[a2]
     image = image + float(data_config.get("noise_std", 0.1)) * r.randn(n, dim)
-    first_word = len(SPECIALS)
+    w_a, w_and = len(SPECIALS), len(SPECIALS) + 1
+    colour0 = len(SPECIALS) + len(FUNCTION_WORDS)
     ids = np.zeros((n, max_len), np.int32)
-    ids[:, 0] = first_word + label
-    ids[:, 1] = first_word + c + a1
-    ids[:, 2] = first_word + c + a2
-    ids[:, 3] = EOS_ID
+    ids[:, :7] = np.stack([np.full(n, w_a), colour0 + label, colour0 + c + a1, np.full(n, w_and),
+                           np.full(n, w_a), colour0 + c + a2, np.full(n, EOS_ID)], axis=1)
     return {
         "inputs": {"image": image.astype(np.float32), "text": ids},
         "token_mask": {"text": ids != 0},

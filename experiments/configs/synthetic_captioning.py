@@ -1,4 +1,4 @@
-"""SYNTHETIC captioning smoke experiment: in-memory image vectors -> "<colour> <animal> <animal>".
+"""SYNTHETIC captioning smoke experiment: in-memory image vectors -> "a <colour> <animal> and a <animal>".
 
 Runs anywhere in seconds; used by the CLI tests. Not a benchmark.
 """
@@ -9,7 +9,7 @@ from experiments.configs import base
 
 def get_config() -> ml_collections.ConfigDict:
     c = base.get_config()
-    c.description = "SYNTHETIC in-memory image vectors -> 3-word captions (transformer decoder); smoke test"
+    c.description = "SYNTHETIC in-memory image vectors -> 6-word captions (transformer decoder); smoke test"
     c.task = "captioning"
     c.total_steps = 150
     c.batch_size = 32
@@ -18,7 +18,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.checkpoint_every = 75
     c.data = ml_collections.ConfigDict({
         "name": "synthetic_multimodal", "num_classes": 4, "num_attributes": 6, "image_dim": 12,
-        "max_len": 6, "noise_std": 0.1, "eval_examples": 64, "rule_seed": 0,
+        "max_len": 8, "noise_std": 0.1, "eval_examples": 64, "rule_seed": 0,
     })
     c.model = ml_collections.ConfigDict({
         "encoder": {"encoder": "mlp", "features": (64, 64)},

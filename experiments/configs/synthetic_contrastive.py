@@ -18,17 +18,17 @@ def get_config() -> ml_collections.ConfigDict:
     c.checkpoint_every = 50
     c.data = ml_collections.ConfigDict({
         "name": "synthetic_multimodal", "num_classes": 4, "num_attributes": 6, "image_dim": 12,
-        "max_len": 6, "noise_std": 0.1, "eval_examples": 128, "rule_seed": 0,
+        "max_len": 8, "noise_std": 0.1, "eval_examples": 128, "rule_seed": 0,
     })
     c.model = ml_collections.ConfigDict({
         "towers": {
             "image": {"encoder": "mlp", "features": (32, 32)},
-            "text": {"encoder": "transformer", "vocab_size": 14, "hidden_dim": 32, "num_layers": 1,
-                     "num_heads": 2, "mlp_dim": 64, "max_len": 6},
+            "text": {"encoder": "transformer", "vocab_size": 16, "hidden_dim": 32, "num_layers": 1,
+                     "num_heads": 2, "mlp_dim": 64, "max_len": 8},
         },
         "embed_dim": 32, "loss": "clip", "dtype": "float32", "param_dtype": "float32",
     })
-    c.eval = ml_collections.ConfigDict({"ks": (1, 5, 10), "prompts": ("{}",), "probe_examples": 256,
+    c.eval = ml_collections.ConfigDict({"ks": (1, 5, 10), "prompts": ("a {}",), "probe_examples": 256,
                                         "probe_l2": 1e-4})
     c.optim.learning_rate = 3e-3
     c.optim.warmup_steps = 10
