@@ -1,6 +1,7 @@
 """Where the train/eval commands get data: ``make_data(config, split, ...)``.
 
-``data.name == "synthetic"`` is served by :mod:`experiments.synthetic`
+``data.name == "synthetic"`` / ``"synthetic_multimodal"`` are served by
+:mod:`experiments.synthetic` / :mod:`experiments.synthetic_multimodal`
 (in-memory, for tests and smoke runs), ``"features3"`` by
 :mod:`experiments.features` (precomputed feature vectors in .npz, numpy
 only); every other name goes to
@@ -13,7 +14,7 @@ from typing import Any, Dict, Iterator
 
 import dataclasses
 
-from experiments import synthetic
+from experiments import synthetic, synthetic_multimodal
 from experiments.errors import UserError
 
 
@@ -42,6 +43,9 @@ def make_data(config: Any, split: str, *, global_batch_size: int, seed: int, tra
     if data.name == "synthetic":
         return synthetic.make_iterator(data, split, global_batch_size=global_batch_size, seed=seed,
                                        train=train, start_step=start_step)
+    if data.name == "synthetic_multimodal":
+        return synthetic_multimodal.make_iterator(data, split, global_batch_size=global_batch_size, seed=seed,
+                                                  train=train, start_step=start_step)
     if data.name == "features3":
         from experiments import features
         return features.make_iterator(data, split, global_batch_size=global_batch_size, seed=seed,
@@ -66,6 +70,8 @@ def data_info(config: Any) -> Dict[str, Any]:
     data = _data_config(config)
     if data.name == "synthetic":
         return synthetic.info(data)
+    if data.name == "synthetic_multimodal":
+        return synthetic_multimodal.info(data)
     if data.name == "features3":
         from experiments import features
         return features.info(data)

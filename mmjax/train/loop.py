@@ -30,6 +30,7 @@ from mmjax.train import logging as log_lib
 from mmjax.train.checkpoint import Checkpointer, CheckpointError, load_params
 from mmjax.train.optim import make_optimizer
 from mmjax.train.parallel import Runner
+from mmjax.train.tasks import get_task
 
 DataFn = Callable[..., Iterator[Dict[str, Any]]]
 
@@ -62,8 +63,22 @@ def parallel_mode(config: Any) -> str:
     return mode
 
 
-def build(config: Any, num_classes: int) -> Runner:
-    """Model, optimizer and the parallel runner from ``config``."""
+def build(config: Any, num_classes: int, info: Optional[Mapping[str, Any]] = None) -> Runner:
+    """Model, optimizer and the parallel runner from ``config`` (``config.task`` picks the
+    model family, see :mod:`mmjax.train.tasks`; the runner keeps it as ``runner.task``)."""
+    task = get_task(config, info or {"num_classes": num_classes})
+    if task.name != "classification":
+        train_cfg = _as_dict(_get(config, "train", {}))
+        runner = Runner(
+            parallel_mode(config), task.build_model(),
+            lambda p: make_optimizer(_as_dict(config.optim), p, int(config.total_steps)),
+            step_kwargs={"grad_accum_steps": int(train_cfg.get("grad_accum_steps", 1)),
+                         "nan_policy": train_cfg.get("nan_policy", "skip"), "task": task},
+            mesh_cfg=_as_dict(_get(config.parallel, "mesh", {"data": -1})),
+            rules=_get(config.parallel, "rules", None),
+        )
+        runner.task = task.attach(runner)
+        return runner
     model = build_classifier(_as_dict(config.model), num_classes)
     total = int(config.total_steps)
     optim_cfg = _as_dict(config.optim)
@@ -149,6 +164,22 @@ def run_eval(runner: Runner, state, batches: Iterator[Dict[str, Any]], num_class
         return metrics_lib.summarize(total["confusion"], float(total["loss_sum"]), float(total["weight_sum"]))
     return {"loss": float(total["loss_sum"] / max(total["weight_sum"], 1e-12)),
             "num_examples": float(total["weight_sum"])}
+
+
+def evaluate_split(runner: Runner, state, config: Any, data_fn: DataFn, num_classes: int,
+                   out_dir: Optional[str] = None) -> Dict[str, Any]:
+    """The eval metrics of ``state`` on ``config.eval_split``: the task's own evaluation,
+    or :func:`run_eval` for classification."""
+    seed, batch_size = int(_get(config, "seed", 0)), int(config.batch_size)
+
+    def batches(split):
+        return data_fn(config, split, global_batch_size=batch_size, seed=seed, train=False, start_step=0)
+    task = getattr(runner, "task", None)
+    if task is not None and task.name != "classification":
+        return task.evaluate(runner, state, batches, out_dir)
+    eval_steps = _get(config, "eval_steps", None)
+    return run_eval(runner, state, batches(_get(config, "eval_split", "test")), num_classes,
+                    int(eval_steps) if eval_steps else None)
 
 
 def _scalars(m: Mapping[str, Any]) -> Dict[str, float]:
@@ -304,7 +335,7 @@ def _train(config, workdir, data_fn, info_fn, console, stop_at, guard) -> Dict[s
     loss_name = _as_dict(_get(config, "loss", {})).get("name", "softmax_xent")
     spec = validation.spec_from_config(_as_dict(config.model), info, loss=loss_name,
                                        batch_size=batch_size // jax.process_count())
-    runner = build(config, num_classes)
+    runner = build(config, num_classes, info)
     ck_cfg = _as_dict(_get(config, "checkpoint", {}))
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=int(ck_cfg.get("keep", 2)),
                         best_metric=ck_cfg.get("best_metric") or None, best_mode=ck_cfg.get("best_mode", "max"),
@@ -389,11 +420,12 @@ def _loop(config, workdir, runner, state, ckpt, writer, say, data_fn, train_iter
     last = min(last, total_steps)
 
     def do_eval(step, state):
-        it = data_fn(config, eval_split, global_batch_size=batch_size, seed=seed, train=False, start_step=0)
         health.fault("during_eval", step)
-        ev = run_eval(runner, state, it, num_classes, int(eval_steps) if eval_steps else None)
-        writer.write(step, {k: v for k, v in ev.items() if k in ("loss", "accuracy", "macro_f1", "per_class")},
-                     prefix="eval/")
+        ev = evaluate_split(runner, state, config, data_fn, num_classes)
+        classification = getattr(runner, "task", None) is None
+        writer.write(step, {k: v for k, v in ev.items()
+                            if k in ("loss", "accuracy", "macro_f1", "per_class") or not classification and
+                            k in _scalars(ev)}, prefix="eval/")
         say(f"eval @ {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in _scalars(ev).items()))
         return ev
 
@@ -481,8 +513,9 @@ def evaluate(config: Any, workdir: str, *, which: str = "best", data_fn: Optiona
         info_fn = info_fn or data_factory.data_info
     if which not in ("best", "latest"):
         raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
-    num_classes = int(info_fn(config)["num_classes"])
-    runner = build(config, num_classes)
+    info = info_fn(config)
+    num_classes = int(info["num_classes"])
+    runner = build(config, num_classes, info)
     ck_cfg = _as_dict(_get(config, "checkpoint", {}))
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=int(ck_cfg.get("keep", 2)),
                         best_metric=ck_cfg.get("best_metric") or None, best_mode=ck_cfg.get("best_mode", "max"))
@@ -496,8 +529,7 @@ def evaluate(config: Any, workdir: str, *, which: str = "best", data_fn: Optiona
         it = data_fn(config, split, global_batch_size=batch_size, seed=seed, train=False, start_step=0)
         example, it = _peek(iter(it))
         state = runner.place_restored(ckpt.restore(runner.abstract_state(example, jax.random.PRNGKey(seed)), step))
-        eval_steps = _get(config, "eval_steps", None)
-        ev = run_eval(runner, state, it, num_classes, int(eval_steps) if eval_steps else None)
+        ev = evaluate_split(runner, state, config, data_fn, num_classes, os.path.join(workdir, "eval"))
     finally:
         ckpt.close()
     out = {"step": int(step), "checkpoint": which, "eval_split": split, **ev}

@@ -99,6 +99,7 @@ def train_step(
     grad_accum_steps: int = 1,
     nan_policy: str = "skip",
     grad_reduce: Callable[[PyTree], PyTree] = _identity,
+    task: Any = None,
 ) -> Tuple[TrainState, Metrics]:
     """One optimizer update on ``batch``.
 
@@ -114,6 +115,8 @@ def train_step(
         counter still advances, as the data did); "stop" applies nothing
         either and reports ``finite=0`` so the loop can stop.
       grad_reduce: mean over data-parallel replicas (``lax.pmean`` under pmap).
+      task: a :class:`mmjax.train.tasks.Task` whose ``loss_terms`` replaces the
+        classification loss; its aux sums are reported divided by the weight.
 
     Returns:
       (new state, metrics): ``loss`` (weighted mean), ``grad_norm`` (before
@@ -127,9 +130,13 @@ def train_step(
         loss_terms, state, loss=loss, label_smoothing=label_smoothing,
         class_weights=class_weights, train=True,
     )
+    if task is not None:
+        terms = functools.partial(task.loss_terms, state, train=True)
     grad_fn = jax.value_and_grad(terms, has_aux=True)
 
     def correct(logits, mb):
+        if task is not None:
+            return logits  # the task's aux sums
         if loss != "softmax_xent":
             return jnp.zeros((), jnp.float32)
         return jnp.sum((jnp.argmax(logits, -1) == mb["label"]).astype(jnp.float32))
@@ -145,11 +152,15 @@ def train_step(
             j, mb = xs
             (t, (w, logits, stats)), g = grad_fn(state.params, stats, mb, jax.random.fold_in(step_rng, j))
             grads_acc = jax.tree.map(jnp.add, grads_acc, g)
-            return (grads_acc, total_acc + t, weight_acc + w, correct_acc + correct(logits, mb), stats), None
+            correct_acc = jax.tree.map(jnp.add, correct_acc, correct(logits, mb))
+            return (grads_acc, total_acc + t, weight_acc + w, correct_acc, stats), None
 
         zeros = jax.tree.map(jnp.zeros_like, state.params)
-        init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32),
-                state.batch_stats)
+        first = jax.tree.map(lambda x: x[0], micro)
+        aux_shape = jax.eval_shape(lambda: correct(grad_fn(state.params, state.batch_stats, first, step_rng)[0][1][1],
+                                                   first))
+        init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32),
+                jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux_shape), state.batch_stats)
         (grads, total, weight, n_correct, new_stats), _ = jax.lax.scan(
             body, init, (jnp.arange(grad_accum_steps), micro)
         )
@@ -177,7 +188,9 @@ def train_step(
         "finite": finite.astype(jnp.float32),
         "weight": grad_reduce(weight),
     }
-    if loss == "softmax_xent":
+    if task is not None:
+        metrics.update({k: grad_reduce(v) / denom for k, v in n_correct.items()})
+    elif loss == "softmax_xent":
         count = jnp.asarray(jax.tree.leaves(batch["label"])[0].shape[0], jnp.float32)
         metrics["accuracy"] = grad_reduce(n_correct) / grad_reduce(count)
     return new_state, metrics

@@ -1,0 +1,37 @@
+"""stamps contrastive: Tux Paint stamp images <-> descriptions and <-> speech (three towers).
+
+Needs the ``stamps`` tfds builder (mmjax.data), which reads the Debian
+``tuxpaint-stamps`` package; runs where it is installed. Every tower pair gets
+its own logit scale; eval: recall@K for each pair, zero-shot from class-name
+prompts through the text tower, linear probe.
+"""
+import ml_collections
+
+from experiments.configs import base
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = base.get_config()
+    c.description = "stamps: image <-> text and image <-> speech contrastive (real Tux Paint stamps), SigLIP"
+    c.task = "contrastive"
+    c.total_steps = 2000
+    c.batch_size = 64
+    c.eval_every = 500
+    c.checkpoint_every = 500
+    c.data = ml_collections.ConfigDict({"name": "stamps"})
+    c.model = ml_collections.ConfigDict({
+        "towers": {
+            "image": {"encoder": "cnn"},
+            "text": {"encoder": "transformer", "vocab_size": 260, "hidden_dim": 128, "num_layers": 2,
+                     "num_heads": 4, "mlp_dim": 256, "max_len": 128},
+            "speech": {"encoder": "audio_cnn"},
+        },
+        "embed_dim": 128, "loss": "siglip", "dtype": "float32", "param_dtype": "float32",
+    })
+    c.eval = ml_collections.ConfigDict({"ks": (1, 5, 10), "prompts": ("{}", "a picture of {}"),
+                                        "probe_examples": 2048, "probe_l2": 1e-3})
+    c.optim.learning_rate = 1e-3
+    c.optim.warmup_steps = 100
+    c.checkpoint.best_metric = "mean_R@1"
+    c.checkpoint.best_mode = "max"
+    return c
