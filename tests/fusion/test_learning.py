@@ -21,7 +21,7 @@ def test_single_modality_is_capped():
     """Sanity check of the task itself: with modality b masked out, accuracy stays near 1/k."""
     result = train_and_evaluate("concat", TASK, drop_modality="b", **RUN)
     assert TASK.single_modality_max_accuracy == 0.5
-    assert result.train_accuracy < TASK.single_modality_max_accuracy + 0.1
+    # (Train accuracy may exceed the cap by memorising noise; held-out cannot.)
     assert result.test_accuracy < TASK.single_modality_max_accuracy + 0.1
 
 
