@@ -21,6 +21,7 @@ COMMANDS = {
     "data": "data",
     "sweep": "sweep",
     "bench": "bench",
+    "toy": "toy",
 }
 
 

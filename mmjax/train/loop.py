@@ -333,9 +333,15 @@ def _train(config, workdir, data_fn, info_fn, console, stop_at, guard) -> Dict[s
             raise BatchValidationError(f"train.{key} must be 'every', 'first' or 'off', got {value!r}")
     nan_stop = train_cfg.get("nan_policy", "skip") == "stop"
     loss_name = _as_dict(_get(config, "loss", {})).get("name", "softmax_xent")
-    spec = validation.spec_from_config(_as_dict(config.model), info, loss=loss_name,
-                                       batch_size=batch_size // jax.process_count())
     runner = build(config, num_classes, info)
+    model_cfg = _as_dict(config.model)
+    task = getattr(runner, "task", None)
+    if task is not None and task.name != "classification":
+        # Contrastive / captioning configs name their inputs in their own way (towers,
+        # encoder + target); validate against the dataset's modalities instead.
+        model_cfg = {"encoders": {m: {} for m in (info.get("modalities") or ())}}
+    spec = validation.spec_from_config(model_cfg, info, loss=loss_name,
+                                       batch_size=batch_size // jax.process_count())
     ck_cfg = _as_dict(_get(config, "checkpoint", {}))
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=int(ck_cfg.get("keep", 2)),
                         best_metric=ck_cfg.get("best_metric") or None, best_mode=ck_cfg.get("best_mode", "max"),
