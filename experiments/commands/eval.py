@@ -55,9 +55,15 @@ def evaluate(config, workdir: str, *, which: str = "best", noise_levels: Sequenc
     data_fn = data_fn or data_factory.make_data
     info_fn = info_fn or data_factory.data_info
     info = info_fn(config)
+    if str(config.get("task", "classification")) != "classification":
+        # Contrastive / captioning runs have their own metrics (retrieval, BLEU, samples.md).
+        out = loop.evaluate(config, workdir, which=which, data_fn=data_fn, info_fn=info_fn)
+        if console is not None:
+            print(f"wrote {os.path.join(workdir, 'eval')}/metrics.json", file=console)
+        return out
     num_classes = int(info["num_classes"])
     class_names = list(info.get("class_names") or []) or None
-    runner = loop.build(config, num_classes)
+    runner = loop.build(config, num_classes, info)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=int(config.checkpoint.get("keep", 2)),
                         best_metric=config.checkpoint.get("best_metric") or None,
                         best_mode=config.checkpoint.get("best_mode", "max"))
