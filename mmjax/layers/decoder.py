@@ -39,7 +39,14 @@ import jax
 import jax.numpy as jnp
 
 from mmjax.layers.dense import dense
-from mmjax.layers.transformer import MlpBlock, MultiHeadAttention, attention_mask, layer_norm
+from mmjax.layers.transformer import (
+    HeadMerge,
+    HeadProjection,
+    MlpBlock,
+    MultiHeadAttention,
+    attention_mask,
+    layer_norm,
+)
 from mmjax.sharding import EMBED, HEADS, KV, LENGTH, MLP, VOCAB, logical
 
 Array = jax.Array
@@ -68,13 +75,11 @@ class CachedSelfAttention(nn.Module):
         if d % self.num_heads:
             raise ValueError(f"attention width {d} is not divisible by num_heads={self.num_heads}")
         proj = functools.partial(
-            nn.DenseGeneral,
-            features=(self.num_heads, d // self.num_heads),
-            axis=-1,
+            HeadProjection,
+            num_heads=self.num_heads,
+            head_dim=d // self.num_heads,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
-            kernel_init=logical(nn.initializers.xavier_uniform(), (EMBED, HEADS, KV)),
-            bias_init=logical(nn.initializers.zeros_init(), (HEADS, KV)),
         )
         q, k, v = proj(name="query")(x), proj(name="key")(x), proj(name="value")(x)
         if self.decode:
@@ -97,15 +102,7 @@ class CachedSelfAttention(nn.Module):
         else:
             m = None if mask is None else mask[:, None, None, :]
             out = jax.nn.dot_product_attention(q, k, v, mask=m, is_causal=True)
-        out = nn.DenseGeneral(
-            features=d,
-            axis=(-2, -1),
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            kernel_init=logical(nn.initializers.xavier_uniform(), (HEADS, KV, EMBED)),
-            bias_init=logical(nn.initializers.zeros_init(), (EMBED,)),
-            name="out",
-        )(out)
+        out = HeadMerge(out_dim=d, dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
         return nn.Dropout(self.dropout_rate)(out, deterministic=not train)
 
 

@@ -40,6 +40,58 @@ def attention_mask(q_mask: Optional[Array], kv_mask: Optional[Array]) -> Optiona
     return kv_mask[:, None, :]
 
 
+class HeadProjection(nn.Module):
+    """(B, T, D) -> (B, T, N, H) with kernel (D, N, H) and bias (N, H).
+
+    Written with explicit full-rank weights (not ``nn.DenseGeneral``, which
+    initialises a flattened 2-D kernel) so the three logical axis names match
+    the array's rank when the weights are created already sharded.
+    """
+
+    num_heads: int
+    head_dim: int
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        shape = (x.shape[-1], self.num_heads, self.head_dim)
+        kernel = self.param("kernel", logical(_fan_in_out_xavier(shape[0], self.num_heads * self.head_dim),
+                                              (EMBED, HEADS, KV)), shape, self.param_dtype)
+        bias = self.param("bias", logical(nn.initializers.zeros_init(), (HEADS, KV)),
+                          shape[1:], self.param_dtype)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        return jnp.einsum("btd,dnh->btnh", x, kernel) + bias
+
+
+class HeadMerge(nn.Module):
+    """(B, T, N, H) -> (B, T, out_dim) with kernel (N, H, out_dim) and bias (out_dim,)."""
+
+    out_dim: int
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        shape = x.shape[-2:] + (self.out_dim,)
+        kernel = self.param("kernel", logical(_fan_in_out_xavier(shape[0] * shape[1], self.out_dim),
+                                              (HEADS, KV, EMBED)), shape, self.param_dtype)
+        bias = self.param("bias", logical(nn.initializers.zeros_init(), (EMBED,)), (self.out_dim,),
+                          self.param_dtype)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        return jnp.einsum("btnh,nhd->btd", x, kernel) + bias
+
+
+def _fan_in_out_xavier(fan_in: int, fan_out: int):
+    """Glorot-uniform for a kernel whose fan-in / fan-out span several axes."""
+    limit = (6.0 / (fan_in + fan_out)) ** 0.5
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -limit, limit)
+
+    return init
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head (self or cross) attention.
 
@@ -76,13 +128,11 @@ class MultiHeadAttention(nn.Module):
             )
         head_dim = qkv_dim // self.num_heads
         proj = functools.partial(
-            nn.DenseGeneral,
-            features=(self.num_heads, head_dim),
-            axis=-1,
+            HeadProjection,
+            num_heads=self.num_heads,
+            head_dim=head_dim,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
-            kernel_init=logical(nn.initializers.xavier_uniform(), (EMBED, HEADS, KV)),
-            bias_init=logical(nn.initializers.zeros_init(), (HEADS, KV)),
         )
         q = proj(name="query")(inputs_q)
         k = proj(name="key")(inputs_kv)
@@ -90,13 +140,10 @@ class MultiHeadAttention(nn.Module):
         if mask is not None:
             mask = mask[:, None, :, :]  # (B, 1, T, S): same mask for every head
         out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal)
-        out = nn.DenseGeneral(
-            features=self.out_dim or inputs_q.shape[-1],
-            axis=(-2, -1),
+        out = HeadMerge(
+            out_dim=self.out_dim or inputs_q.shape[-1],
             dtype=self.dtype,
             param_dtype=self.param_dtype,
-            kernel_init=logical(nn.initializers.xavier_uniform(), (HEADS, KV, EMBED)),
-            bias_init=logical(nn.initializers.zeros_init(), (EMBED,)),
             name="out",
         )(out)
         return nn.Dropout(self.dropout_rate)(out, deterministic=not train)
