@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from mmjax.encoders import audio_frontend
 from mmjax.encoders.common import (
     EncoderInputError,
+    flatten_pool,
     channel_norm,
     check_mask,
     cls_token,
@@ -117,12 +118,16 @@ class AudioCnnEncoder(_AudioBase):
     like the conv's own zero padding); post-ReLU values are >= 0, so a zero fill
     also leaves max-pooling unchanged. Tokens: mean over the mel axis of the
     final map, (B, ceil(frames / 2^S), C) (projected to ``out_dim`` if set);
-    pooled = masked mean over time.
+    pooled = masked mean over time (``pool="mean"``), or a Dense layer over the
+    flattened final (time, mel, channel) map (``pool="flatten"``: keeps the
+    time order, which a mean discards; fixes the clip length at init, padded
+    frames are zeros; needs ``out_dim``).
     """
 
     features: Sequence[int] = (32, 64, 128)
     convs_per_stage: int = 1
     out_dim: Optional[int] = None
+    pool: str = "mean"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -144,7 +149,10 @@ class AudioCnnEncoder(_AudioBase):
             tokens = dense(self.out_dim, axes=(CONV_OUT, EMBED), dtype=self.dtype, param_dtype=self.param_dtype,
                            name="proj")(tokens)
         tokens = jnp.where(m[..., None], tokens, 0)
-        return Encoded(pooled=masked_mean(tokens, m), tokens=tokens, mask=m)
+        if self.pool == "mean":
+            return Encoded(pooled=masked_mean(tokens, m), tokens=tokens, mask=m)
+        pooled = flatten_pool("audio_cnn", self, h.reshape(h.shape[0], -1))
+        return Encoded(pooled=pooled, tokens=tokens, mask=m)
 
 
 @register("ast")

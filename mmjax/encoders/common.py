@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax.layers.dense import dense
 from mmjax.sharding import CONV_IN, CONV_OUT, EMBED, LENGTH, NORM, logical
 
 Array = jax.Array
@@ -121,3 +122,13 @@ def downsample_mask(mask: Array, factor: int, length: int) -> Array:
 
 def cls_token(module: nn.Module, dim: int, param_dtype: Any, name: str = "cls") -> Array:
     return module.param(name, logical(nn.initializers.zeros_init(), (EMBED,)), (dim,), param_dtype)
+
+
+def flatten_pool(name: str, module: Any, flat: Array) -> Array:
+    """(B, N) flattened feature map -> (B, out_dim) through a Dense layer named "pool"."""
+    if module.pool != "flatten":
+        raise EncoderInputError(f"{name}: pool must be 'mean' or 'flatten', got {module.pool!r}")
+    if module.out_dim is None:
+        raise EncoderInputError(f"{name}: pool='flatten' needs out_dim (the pooled width)")
+    return dense(module.out_dim, axes=(CONV_OUT, EMBED), dtype=module.dtype, param_dtype=module.param_dtype,
+                 name="pool")(flat)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from mmjax.encoders.common import (
     EncoderInputError,
+    flatten_pool,
     channel_norm,
     check_rank,
     cls_token,
@@ -44,17 +45,23 @@ class CnnEncoder(nn.Module):
 
     Per stage: ``convs_per_stage`` x [3x3 conv -> LayerNorm(channels) -> ReLU],
     then 2x2 max-pool (SAME, so odd and 1-pixel maps are fine). Tokens are the
-    (H / 2^S) * (W / 2^S) final positions, pooled = their mean.
+    (H / 2^S) * (W / 2^S) final positions, pooled = their mean
+    (``pool="mean"``) or a Dense layer over the flattened final map
+    (``pool="flatten"``, LeNet-style: keeps where features are, which small
+    nets with a short receptive field need; fixes the input size at init).
 
     Attributes:
       features: channels of each stage, e.g. (32, 64, 128).
       convs_per_stage: conv layers before each pool.
-      out_dim: optional Dense projection of every token to this width.
+      out_dim: optional Dense projection of every token to this width
+        (with ``pool="flatten"``, also the pooled width; required there).
+      pool: "mean" or "flatten".
     """
 
     features: Sequence[int] = (32, 64, 128)
     convs_per_stage: int = 2
     out_dim: Optional[int] = None
+    pool: str = "mean"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -74,7 +81,10 @@ class CnnEncoder(nn.Module):
         if self.out_dim is not None:
             project = dense(self.out_dim, axes=(CONV_OUT, EMBED), dtype=self.dtype,
                             param_dtype=self.param_dtype, name="proj")
-        return _feature_map_to_encoded(h, project)
+        encoded = _feature_map_to_encoded(h, project)
+        if self.pool == "mean":
+            return encoded
+        return encoded.replace(pooled=flatten_pool("cnn", self, h.reshape(h.shape[0], -1)))
 
 
 class _ResNetBlock(nn.Module):

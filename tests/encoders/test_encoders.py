@@ -314,3 +314,28 @@ def test_bad_inputs_raise_clear_errors(name, config, x, mask, match):
 
 def test_error_type_is_value_error():
     assert issubclass(EncoderInputError, ValueError)
+
+
+def test_flatten_pool_keeps_position_and_ignores_padding():
+    """pool="flatten": pooled is a Dense over the whole map, so moving a feature changes it;
+    audio padding (masked samples) still cannot change it."""
+    import mmjax
+
+    img = np.zeros((1, 8, 8, 1), np.float32)
+    img[0, 1, 1] = 1.0
+    moved = np.roll(img, 4, axis=2)
+    cnn = mmjax.encoders.create("cnn", features=(4,), convs_per_stage=1, out_dim=6, pool="flatten")
+    v = cnn.init(jax.random.key(0), img)
+    a, b = cnn.apply(v, img).pooled, cnn.apply(v, moved).pooled
+    assert a.shape == (1, 6) and not np.allclose(a, b)
+
+    audio = mmjax.encoders.create("audio_cnn", sample_rate=8000, n_fft=256, hop_length=128, n_mels=16,
+                                  features=(4,), out_dim=6, pool="flatten")
+    wave = np.random.default_rng(0).normal(size=(1, 4000)).astype(np.float32)
+    mask = np.ones((1, 4000), bool)
+    mask[:, 3000:] = False
+    garbage = wave.copy()
+    garbage[:, 3000:] = 50.0
+    va = audio.init(jax.random.key(0), wave, mask)
+    np.testing.assert_allclose(audio.apply(va, wave, mask).pooled, audio.apply(va, garbage, mask).pooled,
+                               rtol=1e-5, atol=1e-5)
