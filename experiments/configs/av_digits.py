@@ -50,9 +50,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.tensorboard = False
     c.data = data_config()
     c.model.encoders = ml_collections.ConfigDict({
-        "image": {"name": "cnn", "features": (16, 32), "convs_per_stage": 1, "out_dim": 64},
+        # pool="flatten": small CNNs need to know where (image) and when (audio) a feature fired.
+        "image": {"name": "cnn", "features": (16, 32), "convs_per_stage": 1, "out_dim": 64, "pool": "flatten"},
         "audio": {"name": "audio_cnn", "sample_rate": 8000, "n_fft": 256, "hop_length": 128, "n_mels": 40,
-                  "features": (16, 32), "convs_per_stage": 1, "out_dim": 64},
+                  "features": (16, 32), "convs_per_stage": 1, "out_dim": 64, "pool": "flatten"},
     })
     c.fusion_configs = ml_collections.ConfigDict(FUSION_CONFIGS)  # per-fusion options for `sweep`
     c.model.fusion = DEFAULT_FUSION
