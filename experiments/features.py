@@ -68,7 +68,7 @@ MODALITIES = ("audio", "image", "text")
 SPLITS = ("train", "test")
 
 
-class FeaturesError(UserError):
+class FeaturesError(UserError, ValueError):
     """Bad features3 config, missing source data, or a feature file that does not match its hash."""
 
 
