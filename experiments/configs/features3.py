@@ -21,6 +21,7 @@ test split as F1 0): concat 89.3% accuracy / macro-F1 0.540; late 86.3% /
 import ml_collections
 
 from experiments.configs import base
+from experiments.configs.av_digits import FUSION_CONFIGS
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -42,6 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
         "image": {"name": "mlp", "features": (128, 64), "dropout_rate": 0.2},
         "audio": {"name": "mlp", "features": (64, 64), "dropout_rate": 0.2},
     })
+    c.fusion_configs = ml_collections.ConfigDict(FUSION_CONFIGS)  # per-fusion options for `sweep`
     c.model.fusion = "concat"
     c.model.fusion_config = ml_collections.ConfigDict({"out_dim": 64})
     c.model.head_hidden = ()

@@ -14,6 +14,7 @@ unweighted). Two-modality variants: ``stamps_image_text``,
 import ml_collections
 
 from experiments.configs import base
+from experiments.configs.av_digits import FUSION_CONFIGS
 
 
 def data_config() -> ml_collections.ConfigDict:
@@ -49,6 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
         "audio": {"name": "audio_cnn", "sample_rate": 8000, "n_fft": 256, "hop_length": 128, "n_mels": 40,
                   "features": (16, 32), "convs_per_stage": 1, "out_dim": 64},
     })
+    c.fusion_configs = ml_collections.ConfigDict(FUSION_CONFIGS)  # per-fusion options for `sweep`
     c.model.fusion = "gated"
     c.model.fusion_config = ml_collections.ConfigDict({"out_dim": 64})
     c.model.head_hidden = (64,)
