@@ -10,6 +10,13 @@ unbalanced (``food`` and ``animals`` dominate), so the loss uses balanced
 class weights and the eval reports macro-F1 beside accuracy (eval itself is
 unweighted). Two-modality variants: ``stamps_image_text``,
 ``stamps_image_speech``, ``stamps_text_speech`` (or ``--config.modalities=...``).
+
+Measured (CPU, one seed, 400 steps of batch 32, about 21 epochs; the 168-stamp
+test split): 41.1% accuracy, macro-F1 0.190 (over all 16 classes; a class
+absent from the test split counts as 0). Small encoders trained from scratch
+on 617 examples are far behind the pretrained features of ``features3``
+(89% / 0.54 with the same split); the fusion block (``gated``) is provisional
+until ``sweep stamps`` has been run.
 """
 import ml_collections
 

@@ -53,7 +53,9 @@ def _examples():
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    cfg = features.data_config(features_dir=str(tmp_path_factory.mktemp("f3")), extract_batch_size=4)
+    # 112 px and 32 tokens keep the test cheap; the networks are size-agnostic (global pooling).
+    cfg = features.data_config(features_dir=str(tmp_path_factory.mktemp("f3")), extract_batch_size=4,
+                               image_size=112, text_max_len=32)
     examples = _examples()
     extractor = features.Extractor(cfg)
     cols = features.extract(examples, cfg, extractor=extractor, progress=False)
@@ -80,11 +82,11 @@ def test_features_match_direct_encoders(setup):
     from mmjax.encoders.pretrained import load_efficientnet_lite0, load_minilm
 
     cfg, examples, _, cols = setup
-    enc, variables, tok = load_minilm(max_len=64)
+    enc, variables, tok = load_minilm(max_len=32)
     ids, mask = tok([examples[-1]["text"]])
     np.testing.assert_allclose(cols["text"][-1], np.asarray(enc.apply(variables, ids, mask).pooled)[0], atol=1e-5)
     enc, variables, prep = load_efficientnet_lite0(include_top=False)
-    ref = np.asarray(enc.apply(variables, prep(examples[0]["image"]), train=False).pooled)[0]
+    ref = np.asarray(enc.apply(variables, prep(examples[0]["image"], 112), train=False).pooled)[0]
     np.testing.assert_allclose(cols["image"][0], ref, rtol=1e-4, atol=1e-4)
 
 
@@ -187,7 +189,8 @@ def test_ensure_features_info_and_training(setup, monkeypatch, tmp_path):
     from experiments.config_utils import load_config
     from mmjax.train import loop
 
-    cfg = features.data_config(features_dir=str(tmp_path / "f3"), extract_batch_size=4, class_weights="balanced")
+    cfg = features.data_config(features_dir=str(tmp_path / "f3"), extract_batch_size=4, class_weights="balanced",
+                               image_size=112, text_max_len=32)
     calls = []
 
     def fake_source(c, split):
