@@ -21,7 +21,10 @@ test split as F1 0): concat 89.3% accuracy / macro-F1 0.540; late 86.3% /
 import ml_collections
 
 from experiments.configs import base
-from experiments.configs.av_digits import FUSION_CONFIGS
+from experiments.configs.av_digits import FUSION_CONFIGS as _AV_FUSION_CONFIGS
+
+# In middle placement ``late`` is per-modality heads to out_dim features, averaged, then the head.
+FUSION_CONFIGS = dict(_AV_FUSION_CONFIGS, late={"out_dim": 64})
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -21,7 +21,10 @@ until ``sweep stamps`` has been run.
 import ml_collections
 
 from experiments.configs import base
-from experiments.configs.av_digits import FUSION_CONFIGS
+from experiments.configs.av_digits import FUSION_CONFIGS as _AV_FUSION_CONFIGS
+
+# In middle placement ``late`` is per-modality heads to out_dim features, averaged, then the head.
+FUSION_CONFIGS = dict(_AV_FUSION_CONFIGS, late={"out_dim": 64})
 
 
 def data_config() -> ml_collections.ConfigDict:
