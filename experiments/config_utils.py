@@ -98,9 +98,15 @@ def _literal(text: str) -> Any:
 
 
 def cast_value(key: str, text: str, current: Any) -> Any:
-    """``text`` parsed as the type of ``current`` (bool, int, float, str, tuple/list, dict, None)."""
+    """``text`` parsed as the type of ``current`` (bool, int, float, str, tuple/list, dict, None).
+
+    The literal ``None`` sets any key to None.
+    """
     def bad(kind):
         return UserError(f"--config.{key}: cannot read {text!r} as {kind}")
+    if text.strip() == "None":
+        # Keys documented as "None | ..." (e.g. data.class_weights) must be resettable.
+        return None
     if isinstance(current, bool):
         low = text.strip().lower()
         if low in ("true", "1", "yes", "on"):

@@ -50,6 +50,11 @@ def make_data(config: Any, split: str, *, global_batch_size: int, seed: int, tra
         from experiments import features
         return features.make_iterator(data, split, global_batch_size=global_batch_size, seed=seed,
                                       train=train, start_step=start_step)
+    if not train and data.get("class_weights") is not None:
+        # Class weights are for the loss: eval batches weighted by them would turn the
+        # confusion matrix (accuracy, macro-F1) into class-reweighted counts.
+        data = data.copy_and_resolve_references()
+        data.class_weights = None
     it = _mmjax_data().make_iterator(data, split, global_batch_size=global_batch_size, seed=seed,
                                      train=train, start_step=start_step)
     return _valid_as_weight(it)
