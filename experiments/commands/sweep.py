@@ -66,6 +66,8 @@ def variants(config, fusions: List[str], baselines: bool) -> Dict[str, Any]:
             c.model.fusion = name
             if name in per_fusion:
                 c.model.fusion_config = copy.deepcopy(per_fusion[name])
+            if name == "late":  # decision-level fusion: per-modality heads, combined logits
+                c.model.placement = "late"
         out[name] = c
     mods = sorted(config.model.encoders.keys())
     if baselines and len(mods) > 1:

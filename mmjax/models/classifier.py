@@ -198,6 +198,8 @@ class Classifier(nn.Module):
         cfg.setdefault("dtype", self.dtype)
         cfg.setdefault("param_dtype", self.param_dtype)
         name = self.fusion if self.fusion != "concat" else "late"
+        if name == "late":
+            cfg.setdefault("out_dim", self.num_classes)
         out = _build(fusion_registry.FUSION, name, cfg, "model.fusion_config", "fusion")(
             logits, modality_mask or None, train=train
         )
