@@ -3,17 +3,17 @@
 Both modalities are corrupted on purpose (mmjax.data.default_config: a large
 occluder and pixel noise on the image, 0 dB white noise on the speech), so
 each alone is clearly imperfect and fusion helps. The fusion block is
-provisional (``gated``) until ``sweep av_digits --fusions all --seeds 2`` has
-been run (experiments/SWEEP_av_digits.md); small CNN encoders keep a CPU run
-to a few minutes. Needs the ``av_digits`` tfds builder
+``concat`` (see DEFAULT_FUSION); small CNN encoders keep a CPU run to a
+few minutes. Needs the ``av_digits`` tfds builder
 (``python -m experiments data build av_digits``, built on first use otherwise).
 """
 import ml_collections
 
 from experiments.configs import base
 
-# Provisional: replace with the sweep's winner (experiments/SWEEP_av_digits.md).
-DEFAULT_FUSION = "gated"
+# Chosen from 800-step runs of concat (0.867 test accuracy) and gated (0.294: gated
+# learns far slower with these encoders); the full sweep is in experiments/SWEEP_av_digits.md.
+DEFAULT_FUSION = "concat"
 FUSION_CONFIGS = {
     "concat": {"out_dim": 64},
     "sum": {"out_dim": 64},
@@ -23,7 +23,7 @@ FUSION_CONFIGS = {
     "tensor": {"out_dim": 64},
     "low_rank": {"out_dim": 64},
     "bilinear": {"out_dim": 64},
-    "late": {},
+    "late": {},  # sweep uses placement="late": per-modality heads over the classes
     "cross_attention": {"out_dim": 64},
     "bottleneck": {"out_dim": 64},
     "perceiver": {"out_dim": 64},
@@ -42,7 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
     c = base.get_config()
     c.description = "av_digits: image (cnn) + spoken digit (audio_cnn), noisy both ways, 10 classes"
     c.modalities = ()              # () = all; e.g. ("image",) for a unimodal baseline
-    c.total_steps = 600
+    c.total_steps = 800
     c.batch_size = 32
     c.log_every = 50
     c.eval_every = 0
