@@ -59,5 +59,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.checkpoint.best_mode = "max"
     c.checkpoint.async_save = False
 
-    c.init_from = ml_collections.ConfigDict({"path": "", "source": "", "target": ""})
+    # Initialise part of the model from a checkpoint (path) or offline pretrained weights
+    # (pretrained: "minilm" | "efficientnet_lite0"; target e.g. "encoder_text_0").
+    c.init_from = ml_collections.ConfigDict({"path": "", "pretrained": "", "source": "", "target": ""})
     return c

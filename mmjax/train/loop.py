@@ -16,7 +16,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional, TextIO
+from typing import Any, Callable, Sequence, Dict, Iterator, Mapping, Optional, TextIO
 
 import jax
 import numpy as np
@@ -109,16 +109,56 @@ def _peek(it: Iterator) -> tuple:
     return first, chained()
 
 
-def apply_init_from(runner: Runner, state, spec: Mapping[str, Any]):
-    """Copies a params subtree from a checkpoint (or a given pytree) into ``state``.
+def _graft(tree: Any, target: Sequence[str], loaded: Any, what: str) -> Any:
+    """A copy of ``tree`` with the subtree at path ``target`` replaced by ``loaded`` (same structure/shapes)."""
+    tree = jax.tree.map(lambda x: x, tree)  # a copy we may edit in place
+    node = tree
+    for p in target[:-1]:
+        if not isinstance(node, Mapping) or p not in node:
+            raise CheckpointError(f"init_from.target: no {p!r} in the model's {what} (has {sorted(node)})")
+        node = node[p]
+    if target and (not isinstance(node, Mapping) or target[-1] not in node):
+        raise CheckpointError(f"init_from.target: no {target[-1]!r} in the model's {what} (has {sorted(node)})")
+    current = node[target[-1]] if target else tree
+    if jax.tree.structure(current) != jax.tree.structure(jax.tree.map(lambda x: x, loaded)):
+        raise CheckpointError(f"init_from: the loaded {what} do not match the model's {what} at "
+                              f"{'/'.join(target) or '(root)'!r}")
 
-    ``spec``: ``path`` (a workdir / checkpoint dir) or ``params`` (a pytree),
-    ``source`` (path inside the loaded params, "" = all) and ``target`` (path
-    in the model's params, default = source), both "a/b/c".
+    def place(old, new):
+        new = np.asarray(new)
+        if new.shape != old.shape:
+            raise CheckpointError(f"init_from: shape {new.shape} does not match model {what} {old.shape}")
+        return jax.device_put(new.astype(old.dtype), old.sharding)
+
+    replaced = jax.tree.map(place, current, loaded)
+    if not target:
+        return replaced
+    node[target[-1]] = replaced
+    return tree
+
+
+def apply_init_from(runner: Runner, state, spec: Mapping[str, Any]):
+    """Copies a params subtree from a checkpoint, a given pytree or a pretrained encoder into ``state``.
+
+    ``spec``: ``path`` (a workdir / checkpoint dir), ``params`` (a pytree) or
+    ``pretrained`` (a name from ``mmjax.encoders.pretrained.pretrained_names()``,
+    e.g. "minilm": its offline weights, and BatchNorm statistics where it has
+    them); ``source`` (path inside the loaded params, "" = all) and ``target``
+    (path in the model's params, default = source), both "a/b/c". For a
+    classifier the encoder of modality ``m`` lives at ``encoder_<m>_0``.
     """
-    loaded = spec.get("params")
-    if loaded is None:
-        loaded = load_params(spec["path"], spec.get("step"))
+    loaded_stats = None
+    if spec.get("pretrained"):
+        from mmjax.encoders.pretrained import pretrained_variables
+
+        if not spec.get("target"):
+            raise CheckpointError("init_from.pretrained needs init_from.target (e.g. 'encoder_text_0')")
+        variables = pretrained_variables(str(spec["pretrained"]))
+        loaded, loaded_stats = variables["params"], variables.get("batch_stats")
+    else:
+        loaded = spec.get("params")
+        if loaded is None:
+            loaded = load_params(spec["path"], spec.get("step"))
     source = [p for p in str(spec.get("source", "")).split("/") if p]
     target = [p for p in str(spec.get("target") or spec.get("source") or "").split("/") if p]
     for p in source:
@@ -126,26 +166,13 @@ def apply_init_from(runner: Runner, state, spec: Mapping[str, Any]):
             raise CheckpointError(f"init_from.source: no {p!r} in the loaded params (has {sorted(loaded)})")
         loaded = loaded[p]
     host = runner.host_state(state)
-    params = jax.tree.map(lambda x: x, host.params)  # a copy we may edit in place
-    node = params
-    for p in target[:-1]:
-        node = node[p]
-    current = node[target[-1]] if target else params
-    if jax.tree.structure(current) != jax.tree.structure(jax.tree.map(lambda x: x, loaded)):
-        raise CheckpointError(f"init_from: the structure of {spec.get('source')!r} does not match "
-                              f"model params at {'/'.join(target)!r}")
-
-    def place(old, new):
-        new = np.asarray(new)
-        if new.shape != old.shape:
-            raise CheckpointError(f"init_from: shape {new.shape} does not match model param {old.shape}")
-        return jax.device_put(new.astype(old.dtype), old.sharding)
-    replaced = jax.tree.map(place, current, loaded)
-    if target:
-        node[target[-1]] = replaced
-    else:
-        params = replaced
-    return runner.place_restored(host.replace(params=params))
+    host = host.replace(params=_graft(host.params, target, loaded, "params"))
+    if loaded_stats:
+        if not host.batch_stats:
+            raise CheckpointError(f"init_from.pretrained {spec['pretrained']!r} has BatchNorm statistics but "
+                                  "the model has no batch_stats")
+        host = host.replace(batch_stats=_graft(host.batch_stats, target, loaded_stats, "batch_stats"))
+    return runner.place_restored(host)
 
 
 def run_eval(runner: Runner, state, batches: Iterator[Dict[str, Any]], num_classes: int,
@@ -384,10 +411,12 @@ def _train(config, workdir, data_fn, info_fn, console, stop_at, guard) -> Dict[s
         else:
             state = _first_trace(runner.create_state, example, rng)
             init_from = _as_dict(_get(config, "init_from", {}))
-            if init_from.get("path") or init_from.get("params") is not None:
+            if init_from.get("path") or init_from.get("pretrained") or init_from.get("params") is not None:
                 state = apply_init_from(runner, state, init_from)
+                origin = init_from.get("path") or (init_from.get("pretrained") and
+                                                   f"pretrained {init_from['pretrained']}") or "a pytree"
                 say(f"initialised {init_from.get('target') or init_from.get('source') or 'all params'} "
-                    f"from {init_from.get('path', 'a pytree')}")
+                    f"from {origin}")
         return _loop(config, workdir, runner, state, ckpt, writer, say, data_fn, train_iter, spec, start,
                      num_classes, stop_at, guard, nan_stop, validate_mode, finite_mode)
     finally:
