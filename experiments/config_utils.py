@@ -56,8 +56,9 @@ def load_config(experiment: str) -> ml_collections.ConfigDict:
     return add_defaults(config)
 
 
-# Keys every training config has, added to configs written before they existed
-# (so ``--config.train.check_finite=off`` is a known key everywhere).
+# Keys every training config has (configs/base.py sets them), added to configs that do
+# not start from base.py or were written before the keys existed (so
+# ``--config.train.check_finite=off`` is a known key everywhere).
 DEFAULTS = {
     "train": {
         "validate_batches": "every",  # every | first | off: structure, shapes, dtypes, labels

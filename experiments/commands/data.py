@@ -46,7 +46,7 @@ def columns_sha256(cols) -> str:
 
 def run(args) -> int:
     from mmjax.data import DataConfigError, dataset_info, export, split_columns
-    from mmjax.data import source
+    from mmjax.data import bad_examples, source
 
     cfg = _config(args)
     try:
@@ -78,6 +78,8 @@ def run(args) -> int:
                 counts = np.bincount(cols["label"], minlength=info.num_classes)
                 line += f"; per class min {counts.min()} max {counts.max()}: {counts.tolist()}"
             print(line)
+            # Counts of undecodable/empty/silent examples and what the bad_examples policy did.
+            print(f"    {bad_examples.summary_line(cfg.name, split)}")
             if split in info.hashes:
                 print(f"    content sha256 (recorded at build): {info.hashes[split]}")
             print(f"    pipeline columns sha256 (after fixed corruption): {columns_sha256(cols)}")

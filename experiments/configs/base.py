@@ -47,6 +47,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict()
     c.train.grad_accum_steps = 1
     c.train.nan_policy = "skip"    # skip | stop
+    # every | first | off: host check of each batch's structure, shapes, dtypes and labels
+    # against the model spec ("first": only the first batch, for input pipelines known good).
+    c.train.validate_batches = "every"
+    # every | first | off: NaN/Inf in the (unmasked) inputs on the host, so a bad batch is
+    # reported by name and skipped under nan_policy="skip" instead of reaching the loss.
+    c.train.check_finite = "every"
 
     c.parallel = ml_collections.ConfigDict()
     c.parallel.mode = "auto"       # auto | single | pmap | sharded

@@ -22,6 +22,12 @@ Keys of a data config:
   modality_dropout: modality name -> probability of dropping it at train time (never all of an example).
   class_weights: None, "balanced" (from the train split's label counts) or a list of C weights;
     adds "weight" (B,) float32 to batches.
+  bad_examples: what to do with an undecodable image, an empty or silent audio clip or an empty
+    text, found once when a split is decoded: "missing" (default: keep the example with that
+    modality missing; an example with no usable modality left is skipped), "skip" (drop the
+    example) or "fatal" (DataError naming split, example index and reason). Always counted per
+    split and reason, logged, and shown by dataset_info / ``experiments data info``; see
+    mmjax.data.bad_examples.
   corruption_seed: seed of the fixed corruption (independent of the training seed).
   shuffle: shuffle train epochs (by (seed, epoch)).
   prefetch: batches prepared ahead in a background thread.
@@ -63,6 +69,7 @@ def base_config() -> ml_collections.ConfigDict:
             modalities={},
             modality_dropout={},
             class_weights=None,
+            bad_examples="missing",
             corruption_seed=0,
             shuffle=True,
             prefetch=2,
@@ -112,6 +119,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         raise DataConfigError("data config: 'name' (a tfds dataset name) is required")
     if cfg.get("backend", "tf") not in ("tf", "numpy"):
         raise DataConfigError(f"data config: backend must be 'tf' or 'numpy', got {cfg.backend!r}")
+    if cfg.get("bad_examples", "missing") not in ("missing", "skip", "fatal"):
+        raise DataConfigError(f"data config: bad_examples must be 'missing', 'skip' or 'fatal', got {cfg.bad_examples!r}")
     for m, mc in (cfg.get("modalities") or {}).items():
         if mc.get("kind") not in KINDS:
             raise DataConfigError(f"data config: modalities.{m}.kind must be one of {KINDS}, got {mc.get('kind')!r}")

@@ -41,6 +41,7 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 import ml_collections
 import numpy as np
 
+from mmjax.data import bad_examples
 from mmjax.data import preprocess as pp
 from mmjax.data import source
 from mmjax.data.config import resolve_data_dir, validate
@@ -61,24 +62,31 @@ def _prepared_config(data_config) -> ml_collections.ConfigDict:
 
 
 def dataset_info(data_config) -> DatasetInfo:
-    """num_classes, class_names, modalities (per-example shape/dtype), split sizes, content hashes."""
+    """num_classes, class_names, modalities (per-example shape/dtype), split sizes, content hashes,
+    and ``bad_examples``: split -> counts per reason for the splits loaded so far in this process
+    (see :mod:`mmjax.data.bad_examples`)."""
     cfg = _prepared_config(data_config)
-    return source.tf_info(cfg) if cfg.backend == "tf" else source.numpy_info(cfg)
+    info = source.tf_info(cfg) if cfg.backend == "tf" else source.numpy_info(cfg)
+    info.bad_examples = bad_examples.reports_for(cfg.name)
+    return info
 
 
 def split_columns(data_config, split: str) -> Dict[str, np.ndarray]:
     """The decoded, corrupted columns of a split (cached per process). Images stay uint8;
-    audio becomes float32 in [-1, 1] (plus the fixed noise)."""
+    audio becomes float32 in [-1, 1] (plus the fixed noise). Bad examples are already
+    handled by the ``bad_examples`` policy (``index`` keeps the original positions)."""
     cfg = _prepared_config(data_config)
     return _columns(cfg, split)
 
 
 def _columns(cfg, split: str) -> Dict[str, np.ndarray]:
     corruption = {m: (mc.get("occlusion"), mc.get("noise_std"), mc.get("snr_db"), mc.get("scale")) for m, mc in cfg.modalities.items()}
-    key = (cfg.backend, resolve_data_dir(cfg.data_dir), source.export_dir(cfg), source.stage_key(cfg), split, cfg.corruption_seed, repr(sorted(corruption.items())))
+    key = (cfg.backend, resolve_data_dir(cfg.data_dir), source.export_dir(cfg), source.stage_key(cfg), split, cfg.corruption_seed, repr(sorted(corruption.items())), bad_examples.policy_of(cfg))
     if key in _COLUMN_CACHE:
         return _COLUMN_CACHE[key]
     cols = dict(source.tf_columns(cfg, split) if cfg.backend == "tf" else source.numpy_columns(cfg, split))
+    # Before the fixed corruption: silence is judged on the stored samples, not on added noise.
+    cols = bad_examples.apply(cfg, split, cols)
     split_id = zlib.crc32(split.encode())
     for i, (m, mc) in enumerate(sorted(cfg.modalities.items())):
         rng = np.random.default_rng([cfg.corruption_seed, split_id, i])
@@ -134,7 +142,8 @@ def _assemble(cfg, cols, idx, draws, train: bool, weights: Optional[np.ndarray])
             x = pp.normalize_images(x, mc.mean, mc.std)
             if train and (mc.augment_pad > 0 or mc.augment_flip):
                 x = pp.augment_images(x, draws, mc.augment_pad, mc.augment_flip)
-            present.append(np.ones(len(idx), bool))
+            # m__present exists only when bad_examples="missing" marked undecodable images.
+            present.append(cols[m + "__present"][idx] if m + "__present" in cols else np.ones(len(idx), bool))
         elif mc.kind == "text":
             lengths = cols[m + "__length"][idx]
             token_mask[m] = x != pp.PAD_ID

@@ -10,7 +10,10 @@ Two interchangeable sources produce the same columns:
 
 Columns: for each modality m, ``m`` (N, ...) (images uint8, text int32 ids,
 audio in its stored dtype, vectors float32) and, for text and audio,
-``m__length`` (N,) int32; plus ``label`` and ``index`` (position in the split).
+``m__length`` (N,) int32, for images ``m__undecodable`` (N,) bool (bytes that
+failed to decode, zero image); plus ``label`` and ``index`` (position in the
+split). Every example of the split is there: what is done with bad ones is the
+pipeline's choice (:mod:`mmjax.data.bad_examples`).
 """
 from __future__ import annotations
 
@@ -50,6 +53,8 @@ class DatasetInfo:
     splits: Dict[str, int]
     hashes: Dict[str, str]  # split -> content sha256 (builders that record one)
     label_kind: str = "class"
+    # split -> {reason: count, "examples", "kept", "policy"} for splits loaded in this process.
+    bad_examples: Dict[str, Dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -223,14 +228,16 @@ def tf_columns(cfg, split: str) -> Columns:
     base_split = re.split(r"[\[+]", split)[0]
     if base_split not in b.info.splits and not _download_is_mocked(b):
         raise DataConfigError(f"{cfg.name} has no split {split!r}; splits: {sorted(b.info.splits)}")
-    ds = b.as_dataset(split=split, shuffle_files=False)
     mods = dict(sorted(cfg.modalities.items()))
 
-    def select(ex):
+    def select(ex, decode_images=True):
         out = {}
         for m, mc in mods.items():
             x = _get(ex, mc.feature)
             if mc.kind == "image":
+                if not decode_images:
+                    out[m] = x  # encoded bytes (tfds.decode.SkipDecoding), decoded on the host
+                    continue
                 if mc.size:
                     x = tf.image.resize(x, tuple(mc.size), antialias=True)
                     x = tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8)
@@ -253,20 +260,54 @@ def tf_columns(cfg, split: str) -> Columns:
             out["label"] = y
         return out
 
-    ds = ds.map(select, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(256).prefetch(2)
-    parts: Dict[str, List[np.ndarray]] = {}
-    for batch in ds.as_numpy_iterator():
-        for k, v in batch.items():
-            parts.setdefault(k, []).append(v)
-    cols: Columns = {}
-    for k, v in parts.items():
-        cols[k] = np.concatenate(v)
+    def with_position(i, ex, decode_images=True):
+        out = select(ex, decode_images)
+        out["__position"] = i
+        return out
+
+    # Fast path: tfds decodes the images inside the parallel map; an example whose decoding
+    # fails is dropped here (ignore_errors) and found again below by its position.
+    ds = b.as_dataset(split=split, shuffle_files=False).enumerate()
+    ds = ds.map(with_position, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors()
+    parts = _collect(ds.batch(256).prefetch(2))
+    got = parts.pop("__position", np.zeros((0,), np.int64))
+    image_mods = {m: mc for m, mc in mods.items() if mc.kind == "image"}
+    for m in image_mods:
+        parts[m + "__undecodable"] = np.zeros(len(got), bool)
+    raw = b.as_dataset(split=split, shuffle_files=False, decoders=_skip_decoding(image_mods))
+    total = int(raw.cardinality())
+    if total < 0:
+        total = int(raw.reduce(np.int64(0), lambda c, _: c + 1))
+    lost = np.setdiff1d(np.arange(total), got)
+    if lost.size:
+        # Slow path, only for the examples that failed: decode their bytes one by one on the host.
+        lost_t = tf.constant(lost, tf.int64)
+        ds2 = raw.enumerate().filter(lambda i, ex: tf.reduce_any(tf.equal(i, lost_t)))
+        ds2 = ds2.map(lambda i, ex: with_position(i, ex, decode_images=False))
+        fixed = _collect(ds2.batch(256))
+        fixed_pos = fixed.pop("__position")
+        for m, mc in image_mods.items():
+            shape = _feature(b.info.features, mc.feature).shape
+            shape = (tuple(mc.size) if mc.size else tuple(shape[:2])) + (shape[2],)
+            images, bad = _decode_images_host(tf, fixed[m], shape, bool(mc.size))
+            fixed[m], fixed[m + "__undecodable"] = images, bad
+        failed = ~np.any([fixed[m + "__undecodable"] for m in image_mods], axis=0) if image_mods else np.ones(len(fixed_pos), bool)
+        if failed.any():
+            from mmjax.data.errors import DataError
+
+            raise DataError(
+                f"{cfg.name} split {split!r}: example {int(fixed_pos[failed][0])} failed to read "
+                f"for a reason other than image decoding ({int(failed.sum())} such example(s))"
+            )
+        order = np.argsort(np.concatenate([got, fixed_pos]), kind="stable")
+        parts = {k: (np.concatenate([parts[k], fixed[k]]) if k in parts else fixed[k])[order] for k in fixed}
+    cols: Columns = dict(parts)
     n = len(cols[next(iter(mods))]) if cols else 0
     for m, mc in mods.items():
         if mc.kind == "text":
             texts = list(cols[m])
             cols[m], mask = pp.tokenize_bytes(texts, mc.max_len)
-            # An empty text counts as a missing modality (length 0).
+            # An empty text has length 0 (BOS/EOS do not count); bad_examples decides its fate.
             empty = np.array([len(t) == 0 for t in texts], bool)
             cols[m + "__length"] = np.where(empty, 0, mask.sum(1)).astype(np.int32)
         elif mc.kind == "audio":
@@ -275,6 +316,59 @@ def tf_columns(cfg, split: str) -> Columns:
         cols["label"] = cols["label"].astype(np.int32)
     cols["index"] = np.arange(n, dtype=np.int64)
     return cols
+
+
+def _collect(ds) -> Columns:
+    parts: Dict[str, List[np.ndarray]] = {}
+    for batch in ds.as_numpy_iterator():
+        for k, v in batch.items():
+            parts.setdefault(k, []).append(v)
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def _skip_decoding(image_mods) -> Dict[str, Any]:
+    """tfds decoders that keep the encoded bytes of the image features (nested by feature path)."""
+    import tensorflow_datasets as tfds
+
+    decoders: Dict[str, Any] = {}
+    for mc in image_mods.values():
+        node = decoders
+        *parents, leaf = mc.feature.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = tfds.decode.SkipDecoding()
+    return decoders
+
+
+def decode_images_host(encoded, shape: Tuple[int, int, int], resize: bool) -> Tuple[np.ndarray, np.ndarray]:
+    """Encoded image bytes (N,) -> uint8 (N, H, W, C) and (N,) bool "undecodable" (zero image).
+
+    Each example is decoded on its own so one corrupt file (e.g. a truncated PNG) is
+    caught and reported instead of failing the whole split. ``resize``: resize to (H, W)
+    as the fast path does (antialiased, rounded); otherwise a decoded image of another
+    size than ``shape`` also counts as undecodable.
+    """
+    tf, _ = _tfds()
+    return _decode_images_host(tf, encoded, shape, resize)
+
+
+def _decode_images_host(tf, encoded, shape, resize):
+    h, w, c = shape
+    out = np.zeros((len(encoded), h, w, c), np.uint8)
+    bad = np.zeros((len(encoded),), bool)
+    for i, e in enumerate(encoded):
+        try:
+            x = tf.io.decode_image(e, channels=c, expand_animations=False)
+            if resize:
+                x = tf.image.resize(x, (h, w), antialias=True)
+                x = tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8)
+            x = x.numpy()
+            if x.shape != (h, w, c):
+                raise ValueError(f"decoded shape {x.shape}, expected {(h, w, c)}")
+            out[i] = x
+        except (tf.errors.OpError, ValueError):
+            bad[i] = True
+    return out, bad
 
 
 # ---------------------------------------------------------------- numpy side
