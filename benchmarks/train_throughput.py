@@ -246,6 +246,9 @@ def _worker(args: argparse.Namespace) -> int:
     """Subprocess entry: measures ``args.modes`` for every case, writes JSON to ``args.json``."""
     import jax
 
+    if args.expect_devices and jax.device_count() != args.expect_devices:
+        raise SystemExit(f"bench train worker: expected {args.expect_devices} devices from XLA_FLAGS="
+                         f"{os.environ.get('XLA_FLAGS', '')!r}, got {jax.device_count()}")
     results, errors = [], []
     for case in cases(args.quick, args.tiny):
         for mode in args.modes.split(","):
@@ -264,7 +267,8 @@ def _in_subprocess(modes: Sequence[str], n_fake: int, *, quick: bool, tiny: bool
                    repeats: int, steps: int, out_dir: str) -> Dict[str, Any]:
     path = os.path.join(out_dir, f"train_worker_{n_fake}dev.json")
     env = dict(os.environ)
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={n_fake}").strip()
+    # First, so that a malformed inherited flag cannot swallow it.
+    env["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={n_fake} " + env.get("XLA_FLAGS", "")).strip()
     env["JAX_PLATFORMS"] = "cpu"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -273,6 +277,7 @@ def _in_subprocess(modes: Sequence[str], n_fake: int, *, quick: bool, tiny: bool
     cmd += ["--quick"] if quick else []
     cmd += ["--tiny"] if tiny else []
     cmd += ["--peak", repr(peak)] if peak else []
+    cmd += ["--expect-devices", str(n_fake)]
     proc = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True)
     if proc.returncode != 0 or not os.path.exists(path):
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
@@ -321,6 +326,11 @@ def run(out_dir: str, *, quick: bool = False, tiny: bool = False, input_pipeline
 
     from benchmarks.common import BenchmarkConfigError, environment, matmul_peak, write_json
 
+    from mmjax.train.parallel import MODES
+
+    bad = sorted(set(modes) - set(MODES))
+    if bad:
+        raise BenchmarkConfigError(f"bench train: unknown modes {bad}; choose from {list(MODES)}")
     os.makedirs(out_dir, exist_ok=True)
     say = log or (lambda _: None)
     repeats, steps = (2, 2) if tiny else ((3, 3) if quick else (5, 10))
@@ -332,11 +342,6 @@ def run(out_dir: str, *, quick: bool = False, tiny: bool = False, input_pipeline
     peak_f = peak["peak_flops_per_s"]
     results: List[Dict[str, Any]] = []
     errors: List[Dict[str, Any]] = []
-    from mmjax.train.parallel import MODES
-
-    bad = sorted(set(modes) - set(MODES))
-    if bad:
-        raise BenchmarkConfigError(f"bench train: unknown modes {bad}; choose from {list(MODES)}")
     multi = [m for m in ("pmap", "sharded") if m in modes]
     for case in cases(quick, tiny) if "single" in modes else ():
         say(f"{case['name']}: single")
@@ -435,6 +440,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--peak", type=float, default=None, help=argparse.SUPPRESS)
     p.add_argument("--repeats", type=int, default=3, help=argparse.SUPPRESS)
     p.add_argument("--steps", type=int, default=3, help=argparse.SUPPRESS)
+    p.add_argument("--expect-devices", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--shared-cores", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
