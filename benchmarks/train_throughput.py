@@ -5,18 +5,30 @@ the mmjax batch format and a timer for any pure ``(state, batch) -> (state,
 metrics)`` step, compiled once (compile time reported separately), then run
 in steady state with the state threaded through, as a real loop does.
 
-NOTE: wiring to ``mmjax.train`` (building a classifier's TrainState and its
-``train_step`` from a config, jit / pmap / sharded variants) is not done
-here: ``mmjax.train`` was not in main when this file was written.
-:func:`run` raises :class:`TrainSystemUnavailable` until it is; the wiring
-is ``state, step = <mmjax.train factory>(config)`` followed by
-``time_train_step(step, state, synthetic_batch(...))`` per configuration.
+:func:`run` (``python -m experiments bench train [--quick] [--out DIR]``)
+builds each configuration with ``mmjax.train.loop.build`` (the same Runner a
+training run uses), compiles its train step ahead of time for the
+``single``, ``pmap`` and ``sharded`` modes, and reports per configuration and
+mode: compile seconds, steady-state examples/s (batch already on device, and
+end to end including ``put_batch`` from host numpy), XLA's FLOPs per step and
+MFU against a matmul peak measured in the same run. Inputs are random arrays
+of the real shapes: this measures speed, not learning.
+
+On a CPU host with one device the multi-device modes run in a subprocess with
+``XLA_FLAGS=--xla_force_host_platform_device_count=N``: those are fake
+devices sharing the same cores, so their numbers show the overhead of the
+parallel machinery, not a speed-up.
 """
 from __future__ import annotations
 
+import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -112,16 +124,330 @@ def time_train_step(
     }
 
 
-def run(out_dir: str, *, quick: bool = False, fusions: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    """Train-step benchmark of a classifier per fusion block (needs ``mmjax.train``)."""
+
+# Per configuration: the experiment config (or a builder), per-example input shapes and C.
+LARGE_QUICK = {"image_size": 32, "patch": 8, "dim": 64, "layers": 2, "heads": 4, "text_len": 16, "vocab": 1000}
+LARGE_FULL = {"image_size": 64, "patch": 8, "dim": 256, "layers": 4, "heads": 8, "text_len": 64, "vocab": 8000}
+
+
+def av_digits_case(batch_size: Optional[int] = None) -> Dict[str, Any]:
+    """The ``av_digits`` experiment config as trained (its encoders, fusion, optimizer)."""
+    from experiments.config_utils import load_config
+
+    config = load_config("av_digits")
+    if batch_size:
+        config.batch_size = batch_size
+    return {"name": "av_digits", "config": config, "num_classes": 10,
+            "inputs": {"image": ((28, 28, 1), "float32"), "audio": ((8000,), "float32")},
+            "description": "av_digits config: " + str(config.description)}
+
+
+def vit_text_case(size: Mapping[str, int], batch_size: int, fusion: str = "cross_attention") -> Dict[str, Any]:
+    """A larger model defined here: ViT image encoder + transformer text encoder + attention fusion."""
+    from experiments.configs import base
+    from experiments.config_utils import add_defaults
+
+    c = add_defaults(base.get_config())
+    d, L, h = size["dim"], size["layers"], size["heads"]
+    c.total_steps = 1000
+    c.batch_size = batch_size
+    c.model.encoders = {
+        "image": {"name": "vit", "patch_size": size["patch"], "hidden_dim": d, "num_layers": L,
+                  "num_heads": h, "mlp_dim": 4 * d},
+        "text": {"name": "transformer", "vocab_size": size["vocab"], "hidden_dim": d, "num_layers": L,
+                 "num_heads": h, "mlp_dim": 4 * d, "max_len": size["text_len"]},
+    }
+    c.model.fusion = fusion
+    c.model.fusion_config = {"out_dim": d, "dim": d, "num_heads": h} if fusion == "cross_attention" else {"out_dim": d}
+    c.model.head_hidden = (d,)
+    s = size["image_size"]
+    return {"name": f"vit_text_{fusion}", "config": c, "num_classes": 10,
+            "inputs": {"image": ((s, s, 3), "float32"), "text": ((size["text_len"],), "int32")},
+            "vocab_size": size["vocab"],
+            "description": (f"ViT (image {s}x{s}x3, patch {size['patch']}) + transformer text (len {size['text_len']}) "
+                            f"+ {fusion}; width {d}, {L} layers, {h} heads")}
+
+
+def tiny_case() -> Dict[str, Any]:
+    """Two small vector modalities, MLP encoders, concat fusion: compiles in seconds (for tests)."""
+    from experiments.configs import base
+    from experiments.config_utils import add_defaults
+
+    c = add_defaults(base.get_config())
+    c.batch_size = 4
+    c.model.encoders = {"a": {"name": "mlp", "features": (8,)}, "b": {"name": "mlp", "features": (8,)}}
+    c.model.fusion = "concat"
+    c.model.fusion_config = {"out_dim": 8}
+    return {"name": "tiny_mlp_concat", "config": c, "num_classes": 3,
+            "inputs": {"a": ((6,), "float32"), "b": ((5,), "float32")},
+            "description": "two vectors (6,) and (5,), MLP encoders of width 8, concat fusion"}
+
+
+def cases(quick: bool, tiny: bool = False) -> List[Dict[str, Any]]:
+    if tiny:
+        return [tiny_case()]
+    return [av_digits_case(16 if quick else None), vit_text_case(LARGE_QUICK if quick else LARGE_FULL, 16 if quick else 32)]
+
+
+def measure_mode(case: Mapping[str, Any], mode: str, *, peak: Optional[float], repeats: int, steps_per_repeat: int,
+                 shared_cores: bool) -> Dict[str, Any]:
+    """Compile + steady-state timing of one configuration's train step in one parallel mode."""
+    import jax
+
+    from mmjax.train.loop import build
+    from benchmarks.common import memory_bytes, xla_flops
+
+    config = case["config"]
+    config.parallel.mode = mode
+    runner = build(config, case["num_classes"], {"num_classes": case["num_classes"]})
+    batch_size = int(config.batch_size)
+    host_batch = synthetic_batch(case["inputs"], batch_size, case["num_classes"],
+                                 vocab_size=case.get("vocab_size", 1000))
+    state = runner.create_state(host_batch, jax.random.PRNGKey(0))
+    batch = runner.put_batch(host_batch)
+    num_params = int(sum(np.size(x) for x in jax.tree.leaves(runner.host_state(state).params)))
+    with runner.context():
+        runner._compile()  # the Runner's own jit / pmap / sharded wrapper of train_step
+        t0 = time.perf_counter()
+        compiled = runner._train.lower(state, batch).compile()
+        compile_s = time.perf_counter() - t0
+    n_dev = 1 if mode == "single" else (len(runner.local_devices) if mode == "pmap" else runner.mesh.size)
+    flops = xla_flops(compiled)
+    # pmap compiles one per-device program; sharded jit one SPMD program per device too: both count
+    # one device's share, so the model FLOPs of a step are n_dev times that.
+    model_flops = None if flops is None else flops * (1 if mode == "single" else n_dev)
+    on_device = time_train_step(compiled, state, batch, repeats=repeats, steps_per_repeat=steps_per_repeat, jit=False)
+    state = on_device.pop("state")
+    loss = float(np.asarray(jax.device_get(on_device.pop("metrics")["loss"])).ravel()[0])
+
+    def e2e(s, b):
+        return compiled(s, runner.put_batch(b))
+    end = time_train_step(e2e, state, host_batch, repeats=repeats, steps_per_repeat=steps_per_repeat, jit=False)
+    end.pop("state")
+    end.pop("metrics")
+    # Fake CPU devices share one machine's cores, so their joint peak is the single measured peak.
+    total_peak = None if peak is None else peak * (1 if shared_cores else n_dev)
+    mfu = None if model_flops is None or total_peak is None else model_flops / on_device["step_s"] / total_peak
+    return {
+        "config": case["name"], "mode": mode, "devices": n_dev, "batch_size": batch_size,
+        "compile_s": compile_s,
+        "step_s": on_device["step_s"], "examples_per_s": batch_size / on_device["step_s"],
+        "e2e_step_s": end["step_s"], "e2e_examples_per_s": batch_size / end["step_s"],
+        "steps_timed": on_device["steps_timed"] + end["steps_timed"],
+        "xla_flops_per_device_program": flops, "model_flops_per_step": model_flops,
+        "achieved_flops_per_s": None if model_flops is None else model_flops / on_device["step_s"],
+        "peak_flops_per_s": total_peak, "mfu": mfu,
+        "memory": memory_bytes(compiled), "loss_after_steps": loss,
+        "params": num_params,
+    }
+
+
+def _worker(args: argparse.Namespace) -> int:
+    """Subprocess entry: measures ``args.modes`` for every case, writes JSON to ``args.json``."""
+    import jax
+
+    if args.expect_devices and jax.device_count() != args.expect_devices:
+        raise SystemExit(f"bench train worker: expected {args.expect_devices} devices from XLA_FLAGS="
+                         f"{os.environ.get('XLA_FLAGS', '')!r}, got {jax.device_count()}")
+    results, errors = [], []
+    for case in cases(args.quick, args.tiny):
+        for mode in args.modes.split(","):
+            try:
+                results.append(measure_mode(case, mode, peak=args.peak, repeats=args.repeats,
+                                            steps_per_repeat=args.steps, shared_cores=args.shared_cores))
+            except Exception as e:  # reported per row; one failing mode must not hide the others
+                errors.append({"config": case["name"], "mode": mode, "error": f"{type(e).__name__}: {e}"})
+    with open(args.json, "w") as f:
+        json.dump({"results": results, "errors": errors, "devices": [str(d) for d in jax.devices()],
+                   "xla_flags": os.environ.get("XLA_FLAGS", "")}, f, default=str)
+    return 0
+
+
+def _in_subprocess(modes: Sequence[str], n_fake: int, *, quick: bool, tiny: bool, peak: Optional[float],
+                   repeats: int, steps: int, out_dir: str) -> Dict[str, Any]:
+    path = os.path.join(out_dir, f"train_worker_{n_fake}dev.json")
+    env = dict(os.environ)
+    # First, so that a malformed inherited flag cannot swallow it.
+    env["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={n_fake} " + env.get("XLA_FLAGS", "")).strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    cmd = [sys.executable, "-m", "benchmarks.train_throughput", "--worker", "--modes", ",".join(modes),
+           "--json", path, "--repeats", str(repeats), "--steps", str(steps), "--shared-cores"]
+    cmd += ["--quick"] if quick else []
+    cmd += ["--tiny"] if tiny else []
+    cmd += ["--peak", repr(peak)] if peak else []
+    cmd += ["--expect-devices", str(n_fake)]
+    proc = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True)
+    if proc.returncode != 0 or not os.path.exists(path):
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        return {"results": [], "errors": [{"config": "*", "mode": m, "error": " | ".join(tail)} for m in modes]}
+    with open(path) as f:
+        doc = json.load(f)
+    os.remove(path)
+    return doc
+
+
+def input_pipeline_result(quick: bool) -> Dict[str, Any]:
+    """Examples/s of the av_digits input pipeline alone, or {"skipped": reason}."""
     try:
-        import mmjax.train  # noqa: F401
+        import mmjax.data  # noqa: F401
     except ImportError as e:
-        raise TrainSystemUnavailable(
-            "bench train needs mmjax.train, which is not in this checkout yet "
-            f"({e}); `bench fusion` works without it"
-        ) from None
-    raise TrainSystemUnavailable(
-        "bench train: mmjax.train is present but not wired into benchmarks/train_throughput.py yet "
-        "(see the module docstring)"
-    )
+        return {"skipped": f"mmjax.data is not importable ({e})"}
+    from mmjax.data.config import resolve_data_dir
+
+    data_dir = resolve_data_dir(None)
+    if not os.path.isdir(os.path.join(data_dir, "av_digits")):
+        return {"skipped": f"the av_digits dataset is not built in {data_dir} "
+                           "(python -m experiments data build av_digits)"}
+    from benchmarks import input_pipeline
+
+    try:
+        return input_pipeline.measure("av_digits", batch=32 if quick else 256, steps=20 if quick else 50)
+    except Exception as e:
+        return {"skipped": f"input pipeline failed: {type(e).__name__}: {e}"}
+
+
+def run(out_dir: str, *, quick: bool = False, tiny: bool = False, input_pipeline: bool = True,
+        modes: Sequence[str] = ("single", "pmap", "sharded"), log: Optional[Callable[[str], None]] = print) -> Dict[str, Any]:
+    """Train-step throughput per configuration and parallel mode; writes DIR/train.json and DIR/train.md.
+
+    Args:
+      quick: smaller models and fewer timed steps (a few minutes on CPU).
+      tiny: one very small configuration (for tests).
+      input_pipeline: also time the av_digits input pipeline alone when it is available.
+      modes: the parallel modes to measure (subset of single, pmap, sharded).
+    """
+    try:
+        import mmjax.train.loop  # noqa: F401
+    except ImportError as e:
+        raise TrainSystemUnavailable(f"bench train needs mmjax.train ({e}); `bench fusion` works without it") from None
+    import jax
+
+    from benchmarks.common import BenchmarkConfigError, environment, matmul_peak, write_json
+
+    from mmjax.train.parallel import MODES
+
+    bad = sorted(set(modes) - set(MODES))
+    if bad:
+        raise BenchmarkConfigError(f"bench train: unknown modes {bad}; choose from {list(MODES)}")
+    os.makedirs(out_dir, exist_ok=True)
+    say = log or (lambda _: None)
+    repeats, steps = (2, 2) if tiny else ((3, 3) if quick else (5, 10))
+    started = time.time()
+    env = environment()
+    say("measuring the matmul peak...")
+    peak = matmul_peak(256 if tiny else (1024 if quick else 2048), repeats=3, min_time=0.05 if tiny else 0.2,
+                       torch_too=not tiny)
+    peak_f = peak["peak_flops_per_s"]
+    results: List[Dict[str, Any]] = []
+    errors: List[Dict[str, Any]] = []
+    multi = [m for m in ("pmap", "sharded") if m in modes]
+    for case in cases(quick, tiny) if "single" in modes else ():
+        say(f"{case['name']}: single")
+        try:
+            results.append(measure_mode(case, "single", peak=peak_f, repeats=repeats, steps_per_repeat=steps,
+                                        shared_cores=False))
+        except Exception as e:
+            errors.append({"config": case["name"], "mode": "single", "error": f"{type(e).__name__}: {e}"})
+    n = jax.device_count()
+    on_cpu = jax.devices()[0].platform == "cpu"
+    if not multi:
+        multi_note = "pmap and sharded were not measured in this run"
+    elif n > 1 or not on_cpu:
+        multi_note = f"pmap and sharded run on the {n} real {jax.devices()[0].platform} device(s) of this process"
+        for case in cases(quick, tiny):
+            for mode in multi:
+                say(f"{case['name']}: {mode}")
+                try:
+                    results.append(measure_mode(case, mode, peak=peak_f, repeats=repeats, steps_per_repeat=steps,
+                                                shared_cores=on_cpu))
+                except Exception as e:
+                    errors.append({"config": case["name"], "mode": mode, "error": f"{type(e).__name__}: {e}"})
+    else:
+        n_fake = 2 if (quick or tiny) else 4
+        multi_note = (f"pmap and sharded run in a subprocess with XLA_FLAGS=--xla_force_host_platform_device_count="
+                      f"{n_fake}: {n_fake} FAKE CPU devices sharing the same cores, so they show the cost of the "
+                      "parallel machinery, not a speed-up; their MFU uses the single measured machine peak")
+        say(f"pmap, sharded: subprocess with {n_fake} fake CPU devices")
+        doc = _in_subprocess(multi, n_fake, quick=quick, tiny=tiny, peak=peak_f, repeats=repeats,
+                             steps=steps, out_dir=out_dir)
+        results += doc["results"]
+        errors += doc["errors"]
+    pipeline = {"skipped": "disabled by the caller"} if not input_pipeline else input_pipeline_result(quick)
+    doc = {
+        "benchmark": "train",
+        "quick": quick, "tiny": tiny,
+        "note": ("Inputs are random arrays of the real shapes (a speed measurement, not data). examples_per_s: "
+                 "steady state with the batch already on device, compile excluded (compile_s); e2e_examples_per_s "
+                 "adds put_batch from host numpy. MFU = XLA cost-analysis FLOPs of the compiled train step / "
+                 "step time / matmul peak measured in this run."),
+        "multi_device": multi_note,
+        "environment": env, "peak": peak,
+        "configs": [{"name": c["name"], "description": c["description"], "batch_size": int(c["config"].batch_size),
+                     "inputs": {m: {"shape": list(s), "dtype": d} for m, (s, d) in c["inputs"].items()}}
+                    for c in cases(quick, tiny)],
+        "results": results, "errors": errors, "input_pipeline": pipeline,
+        "elapsed_s": time.time() - started,
+    }
+    write_json(os.path.join(out_dir, "train.json"), doc)
+    with open(os.path.join(out_dir, "train.md"), "w") as f:
+        f.write(render_markdown(doc))
+    say(f"wrote {os.path.join(out_dir, 'train.json')} and train.md")
+    return doc
+
+
+def render_markdown(doc: Mapping[str, Any]) -> str:
+    """train.json -> a Markdown report."""
+    from benchmarks.common import fmt_rate
+
+    env = doc["environment"]
+    lines = ["# Training throughput", "",
+             f"{env['date']}, {env['platform']} ({env['cpu_model']}, {env['cpu_count']} cores, "
+             f"load average {env.get('load_average')}), jax {env['jax']}.", "",
+             doc["note"], "", doc["multi_device"], "",
+             f"Matmul peak: {fmt_rate(doc['peak']['peak_flops_per_s'])}FLOP/s (n={doc['peak']['n']}, float32).", "",
+             "| config | mode | devices | batch | compile s | step ms | examples/s | e2e examples/s | GFLOP/step | MFU |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in doc["results"]:
+        gf = "-" if r["model_flops_per_step"] is None else f"{r['model_flops_per_step'] / 1e9:.3g}"
+        mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+        lines.append(f"| {r['config']} | {r['mode']} | {r['devices']} | {r['batch_size']} | {r['compile_s']:.2f} | "
+                     f"{r['step_s'] * 1e3:.1f} | {fmt_rate(r['examples_per_s'])} | {fmt_rate(r['e2e_examples_per_s'])} | "
+                     f"{gf} | {mfu} |")
+    for e in doc["errors"]:
+        lines.append(f"| {e['config']} | {e['mode']} | failed: {e['error']} | | | | | | | |")
+    lines += ["", "Configurations:", ""]
+    for c in doc["configs"]:
+        shapes = ", ".join(f"{m} {tuple(v['shape'])} {v['dtype']}" for m, v in c["inputs"].items())
+        lines.append(f"- `{c['name']}`: {c['description']}; inputs {shapes}; batch {c['batch_size']}")
+    p = doc["input_pipeline"]
+    lines += ["", "Input pipeline alone (av_digits train split, no model): " + (
+        f"skipped: {p['skipped']}" if "skipped" in p else
+        f"{fmt_rate(p['examples_per_s'])} examples/s at batch {p['batch']} (backend {p['backend']}; "
+        f"one-off decode+cache {p['load_s']:.1f} s of {p['num_examples']} examples)"), ""]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(description="training-step throughput (see the module docstring)")
+    p.add_argument("--out", default="bench_out")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--tiny", action="store_true")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--modes", default="pmap,sharded", help=argparse.SUPPRESS)
+    p.add_argument("--json", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--peak", type=float, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--repeats", type=int, default=3, help=argparse.SUPPRESS)
+    p.add_argument("--steps", type=int, default=3, help=argparse.SUPPRESS)
+    p.add_argument("--expect-devices", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--shared-cores", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        return _worker(args)
+    run(args.out, quick=args.quick, tiny=args.tiny)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

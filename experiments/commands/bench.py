@@ -4,7 +4,11 @@
     python -m experiments bench train [--quick] [--out DIR]
 
 ``bench fusion`` writes DIR/fusion.json, DIR/fusion.md, DIR/throughput.png and
-DIR/scaling.png (see ``benchmarks/fusion_throughput.py``).
+DIR/scaling.png (see ``benchmarks/fusion_throughput.py``). ``bench train``
+writes DIR/train.json and DIR/train.md: per configuration (av_digits, a ViT +
+text transformer + cross-attention model) and parallel mode (single, pmap,
+sharded) the compile time, steady examples/s and MFU of the real train step on
+random inputs of the real shapes (see ``benchmarks/train_throughput.py``).
 """
 from __future__ import annotations
 
@@ -39,7 +43,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     tc.add_argument("--no-torch-compile", dest="torch_compile", action="store_false")
     f.add_argument("--no-plots", action="store_true", help="skip the matplotlib plots")
 
-    t = sub.add_parser("train", help="training-step throughput of a small classifier")
+    t = sub.add_parser("train", help="train-step throughput and MFU per model and parallel mode")
     t.add_argument("--quick", action="store_true")
     t.add_argument("--out", default="bench_out")
     return p

@@ -36,11 +36,54 @@ def test_time_train_step_threads_state():
     assert r["examples_per_s"] == pytest.approx(2 * r["steps_per_s"]) and r["compile_s"] > 0
 
 
-def test_run_without_train_system_says_so(tmp_path):
-    try:
-        import mmjax.train  # noqa: F401
-    except ImportError:
-        with pytest.raises(tt.TrainSystemUnavailable, match="mmjax.train"):
-            tt.run(str(tmp_path), quick=True)
-    else:
-        pytest.skip("mmjax.train is present; wiring it is the lead's step")
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench_train")
+    doc = tt.run(str(out), tiny=True, input_pipeline=False, modes=("single", "sharded"), log=None)
+    return out, doc
+
+
+def test_run_writes_well_formed_json_and_markdown(tiny_run):
+    import json
+
+    out, doc = tiny_run
+    with open(out / "train.json") as f:
+        loaded = json.load(f)
+    assert loaded["benchmark"] == "train" and loaded["tiny"] is True
+    assert "random arrays" in loaded["note"]
+    assert loaded["input_pipeline"] == {"skipped": "disabled by the caller"}
+    assert loaded["errors"] == [], loaded["errors"]
+    rows = {r["mode"]: r for r in loaded["results"]}
+    assert set(rows) == {"single", "sharded"}
+    for r in rows.values():
+        assert r["config"] == "tiny_mlp_concat" and r["batch_size"] == 4
+        for key in ("compile_s", "step_s", "examples_per_s", "e2e_examples_per_s"):
+            assert r[key] > 0
+        assert r["examples_per_s"] == pytest.approx(4 / r["step_s"])
+        if r["mfu"] is not None:
+            assert r["mfu"] == pytest.approx(r["model_flops_per_step"] / r["step_s"] / r["peak_flops_per_s"])
+    # Params of the tiny model: two Dense(6->8), (5->8) encoders, concat -> Dense(16->8) fusion,
+    # Dense(8->3) head (each with a bias).
+    assert rows["single"]["params"] == (6 * 8 + 8) + (5 * 8 + 8) + (16 * 8 + 8) + (8 * 3 + 3)
+    assert rows["single"]["devices"] == 1
+    if jax.device_count() == 1 and jax.devices()[0].platform == "cpu":
+        assert rows["sharded"]["devices"] == 2 and "FAKE CPU devices" in loaded["multi_device"]
+    md = (out / "train.md").read_text()
+    assert "| tiny_mlp_concat | single | 1 | 4 |" in md and "skipped: disabled by the caller" in md
+
+
+def test_xla_flops_of_train_step_are_plausible(tiny_run):
+    # A train step costs at least forward + backward of the dense layers: 3 x 2 x B x (weights).
+    _, doc = tiny_run
+    r = next(r for r in doc["results"] if r["mode"] == "single")
+    if r["model_flops_per_step"] is None:
+        pytest.skip("this backend reports no cost analysis")
+    weights = 6 * 8 + 5 * 8 + 16 * 8 + 8 * 3
+    assert r["model_flops_per_step"] >= 3 * 2 * 4 * weights
+
+
+def test_unknown_mode_is_a_clear_error(tmp_path):
+    from benchmarks.common import BenchmarkConfigError
+
+    with pytest.raises(BenchmarkConfigError, match="unknown modes.*'dp'"):
+        tt.run(str(tmp_path), tiny=True, modes=("dp",), log=None)
