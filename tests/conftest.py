@@ -3,4 +3,4 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Keep each xdist worker to its share of the 2 cores.
-os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
