@@ -38,7 +38,29 @@ def _mmjax_data():
 
 def make_data(config: Any, split: str, *, global_batch_size: int, seed: int, train: bool,
               start_step: int = 0) -> Iterator[Dict[str, Any]]:
-    """An iterator of this process's numpy batches (see ARCHITECTURE.md for the batch format)."""
+    """An iterator of this process's numpy batches (see ARCHITECTURE.md for the batch format).
+
+    With ``config.modalities`` set (a unimodal baseline, a modality subset), the
+    other modalities are dropped from the batches, whatever the source yields.
+    """
+    it = _make_data(config, split, global_batch_size=global_batch_size, seed=seed, train=train,
+                    start_step=start_step)
+    wanted = config.get("modalities") if hasattr(config, "get") else None
+    if isinstance(wanted, str):
+        wanted = tuple(w.strip() for w in wanted.split(",") if w.strip())
+    return _only(it, tuple(wanted)) if wanted else it
+
+
+def _only(it: Iterator[Dict[str, Any]], wanted: tuple) -> Iterator[Dict[str, Any]]:
+    for batch in it:
+        for key in ("inputs", "token_mask", "modality_mask"):
+            if key in batch:
+                batch[key] = {m: v for m, v in batch[key].items() if m in wanted}
+        yield batch
+
+
+def _make_data(config: Any, split: str, *, global_batch_size: int, seed: int, train: bool,
+              start_step: int = 0) -> Iterator[Dict[str, Any]]:
     data = _data_config(config)
     if data.name == "synthetic":
         return synthetic.make_iterator(data, split, global_batch_size=global_batch_size, seed=seed,

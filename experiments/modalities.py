@@ -4,60 +4,24 @@
 those encoders in ``config.model.encoders`` and, for pipeline datasets, only
 those entries of ``config.data.modalities`` (so the other modalities are not
 decoded at all). With a single modality left the model becomes a *unimodal
-baseline*: encoder -> head, no fusion block (the ``unimodal`` pass-through
-below, registered with the fusion blocks so the classifier can name it: every
-real fusion block requires two or more modalities). An empty tuple leaves the
+baseline*: encoder -> head, no fusion block (``model.fusion = "none"``, which
+the classifier understands; every real fusion block needs two or more
+modalities). An empty tuple leaves the
 experiment unchanged.
 """
 from __future__ import annotations
 
 from typing import Any, Sequence
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import ml_collections
 
 from experiments.errors import UserError
 
 
-UNIMODAL = "unimodal"
+from mmjax.models.classifier import NO_FUSION
 
-
-class UnimodalPassThrough(nn.Module):
-    """Not a fusion: the single modality's pooled features (B, D), zeroed where
-    ``modality_mask`` is False. Parameter-free, so a baseline is exactly encoder + head."""
-
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, features, modality_mask=None, *, train: bool = False) -> jax.Array:
-        if len(features) != 1:
-            raise UserError(f"{UNIMODAL}: expects exactly one modality, got {sorted(features)}")
-        (m, x), = features.items()
-        x = getattr(x, "pooled", x)
-        if x.ndim == 3:
-            x = x.mean(axis=1)
-        if modality_mask is not None and m in modality_mask:
-            x = jnp.where(modality_mask[m][:, None], x, 0)
-        return x.astype(self.dtype)
-
-
-def _register() -> None:
-    import importlib
-
-    # mmjax.fusion re-exports a function named ``cost``: import the module itself.
-    cost = importlib.import_module("mmjax.fusion.cost")
-    registry = importlib.import_module("mmjax.fusion.registry")
-
-    if UNIMODAL not in registry.FUSION:
-        registry.FUSION.register(UNIMODAL)(UnimodalPassThrough)
-    if UNIMODAL not in cost.COSTS:
-        cost.COSTS.register(UNIMODAL)(lambda dims, out_dim=None, **config: cost.Cost(params=0, flops=0))
-
-
-_register()
+# Kept for callers that name the baseline's "fusion": the classifier's no-fusion value.
+UNIMODAL = NO_FUSION
 
 
 def selected(config: Any) -> tuple:
@@ -85,7 +49,7 @@ def restrict(config: ml_collections.ConfigDict, modalities: Sequence[str] = None
     if unknown:
         raise UserError(f"--config.modalities: {unknown} not among this experiment's modalities {known}")
     with config.ignore_type():
-        if "modalities" in config:
+        with config.unlocked():  # the data factory drops the other modalities from batches
             config.modalities = tuple(wanted)
         config.model.encoders = ml_collections.ConfigDict({m: encoders[m].to_dict() if hasattr(encoders[m], "to_dict")
                                                            else encoders[m] for m in wanted})

@@ -35,6 +35,8 @@ from mmjax.types import Encoded
 Array = jax.Array
 
 PLACEMENTS = ("early", "middle", "late")
+# model.fusion value for a single-modality model (a unimodal baseline): no fusion block.
+NO_FUSION = "none"
 
 
 class ModelConfigError(ValueError):
@@ -183,6 +185,15 @@ class Classifier(nn.Module):
         encoded = {m: self._encode(m, inputs[m], token_mask.get(m), train) for m in sorted(inputs)}
         head = lambda name: Head(self.num_classes, tuple(self.head_hidden), self.dropout_rate,  # noqa: E731
                                  self.dtype, self.param_dtype, name=name)
+        if self.placement == "middle" and self.fusion == NO_FUSION:
+            # A unimodal baseline: encoder -> head, no fusion block.
+            if len(encoded) != 1:
+                raise ValueError(f"model.fusion={NO_FUSION!r} needs exactly one modality, got {sorted(encoded)}")
+            (m, enc), = encoded.items()
+            pooled = enc.pooled
+            if modality_mask and m in modality_mask:
+                pooled = jnp.where(modality_mask[m][:, None], pooled, 0)
+            return head("head")(pooled.astype(self.dtype), train=train)
         if self.placement == "middle":
             cfg = dict(self.fusion_config or {})
             cfg.setdefault("dtype", self.dtype)

@@ -244,7 +244,8 @@ def check_config(config: Any) -> None:
             if s and isinstance(s, Mapping) and "name" in s:
                 encoder_registry.ENCODERS.get(s["name"])
     placement = model.get("placement", "middle")
-    if placement == "middle":
+    from mmjax.models.classifier import NO_FUSION
+    if placement == "middle" and model.get("fusion", "concat") != NO_FUSION:
         fusion_registry.FUSION.get(model.get("fusion", "concat"))
     elif placement == "late" and model.get("fusion", "concat") != "concat":
         fusion_registry.FUSION.get(model["fusion"])
