@@ -45,7 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data = data_config()
     c.model.encoders = ml_collections.ConfigDict({
         "image": {"name": "cnn", "features": (16, 32, 64), "convs_per_stage": 1, "out_dim": 64},
-        "text": {"name": "transformer", "vocab_size": 259, "hidden_dim": 64, "num_layers": 2, "num_heads": 4,
+        "text": {"name": "transformer", "vocab_size": 260, "hidden_dim": 64, "num_layers": 2, "num_heads": 4,
                  "mlp_dim": 128, "max_len": 128, "pool": "mean"},
     })
     c.model.fusion = "concat"

@@ -55,7 +55,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data = data_config()
     c.model.encoders = ml_collections.ConfigDict({
         "image": {"name": "cnn", "features": (16, 32, 64), "convs_per_stage": 1, "out_dim": 64},
-        "text": {"name": "gru", "vocab_size": 259, "embed_dim": 32, "hidden_dim": 64, "bidirectional": True,
+        "text": {"name": "gru", "vocab_size": 260, "embed_dim": 32, "hidden_dim": 64, "bidirectional": True,
                  "pool": "mean"},
         "audio": {"name": "audio_cnn", "sample_rate": 8000, "n_fft": 256, "hop_length": 128, "n_mels": 40,
                   "features": (16, 32), "convs_per_stage": 1, "out_dim": 64},

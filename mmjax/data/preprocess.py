@@ -10,21 +10,19 @@ from typing import Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-# Byte-level tokenizer. TODO: switch to mmjax.tokenizer once it exists.
-PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
-BYTE_OFFSET = 3
-BYTE_VOCAB_SIZE = 256 + BYTE_OFFSET
+from mmjax import tokenizer as _tok
+
+# Text uses the library's byte tokenizer (mmjax.tokenizer.ByteTokenizer: byte b -> b + 4,
+# pad 0 / unk 1 / bos 2 / eos 3, vocab 260), so ids agree with the text encoders' vocab.
+PAD_ID = _tok.PAD_ID
+BYTE_VOCAB_SIZE = _tok.ByteTokenizer().vocab_size
 
 
 def tokenize_bytes(texts: Sequence, max_len: int) -> Tuple[np.ndarray, np.ndarray]:
-    """UTF-8 bytes + 3 with BOS/EOS, truncated/padded -> ids (N, max_len) int32, mask (N, max_len) bool."""
-    ids = np.zeros((len(texts), max_len), np.int32)
-    for i, t in enumerate(texts):
-        b = t if isinstance(t, bytes) else str(t).encode("utf-8")
-        seq = np.concatenate([[BOS_ID], np.frombuffer(b, np.uint8).astype(np.int32) + BYTE_OFFSET, [EOS_ID]])
-        seq = seq[:max_len]
-        ids[i, : seq.size] = seq
-    return ids, ids != PAD_ID
+    """Texts (str or UTF-8 bytes) -> ids (N, max_len) int32, mask (N, max_len) bool, with BOS/EOS,
+    truncated (EOS kept last) or right-padded with 0."""
+    texts = [t.decode("utf-8", errors="replace") if isinstance(t, bytes) else str(t) for t in texts]
+    return _tok.ByteTokenizer().encode_batch(texts, max_len)
 
 
 def pad_or_crop(waves: Sequence[np.ndarray], length: int, dtype=np.float32) -> Tuple[np.ndarray, np.ndarray]:

@@ -7,11 +7,12 @@ from mmjax.data import preprocess as pp
 
 def test_tokenize_bytes():
     ids, mask = pp.tokenize_bytes(["hé", b"abcdef"], max_len=5)
-    assert ids[0].tolist() == [1, 0x68 + 3, 0xC3 + 3, 0xA9 + 3, 2]
-    assert ids[1].tolist() == [1, ord("a") + 3, ord("b") + 3, ord("c") + 3, ord("d") + 3]  # truncated
+    # mmjax.tokenizer.ByteTokenizer: bos 2, eos 3, byte b -> b + 4; truncation keeps EOS last.
+    assert ids[0].tolist() == [2, 0x68 + 4, 0xC3 + 4, 0xA9 + 4, 3]
+    assert ids[1].tolist() == [2, ord("a") + 4, ord("b") + 4, ord("c") + 4, 3]  # truncated
     assert mask.tolist() == [[True] * 5, [True] * 5]
     ids, mask = pp.tokenize_bytes([""], max_len=4)
-    assert ids[0].tolist() == [1, 2, 0, 0] and mask[0].tolist() == [True, True, False, False]
+    assert ids[0].tolist() == [2, 3, 0, 0] and mask[0].tolist() == [True, True, False, False]
 
 
 def test_augment_images_is_a_shifted_crop_or_flip():

@@ -45,8 +45,11 @@ def test_coco_captions_mock(tmp_path):
     assert b["label"].shape == (4, 80) and b["label"].dtype == np.float32
     # The first caption of the first example, byte-tokenised, and its object labels as multi-hot.
     caption = first["captions"]["text"][0] if len(first["captions"]["text"]) else b""
-    expected = [1] + [c + 3 for c in caption] + [2]
-    assert b["inputs"]["text"][0][: min(16, len(expected))].tolist() == expected[:16]
+    # mmjax.tokenizer.ByteTokenizer: bos 2, byte b -> b + 4, eos 3 (kept last when truncated).
+    expected = [2] + [c + 4 for c in caption] + [3]
+    if len(expected) > 16:
+        expected = expected[:15] + [3]
+    assert b["inputs"]["text"][0][: len(expected)].tolist() == expected
     assert set(np.nonzero(b["label"][0])[0]) == set(first["objects"]["label"].tolist())
     assert len(batches) == 2 and batches[1]["valid"].tolist() == [True, True, False, False]
 
