@@ -12,6 +12,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval_every = 500           # 0: only at the end
     c.eval_steps = 0             # 0: the whole eval split
     c.eval_split = "test"
+    c.train_split = "train"      # a tfds split string: "train[:10%]" trains on a labelled subset
     c.checkpoint_every = 500
     c.tensorboard = True
 

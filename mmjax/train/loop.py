@@ -2,7 +2,7 @@
 
 Config keys read here (see ``experiments/configs/base.py`` for defaults):
 ``seed, total_steps, batch_size, log_every, eval_every, checkpoint_every,
-eval_steps, eval_split, data, model, loss, optim, train, parallel, checkpoint,
+eval_steps, eval_split, train_split, data, model, loss, optim, train, parallel, checkpoint,
 init_from, tensorboard``.
 
 A workdir that already holds checkpoints is resumed from its latest one: the
@@ -16,7 +16,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, Callable, Sequence, Dict, Iterator, Mapping, Optional, TextIO
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, TextIO, Tuple
 
 import jax
 import numpy as np
@@ -137,15 +137,52 @@ def _graft(tree: Any, target: Sequence[str], loaded: Any, what: str) -> Any:
     return tree
 
 
-def apply_init_from(runner: Runner, state, spec: Mapping[str, Any]):
-    """Copies a params subtree from a checkpoint, a given pytree or a pretrained encoder into ``state``.
+def _tower_mapping(loaded: Mapping[str, Any], params: Mapping[str, Any]) -> List[Tuple[str, str]]:
+    """Contrastive tower encoders ``encoders_<m>`` -> classifier encoders ``encoder_<m>_0``."""
+    return [(k, f"encoder_{k[len('encoders_'):]}_0") for k in sorted(loaded)
+            if k.startswith("encoders_") and f"encoder_{k[len('encoders_'):]}_0" in params]
+
+
+def _init_pairs(spec: Mapping[str, Any], loaded: Any, params: Any) -> List[Tuple[str, str]]:
+    """(source, target) path pairs: comma-separated lists in ``source``/``target``; with neither
+    given, a contrastive checkpoint loaded into a classifier maps its towers automatically."""
+    sources = [s.strip() for s in str(spec.get("source") or "").split(",") if s.strip()]
+    targets = [s.strip() for s in str(spec.get("target") or "").split(",") if s.strip()]
+    if not sources and not targets and isinstance(loaded, Mapping):
+        towers = _tower_mapping(loaded, params)
+        if towers and set(loaded) != set(params):
+            return towers
+    if not targets:
+        targets = sources
+    if not sources:
+        sources = [""] * len(targets) if targets else [""]
+        targets = targets or [""]
+    if len(sources) != len(targets):
+        raise CheckpointError(f"init_from: source lists {len(sources)} paths ({sources}) but target lists "
+                              f"{len(targets)} ({targets}); give one target per source")
+    return list(zip(sources, targets))
+
+
+def _subtree(loaded: Any, path: str) -> Any:
+    for p in [p for p in path.split("/") if p]:
+        if not isinstance(loaded, Mapping) or p not in loaded:
+            raise CheckpointError(f"init_from.source: no {p!r} in the loaded params (has {sorted(loaded)})")
+        loaded = loaded[p]
+    return loaded
+
+
+def apply_init_from(runner: Runner, state, spec: Mapping[str, Any], say: Optional[Callable[[str], None]] = None):
+    """Copies params subtrees from a checkpoint, a given pytree or a pretrained encoder into ``state``.
 
     ``spec``: ``path`` (a workdir / checkpoint dir), ``params`` (a pytree) or
     ``pretrained`` (a name from ``mmjax.encoders.pretrained.pretrained_names()``,
     e.g. "minilm": its offline weights, and BatchNorm statistics where it has
     them); ``source`` (path inside the loaded params, "" = all) and ``target``
-    (path in the model's params, default = source), both "a/b/c". For a
-    classifier the encoder of modality ``m`` lives at ``encoder_<m>_0``.
+    (path in the model's params, default = source), both "a/b/c", or
+    comma-separated lists of as many paths each. For a classifier the encoder
+    of modality ``m`` lives at ``encoder_<m>_0``; a contrastive checkpoint's
+    tower ``encoders_<m>`` goes there by default when neither path is given.
+    ``say`` (optional) is told which subtrees were copied from where.
     """
     loaded_stats = None
     if spec.get("pretrained"):
@@ -159,19 +196,26 @@ def apply_init_from(runner: Runner, state, spec: Mapping[str, Any]):
         loaded = spec.get("params")
         if loaded is None:
             loaded = load_params(spec["path"], spec.get("step"))
-    source = [p for p in str(spec.get("source", "")).split("/") if p]
-    target = [p for p in str(spec.get("target") or spec.get("source") or "").split("/") if p]
-    for p in source:
-        if not isinstance(loaded, Mapping) or p not in loaded:
-            raise CheckpointError(f"init_from.source: no {p!r} in the loaded params (has {sorted(loaded)})")
-        loaded = loaded[p]
     host = runner.host_state(state)
-    host = host.replace(params=_graft(host.params, target, loaded, "params"))
+    params = host.params
+    pairs = _init_pairs(spec, loaded, params)
+    for source, target in pairs:
+        params = _graft(params, [p for p in target.split("/") if p], _subtree(loaded, source), "params")
+    host = host.replace(params=params)
     if loaded_stats:
         if not host.batch_stats:
             raise CheckpointError(f"init_from.pretrained {spec['pretrained']!r} has BatchNorm statistics but "
                                   "the model has no batch_stats")
-        host = host.replace(batch_stats=_graft(host.batch_stats, target, loaded_stats, "batch_stats"))
+        stats = host.batch_stats
+        for source, target in pairs:
+            stats = _graft(stats, [p for p in target.split("/") if p], _subtree(loaded_stats, source),
+                           "batch_stats")
+        host = host.replace(batch_stats=stats)
+    if say is not None:
+        origin = spec.get("path") or (spec.get("pretrained") and f"pretrained {spec['pretrained']}") or "a pytree"
+        what = ", ".join(f"{t or 'all params'} <- {s or '(root)'}" if s != t else (t or "all params")
+                         for s, t in pairs)
+        say(f"initialised {what} from {origin}")
     return runner.place_restored(host)
 
 
@@ -383,7 +427,7 @@ def _train(config, workdir, data_fn, info_fn, console, stop_at, guard) -> Dict[s
         seed = int(_get(config, "seed", 0))
         rng = jax.random.PRNGKey(seed)
         def batches_from(step):
-            it = data_fn(config, "train", global_batch_size=batch_size, seed=seed, train=True, start_step=step)
+            it = data_fn(config, _get(config, "train_split", "train"), global_batch_size=batch_size, seed=seed, train=True, start_step=step)
             first, it = _peek(iter(it))
             spec.validate(first, check_finite=finite_mode != "off", where=f"train batch at step {step + 1}")
             return first, it
@@ -413,11 +457,7 @@ def _train(config, workdir, data_fn, info_fn, console, stop_at, guard) -> Dict[s
             state = _first_trace(runner.create_state, example, rng)
             init_from = _as_dict(_get(config, "init_from", {}))
             if init_from.get("path") or init_from.get("pretrained") or init_from.get("params") is not None:
-                state = apply_init_from(runner, state, init_from)
-                origin = init_from.get("path") or (init_from.get("pretrained") and
-                                                   f"pretrained {init_from['pretrained']}") or "a pytree"
-                say(f"initialised {init_from.get('target') or init_from.get('source') or 'all params'} "
-                    f"from {origin}")
+                state = apply_init_from(runner, state, init_from, say=say)
         return _loop(config, workdir, runner, state, ckpt, writer, say, data_fn, train_iter, spec, start,
                      num_classes, stop_at, guard, nan_stop, validate_mode, finite_mode)
     finally:

@@ -71,6 +71,53 @@ def test_eval_metrics_match_numpy_recall(run):
             assert m[f"retrieval/{name}/R@{k}"] == pytest.approx(np.mean(ranks < k), abs=1e-6)
 
 
+def _classifier_config(init_from_path: str):
+    """A classifier over the synthetic_contrastive data whose encoders are its towers' encoders."""
+    from experiments.configs import base
+
+    towers = config_utils.load_config("synthetic_contrastive")
+    config_utils.apply_overrides(towers, [tuple(o[len("--config."):].split("=", 1)) for o in OVERRIDES])
+    c = base.get_config()
+    c.data = towers.data
+    encoders = {}
+    for m, t in towers.model.towers.items():
+        t = dict(t)
+        encoders[m] = {"name": t.pop("encoder"), **t}
+    c.model.encoders = encoders
+    c.model.fusion_config = {"out_dim": 8}
+    c.init_from.path = init_from_path
+    c.parallel.mode = "single"
+    return c
+
+
+def test_classifier_fine_tunes_from_contrastive_towers(run):
+    """init_from.path=<contrastive workdir> with no source/target copies encoders_<m> -> encoder_<m>_0."""
+    c = _classifier_config(run)
+    info = data_factory.data_info(c)
+    runner = loop.build(c, info["num_classes"], info)
+    batch = next(data_factory.make_data(c, "train", global_batch_size=8, seed=0, train=True))
+    fresh = runner.create_state(batch, jax.random.PRNGKey(1))
+    said = []
+    state = loop.apply_init_from(runner, fresh, dict(c.init_from), say=said.append)
+    loaded = load_params(run)
+    for m in ("image", "text"):
+        jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, state.params[f"encoder_{m}_0"]),
+                     loaded[f"encoders_{m}"])
+    assert "encoder_image_0 <- encoders_image" in said[0] and "encoder_text_0 <- encoders_text" in said[0]
+    # the fusion and head keep their fresh initialisation
+    np.testing.assert_array_equal(np.asarray(state.params["head"]["out"]["kernel"]),
+                                  np.asarray(fresh.params["head"]["out"]["kernel"]))
+    # explicit comma-separated lists do the same for one tower, and a length mismatch is named
+    one = loop.apply_init_from(runner, fresh, {"path": run, "source": "encoders_text", "target": "encoder_text_0"})
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, one.params["encoder_text_0"]),
+                 loaded["encoders_text"])
+    assert not np.array_equal(np.asarray(one.params["encoder_image_0"]["dense_0"]["kernel"]),
+                              loaded["encoders_image"]["dense_0"]["kernel"])
+    with pytest.raises(loop.CheckpointError, match="one target per source"):
+        loop.apply_init_from(runner, fresh, {"path": run, "source": "encoders_text,encoders_image",
+                                             "target": "encoder_text_0"})
+
+
 SHARDED_CHILD = r"""
 import json, sys
 import jax, numpy as np

@@ -168,3 +168,17 @@ def test_nan_stop_names_the_step(tmp_path):
 
 def synthetic_config_info(config):
     return synthetic.info(config.data)
+
+
+def test_train_split_reaches_the_data_function(tmp_path):
+    """config.train_split (e.g. a labelled subset "train[:10%]") is the split the loop trains on."""
+    seen = []
+
+    def data_fn(config, split, *, global_batch_size, seed, train, start_step=0):
+        seen.append((split, train))
+        name = "train" if train else split
+        return synthetic.make_iterator(config.data, name, global_batch_size=global_batch_size, seed=seed,
+                                       train=train, start_step=start_step)
+    cfg = _config(**{"train_split": "train[:10%]", "total_steps": 1, "checkpoint_every": 0})
+    loop.train_and_evaluate(cfg, str(tmp_path), data_fn=data_fn, info_fn=synthetic_config_info, console=None)
+    assert ("train[:10%]", True) in seen and all(s != "train" for s, t in seen if t)
