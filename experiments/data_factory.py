@@ -103,4 +103,9 @@ def data_info(config: Any) -> Dict[str, Any]:
         from experiments import features
         return features.info(data)
     info = _mmjax_data().dataset_info(data)
-    return dataclasses.asdict(info) if dataclasses.is_dataclass(info) else dict(info)
+    info = dataclasses.asdict(info) if dataclasses.is_dataclass(info) else dict(info)
+    if any(m.get("kind") == "text" for m in data.modalities.values()):
+        # the pipeline tokenises text with the byte tokenizer: captions and prompts decode with it
+        from mmjax.tokenizer import ByteTokenizer
+        info.setdefault("tokenizer", ByteTokenizer().to_json())
+    return info

@@ -222,7 +222,7 @@ def _hint(name: str, known: Sequence[str]) -> str:
 
 
 def spec_from_config(model_config: Mapping[str, Any], info: Mapping[str, Any], *, loss: str = "softmax_xent",
-                     batch_size: Optional[int] = None) -> BatchSpec:
+                     batch_size: Optional[int] = None, label: Optional[str] = None) -> BatchSpec:
     """The spec promised by ``config.model`` and the dataset ``info``.
 
     Modalities: ``model.encoders`` (plus, in ``early`` placement, the
@@ -230,7 +230,8 @@ def spec_from_config(model_config: Mapping[str, Any], info: Mapping[str, Any], *
     inputs). Shapes come from ``info["shapes"]`` (modality -> per-example
     shape) or ``info["dims"]`` (modality -> D for (B, D) vectors) and dtype
     kinds from ``info["dtypes"]`` when the dataset gives them; otherwise the
-    first batch decides (:meth:`BatchSpec.freeze`).
+    first batch decides (:meth:`BatchSpec.freeze`). ``label`` ("int" or
+    "multi") overrides the label kind the loss implies.
     """
     encoders = dict(model_config.get("encoders") or {})
     names = set(encoders)
@@ -249,5 +250,5 @@ def spec_from_config(model_config: Mapping[str, Any], info: Mapping[str, Any], *
         mods[m] = ArraySpec(shape, kind)
     num_classes = info.get("num_classes")
     return BatchSpec(mods, None if num_classes is None else int(num_classes),
-                     label="multi" if loss == "sigmoid_bce" else "int", batch_size=batch_size,
+                     label=label or ("multi" if loss == "sigmoid_bce" else "int"), batch_size=batch_size,
                      optional_modalities=optional)

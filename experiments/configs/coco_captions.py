@@ -20,9 +20,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval_steps = 40
     c.eval_split = "val"
     c.checkpoint_every = 2500
-    c.data = ml_collections.ConfigDict({"name": "coco_captions"})
+    from mmjax.data.config import default_config
+
+    c.data = default_config("coco_captions")  # 224 px images, first caption, 64 byte tokens
     c.model = ml_collections.ConfigDict({
-        "encoder": {"encoder": "resnet"}, "source": "image", "target": "text", "decoder": "transformer",
+        "encoder": {"encoder": "resnet", "depth": 18, "stage_sizes": None, "width": 64, "small_inputs": False},
+        "source": "image", "target": "text", "decoder": "transformer",
         "vocab_size": 260, "max_len": 96, "width": 256, "num_layers": 4, "num_heads": 8, "mlp_dim": 1024,
         "dropout_rate": 0.1, "bos_id": 2, "eos_id": 3, "dtype": "bfloat16", "param_dtype": "float32",
     })

@@ -408,12 +408,16 @@ def _train(config, workdir, data_fn, info_fn, console, stop_at, guard) -> Dict[s
     runner = build(config, num_classes, info)
     model_cfg = _as_dict(config.model)
     task = getattr(runner, "task", None)
+    label_kind = None
     if task is not None and task.name != "classification":
         # Contrastive / captioning configs name their inputs in their own way (towers,
-        # encoder + target); validate against the dataset's modalities instead.
+        # encoder + target); validate against the dataset's modalities instead, and take
+        # the label kind from the data (COCO's multi-hot objects ride along unused).
         model_cfg = {"encoders": {m: {} for m in (info.get("modalities") or ())}}
+        multi = _as_dict(_get(config, "data", {})).get("label_kind") == "multi_hot"
+        label_kind = "multi" if multi else "int"
     spec = validation.spec_from_config(model_cfg, info, loss=loss_name,
-                                       batch_size=batch_size // jax.process_count())
+                                       batch_size=batch_size // jax.process_count(), label=label_kind)
     ck_cfg = _as_dict(_get(config, "checkpoint", {}))
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=int(ck_cfg.get("keep", 2)),
                         best_metric=ck_cfg.get("best_metric") or None, best_mode=ck_cfg.get("best_mode", "max"),
