@@ -17,10 +17,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.batch_size = 64
     c.eval_every = 1000
     c.checkpoint_every = 500
-    c.data = ml_collections.ConfigDict({"name": "stamps"})
+    from mmjax.data.config import default_config
+
+    c.data = default_config("stamps/en")  # 64 px images -> English descriptions (bytes)
+    del c.data.modalities["audio"]
     c.model = ml_collections.ConfigDict({
         "encoder": {"encoder": "cnn"}, "source": "image", "target": "text", "decoder": "transformer",
-        "vocab_size": 260, "max_len": 128, "width": 128, "num_layers": 2, "num_heads": 4, "mlp_dim": 256,
+        "vocab_size": 260, "max_len": 96, "width": 128, "num_layers": 2, "num_heads": 4, "mlp_dim": 256,
         "dropout_rate": 0.1, "bos_id": 2, "eos_id": 3, "dtype": "float32", "param_dtype": "float32",
     })
     c.eval = ml_collections.ConfigDict({"beam_size": 4, "alpha": 0.6, "num_samples": 30})

@@ -18,13 +18,15 @@ def get_config() -> ml_collections.ConfigDict:
     c.batch_size = 64
     c.eval_every = 500
     c.checkpoint_every = 500
-    c.data = ml_collections.ConfigDict({"name": "stamps"})
+    from mmjax.data.config import default_config
+
+    c.data = default_config("stamps/en")  # 64 px images, English descriptions (bytes), 2 s of speech
     c.model = ml_collections.ConfigDict({
         "towers": {
             "image": {"encoder": "cnn"},
             "text": {"encoder": "transformer", "vocab_size": 260, "hidden_dim": 128, "num_layers": 2,
-                     "num_heads": 4, "mlp_dim": 256, "max_len": 128},
-            "speech": {"encoder": "audio_cnn"},
+                     "num_heads": 4, "mlp_dim": 256, "max_len": 96},
+            "audio": {"encoder": "audio_cnn", "sample_rate": 16000},
         },
         "embed_dim": 128, "loss": "siglip", "dtype": "float32", "param_dtype": "float32",
     })

@@ -44,7 +44,7 @@ import numpy as np
 from mmjax.data import bad_examples
 from mmjax.data import preprocess as pp
 from mmjax.data import source
-from mmjax.data.config import resolve_data_dir, validate
+from mmjax.data.config import base_config, resolve_data_dir, validate
 from mmjax.data.errors import DataConfigError
 from mmjax.data.source import DatasetInfo
 
@@ -52,7 +52,9 @@ _COLUMN_CACHE: Dict[Tuple, Dict[str, np.ndarray]] = {}
 
 
 def _prepared_config(data_config) -> ml_collections.ConfigDict:
-    cfg = ml_collections.ConfigDict(copy.deepcopy(data_config.to_dict()))
+    # A partial config ({"name": "stamps"}) gets every other key from the defaults.
+    given = data_config.to_dict() if hasattr(data_config, "to_dict") else dict(data_config)
+    cfg = ml_collections.ConfigDict({**base_config().to_dict(), **copy.deepcopy(given)})
     validate(cfg)
     if not cfg.modalities and cfg.backend == "tf":
         source.infer_modalities(cfg, source.builder(cfg, prepare=False))
