@@ -206,11 +206,9 @@ def measure_mode(case: Mapping[str, Any], mode: str, *, peak: Optional[float], r
     state = runner.create_state(host_batch, jax.random.PRNGKey(0))
     batch = runner.put_batch(host_batch)
     num_params = int(sum(np.size(x) for x in jax.tree.leaves(runner.host_state(state).params)))
-    with runner.context():
-        runner._compile()  # the Runner's own jit / pmap / sharded wrapper of train_step
-        t0 = time.perf_counter()
-        compiled = runner._train.lower(state, batch).compile()
-        compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    compiled = runner.compile_train_step(state, batch)  # the Runner's own jit / pmap / sharded wrapper
+    compile_s = time.perf_counter() - t0
     n_dev = 1 if mode == "single" else (len(runner.local_devices) if mode == "pmap" else runner.mesh.size)
     flops = xla_flops(compiled)
     # pmap compiles one per-device program; sharded jit one SPMD program per device too: both count

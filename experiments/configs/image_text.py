@@ -6,7 +6,7 @@ Any tfds dataset with an image, a text and a label works by config keys alone:
 e.g. ``captions/text``; ``...text.index`` picks one of a sequence of texts),
 ``--config.data.label=PATH`` and ``--config.data.label_kind=class|multi_hot``
 (multi-hot labels also need ``--config.loss.name=sigmoid_bce``). The offline
-default is the real Tux Paint stamps (clip art + French description, 16
+default is the real Tux Paint stamps (clip art + English description, 16
 categories, balanced class weights). For COCO captions (multi-label over the
 80 object classes), e.g.::
 
@@ -23,7 +23,7 @@ from experiments.configs import base
 def data_config() -> ml_collections.ConfigDict:
     from mmjax.data.config import default_config
 
-    cfg = default_config("stamps")
+    cfg = default_config("stamps/en")
     del cfg.modalities["audio"]
     cfg.class_weights = "balanced"
     cfg.modalities.image.augment_pad = 4

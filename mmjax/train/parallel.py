@@ -277,6 +277,16 @@ class Runner:
         with self.context():
             return self._train(state, batch)
 
+    def compile_train_step(self, state: TrainState, batch: PyTree):
+        """Ahead-of-time compiles this runner's train step (its jit / pmap / sharded wrapper) for
+        ``state`` and a :meth:`put_batch` batch -> a ``jax.stages.Compiled``: call it like
+        :meth:`train_step` (donates ``state``); ``cost_analysis()`` / ``memory_analysis()`` give
+        XLA's FLOPs and buffer sizes, as the benchmarks use."""
+        if self._train is None:
+            self._compile()
+        with self.context():
+            return self._train.lower(state, batch).compile()
+
     def eval_step(self, state: TrainState, batch: PyTree) -> Dict[str, Any]:
         if self._eval is None:
             self._compile()

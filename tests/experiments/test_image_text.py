@@ -57,7 +57,7 @@ def test_stamps_configs_select_modalities():
         assert sorted(c.model.encoders) == mods and sorted(c.data.modalities) == mods, name
         assert sorted(c.data.modality_dropout) == mods and c.model.fusion == full.model.fusion
     it = load_config("image_text")
-    assert sorted(it.data.modalities) == ["image", "text"] and it.data.name == "stamps"
+    assert sorted(it.data.modalities) == ["image", "text"] and it.data.name == "stamps/en"
 
 
 def _stamps_data_dir(tmp_path):
