@@ -82,7 +82,7 @@ def param_count(config, data_fn, info_fn) -> int:
 
     from mmjax.train import loop
 
-    model = loop.build_classifier(loop._as_dict(config.model), int(info_fn(config)["num_classes"]))
+    model = loop.build_classifier(config.model.to_dict(), int(info_fn(config)["num_classes"]))
     example = next(iter(data_fn(config, "train", global_batch_size=int(config.batch_size), seed=0,
                                 train=True, start_step=0)))
     shapes = jax.eval_shape(lambda b: model.init({"params": jax.random.PRNGKey(0),

@@ -27,6 +27,7 @@ from mmjax.validation import BatchValidationError
 from mmjax.models.classifier import build_classifier
 from mmjax.train import health
 from mmjax.train import logging as log_lib
+from mmjax.train.config_access import as_dict as _as_dict, get as _get
 from mmjax.train.checkpoint import Checkpointer, CheckpointError, load_params
 from mmjax.train.optim import make_optimizer
 from mmjax.train.parallel import Runner
@@ -37,22 +38,6 @@ DataFn = Callable[..., Iterator[Dict[str, Any]]]
 
 class TrainingDiverged(RuntimeError):
     """The loss or gradient norm became NaN/Inf with ``train.nan_policy = "stop"``."""
-
-
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-    if cfg is None:
-        return default
-    try:
-        value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
-    except (AttributeError, KeyError):
-        return default
-    return default if value is None else value
-
-
-def _as_dict(x: Any) -> Dict[str, Any]:
-    if x is None:
-        return {}
-    return x.to_dict() if hasattr(x, "to_dict") else dict(x)
 
 
 def parallel_mode(config: Any) -> str:

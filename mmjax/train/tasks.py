@@ -47,6 +47,7 @@ from mmjax import caption_metrics
 from mmjax.models import retrieval
 from mmjax.models.captioner import Captioner, generate
 from mmjax.models.contrastive import ContrastiveModel
+from mmjax.train.config_access import as_dict as _as_dict, get as _get
 
 PyTree = Any
 Batches = Callable[[str], Iterator[Dict[str, Any]]]
@@ -56,22 +57,6 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 
 class TaskConfigError(ValueError):
     """Bad ``config.task`` or task-specific config (model kwargs, eval options, dataset info)."""
-
-
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-    if cfg is None:
-        return default
-    try:
-        value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
-    except (AttributeError, KeyError):
-        return default
-    return default if value is None else value
-
-
-def _as_dict(x: Any) -> Dict[str, Any]:
-    if x is None:
-        return {}
-    return x.to_dict() if hasattr(x, "to_dict") else dict(x)
 
 
 def _dtype(name: Any, key: str):
