@@ -43,8 +43,17 @@ def precision_recall_f1(confusion: np.ndarray) -> Dict[str, np.ndarray]:
 
 
 def macro_f1(confusion: np.ndarray) -> float:
-    """Unweighted mean of per-class F1 over all C classes."""
+    """Unweighted mean of per-class F1 over all C classes (a class absent from the split counts 0)."""
     return float(precision_recall_f1(confusion)["f1"].mean())
+
+
+def macro_f1_present(confusion: np.ndarray) -> float:
+    """Unweighted mean of per-class F1 over the classes with at least one true example (rows of
+    ``confusion`` that are not all zero): the figure to compare across splits that lack classes."""
+    present = np.asarray(confusion).sum(1) > 0
+    if not present.any():
+        return float("nan")
+    return float(precision_recall_f1(confusion)["f1"][present].mean())
 
 
 def roc_auc_ovr(labels, scores, *, average: str = "macro") -> float:
@@ -104,13 +113,15 @@ def _average_ranks(x: np.ndarray) -> np.ndarray:
 
 def summarize(confusion: np.ndarray, loss_sum: float, weight_sum: float,
               class_names: Optional[list] = None) -> Dict[str, object]:
-    """The eval metrics dict the loop logs: loss, accuracy, macro_f1 and per-class P/R/F1."""
+    """The eval metrics dict the loop logs: loss, accuracy, macro_f1 (all classes), macro_f1_present
+    (classes present in the split) and per-class P/R/F1."""
     prf = precision_recall_f1(confusion)
     names = class_names or [str(i) for i in range(confusion.shape[0])]
     return {
         "loss": float(loss_sum / weight_sum) if weight_sum else float("nan"),
         "accuracy": accuracy(confusion),
         "macro_f1": macro_f1(confusion),
+        "macro_f1_present": macro_f1_present(confusion),
         "per_class": {
             n: {k: float(prf[k][i]) for k in ("precision", "recall", "f1")} for i, n in enumerate(names)
         },

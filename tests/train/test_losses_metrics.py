@@ -57,6 +57,10 @@ def test_confusion_prf_by_hand():
     np.testing.assert_allclose(prf["f1"], [0.4, 2 / 3, 0.0])
     assert metrics.accuracy(cm) == pytest.approx(0.5)
     assert metrics.macro_f1(cm) == pytest.approx((0.4 + 2 / 3) / 3)
+    # a 4th class absent from the split (and never predicted) drags macro_f1 but not macro_f1_present
+    cm4 = np.pad(cm, ((0, 1), (0, 1)))
+    assert metrics.macro_f1(cm4) == pytest.approx((0.4 + 2 / 3) / 4)
+    assert metrics.macro_f1_present(cm4) == pytest.approx((0.4 + 2 / 3 + 0.0) / 3)
 
 
 def test_against_sklearn():
@@ -69,6 +73,10 @@ def test_against_sklearn():
     cm = metrics.confusion_matrix(y, pred, 4)
     np.testing.assert_array_equal(cm, sk.confusion_matrix(y, pred, labels=range(4)))
     assert metrics.macro_f1(cm) == pytest.approx(sk.f1_score(y, pred, average="macro"))
+    keep = y != 3  # drop class 3's examples: sklearn over the present labels == macro_f1_present
+    cm3 = metrics.confusion_matrix(y[keep], pred[keep], 4)
+    assert metrics.macro_f1_present(cm3) == pytest.approx(
+        sk.f1_score(y[keep], pred[keep], labels=[0, 1, 2], average="macro", zero_division=0))
     probs = scores / scores.sum(1, keepdims=True)
     assert metrics.roc_auc_ovr(y, probs) == pytest.approx(
         sk.roc_auc_score(y, probs, multi_class="ovr", average="macro"))
