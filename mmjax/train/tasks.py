@@ -258,6 +258,13 @@ class ContrastiveTask(Task):
                     out[f"retrieval/{k}"] = float(v)
                     if k.endswith("/R@1"):
                         r1.append(float(v))
+                if int(self.info.get("num_classes") or 0) > 1:
+                    # class-level: a key of the query's class counts as a hit (pairs that share only
+                    # a class, e.g. a digit image and another speaker's digit, cannot match instance-wise)
+                    lab = jnp.asarray(labels)
+                    for k, v in retrieval.retrieval_metrics(jnp.asarray(emb[a]), jnp.asarray(emb[b]), (a, b), ks,
+                                                            a_ids=lab, b_ids=lab).items():
+                        out[f"class_retrieval/{k}"] = float(v)
         out["mean_R@1"] = float(np.mean(r1))
         classes = self.class_prompt_embeddings(runner, state)
         if classes is not None:

@@ -69,6 +69,13 @@ def test_eval_metrics_match_numpy_recall(run):
         ranks = (s >= diag[:, None]).sum(1) - 1
         for k in (1, 5, 10):
             assert m[f"retrieval/{name}/R@{k}"] == pytest.approx(np.mean(ranks < k), abs=1e-6)
+        # class-level: the best key of the query's class
+        lab = np.concatenate(labels)
+        same = lab[:, None] == lab[None, :]
+        best = np.where(same, s, -np.inf).max(1)
+        class_ranks = ((s >= best[:, None]) & ~same).sum(1)
+        for k in (1, 5, 10):
+            assert m[f"class_retrieval/{name}/R@{k}"] == pytest.approx(np.mean(class_ranks < k), abs=1e-6)
 
 
 def _classifier_config(init_from_path: str):
