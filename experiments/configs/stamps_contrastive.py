@@ -12,7 +12,7 @@ from experiments.configs import base
 
 def get_config() -> ml_collections.ConfigDict:
     c = base.get_config()
-    c.description = "stamps: image <-> text and image <-> speech contrastive (real Tux Paint stamps), SigLIP"
+    c.description = "stamps: image <-> French text and image <-> French speech contrastive (real Tux Paint stamps), SigLIP"
     c.task = "contrastive"
     c.total_steps = 2000
     c.batch_size = 64
@@ -20,7 +20,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.checkpoint_every = 500
     from mmjax.data.config import default_config
 
-    c.data = default_config("stamps/en")  # 64 px images, English descriptions (bytes), 2 s of speech
+    # French: the language with a recorded description for nearly every stamp (English has ~50)
+    c.data = default_config("stamps/fr")  # 64 px images, French descriptions (bytes), 2 s of speech
     c.model = ml_collections.ConfigDict({
         "towers": {
             "image": {"encoder": "cnn"},
