@@ -24,11 +24,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.data = default_config("stamps/fr")  # 64 px images, French descriptions (bytes), 2 s of speech
     c.model = ml_collections.ConfigDict({
         "towers": {
-            # small towers: a few minutes per hundred steps on a 2-core CPU
+            # small towers (a few minutes per hundred steps on a 2-core CPU); speech is 4 s at 8 kHz
             "image": {"encoder": "cnn", "features": (16, 32, 64)},
             "text": {"encoder": "transformer", "vocab_size": 260, "hidden_dim": 128, "num_layers": 2,
                      "num_heads": 4, "mlp_dim": 256, "max_len": 96},
-            "audio": {"encoder": "audio_cnn", "sample_rate": 16000, "n_fft": 512, "hop_length": 320,
+            "audio": {"encoder": "audio_cnn", "sample_rate": 8000, "n_fft": 256, "hop_length": 256,
                       "n_mels": 40, "features": (16, 32, 64)},
         },
         "embed_dim": 128, "loss": "siglip", "dtype": "float32", "param_dtype": "float32",
