@@ -21,7 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
     from mmjax.data.config import default_config
 
     # French: the language with a recorded description for nearly every stamp (English has ~50)
-    c.data = default_config("stamps/fr")  # 64 px images, French descriptions (bytes), 2 s of speech
+    c.data = default_config("stamps/fr")  # 64 px images, French descriptions (bytes), 4 s of speech at 8 kHz
     c.model = ml_collections.ConfigDict({
         "towers": {
             # small towers (a few minutes per hundred steps on a 2-core CPU); speech is 4 s at 8 kHz
