@@ -42,6 +42,17 @@ def shift_right(targets: Array, bos_id: int) -> Array:
     return jnp.concatenate([jnp.full_like(targets[:, :1], bos_id), targets[:, :-1]], axis=1)
 
 
+def strip_bos(targets: Array, bos_id: int, pad_id: int = 0) -> Array:
+    """(B, L) -> (B, L): rows that begin with ``bos_id`` shifted left by one and padded at the end.
+
+    Tokenised text from the data pipeline carries its own BOS; the captioner
+    adds BOS itself when it shifts the targets right, so a second one would
+    teach it to emit BOS and would cost the first real token at decoding.
+    """
+    shifted = jnp.concatenate([targets[:, 1:], jnp.full_like(targets[:, :1], pad_id)], axis=1)
+    return jnp.where(targets[:, :1] == bos_id, shifted, targets)
+
+
 def caption_loss(
     logits: Array, targets: Array, pad_id: int = 0, label_smoothing: float = 0.0
 ) -> Tuple[Array, Dict[str, Array]]:
@@ -160,7 +171,8 @@ class Captioner(nn.Module):
         return self.text_decoder(tokens, context, context_mask, token_mask, pooled, train=train)
 
     def __call__(self, batch: Mapping[str, Any], *, train: bool = False) -> Array:
-        """Teacher forcing: batch -> logits (B, L, V) for the targets ``batch["inputs"][target]``."""
+        """Teacher forcing: batch -> logits (B, L, V) for the targets ``batch["inputs"][target]``
+        (a leading BOS in a target row is dropped first: see :func:`strip_bos`)."""
         inputs = batch.get("inputs", {})
         for m in (self.source, self.target):
             if m not in inputs:
@@ -177,6 +189,7 @@ class Captioner(nn.Module):
             raise CaptionerConfigError(
                 f"captioner: captions of length {targets.shape[1]} exceed max_len={self.max_len}"
             )
+        targets = strip_bos(targets, self.bos_id, self.pad_id)
         token_mask = (batch.get("token_mask") or {}).get(self.source)
         context, context_mask, pooled = self.encode(inputs[self.source], token_mask, train=train)
         dec_in = shift_right(targets, self.bos_id)
@@ -257,4 +270,4 @@ def generate(
     return tokens[:, 0], scores[:, 0]
 
 
-__all__ = ["Captioner", "CaptionerConfigError", "caption_loss", "generate", "make_step_fn", "shift_right"]
+__all__ = ["Captioner", "CaptionerConfigError", "caption_loss", "generate", "make_step_fn", "shift_right", "strip_bos"]

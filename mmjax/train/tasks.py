@@ -45,7 +45,7 @@ import numpy as np
 
 from mmjax import caption_metrics
 from mmjax.models import retrieval
-from mmjax.models.captioner import Captioner, generate
+from mmjax.models.captioner import Captioner, generate, strip_bos
 from mmjax.models.contrastive import ContrastiveModel
 from mmjax.train.config_access import as_dict as _as_dict, get as _get
 
@@ -312,7 +312,9 @@ class CaptioningTask(Task):
         return Captioner(encoder=encoder, vocab_size=int(vocab), max_len=int(max_len), **cfg)
 
     def _target(self, batch):
-        return batch["inputs"][self.model_cfg.get("target", "text")]
+        """The targets the Captioner is trained on (without a leading BOS, as it sees them)."""
+        targets = batch["inputs"][self.model_cfg.get("target", "text")]
+        return strip_bos(targets, int(self.model_cfg.get("bos_id", 2)), int(self.model_cfg.get("pad_id", 0)))
 
     def loss_terms(self, state, params, batch_stats, batch, rng, *, train: bool):
         logits, new_stats = _apply(state, params, batch_stats, batch, rng, train)

@@ -213,3 +213,19 @@ def test_config_and_input_errors(transformer):
     with pytest.raises(DecoderInputError, match="integer ids"):
         TransformerDecoder(vocab_size=V, max_len=L, width=8, num_heads=2, mlp_dim=8).init(
             rkey(0), jnp.zeros((1, 2)), jnp.zeros((1, 2, 4)))
+
+
+def test_leading_bos_in_targets_is_dropped_before_teacher_forcing():
+    """Pipeline text ids start with BOS; the captioner must see [BOS, y1, ...] as decoder input and
+    predict y1 first, exactly as for the same caption without the leading BOS."""
+    from mmjax.models.captioner import strip_bos
+
+    t = jnp.array([[2, 9, 8, 3, 0], [9, 8, 7, 3, 0]])
+    np.testing.assert_array_equal(strip_bos(t, 2), [[9, 8, 3, 0, 0], [9, 8, 7, 3, 0]])
+    model = Captioner(encoder={"encoder": "mlp", "features": (8,)}, source="x", target="text", vocab_size=12,
+                      max_len=6, width=8, num_layers=1, num_heads=2, mlp_dim=16, bos_id=2, eos_id=3)
+    x = jax.random.normal(jax.random.PRNGKey(0), (1, 4))
+    plain = {"inputs": {"x": x, "text": jnp.array([[9, 8, 3, 0, 0, 0]])}}
+    with_bos = {"inputs": {"x": x, "text": jnp.array([[2, 9, 8, 3, 0, 0]])}}
+    variables = model.init(jax.random.PRNGKey(1), plain)
+    np.testing.assert_allclose(model.apply(variables, with_bos), model.apply(variables, plain), rtol=1e-6)
