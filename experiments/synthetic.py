@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from typing import Any, Dict, Iterator, Mapping, Optional
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Type
 
 import numpy as np
 
@@ -45,39 +45,51 @@ def _examples(data_config: Mapping[str, Any], seed: int, split: str, index: int,
     return {"inputs": inputs, "modality_mask": modality_mask, "label": label}
 
 
-def _process_slice(batch: Dict[str, Any], process_index: int, process_count: int) -> Dict[str, Any]:
+def _process_slice(batch: Dict[str, Any], process_index: int, process_count: int,
+                   error: Type[Exception] = ValueError) -> Dict[str, Any]:
     import jax
     n = len(batch["label"])
     if n % process_count:
-        raise ValueError(f"synthetic data: batch size {n} is not divisible by {process_count} processes")
+        raise error(f"synthetic data: batch size {n} is not divisible by {process_count} processes")
     k = n // process_count
     return jax.tree.map(lambda x: x[process_index * k:(process_index + 1) * k], batch)
 
 
-def make_iterator(data_config: Mapping[str, Any], split: str, *, global_batch_size: int, seed: int,
-                  train: bool, start_step: int = 0, process_index: Optional[int] = None,
-                  process_count: Optional[int] = None) -> Iterator[Dict[str, Any]]:
-    """Synthetic batches of this process's rows.
+def batches(examples: Callable[[Mapping[str, Any], int, str, int, int], Dict[str, Any]],
+            data_config: Mapping[str, Any], split: str, *, global_batch_size: int, seed: int, train: bool,
+            start_step: int = 0, process_index: Optional[int] = None, process_count: Optional[int] = None,
+            error: Type[Exception] = ValueError) -> Iterator[Dict[str, Any]]:
+    """The batching every in-memory synthetic source shares, around its
+    ``examples(data_config, seed, split, index, n)`` generator.
 
     Train: endless, batch ``s`` generated from (seed, split, s) for s >= start_step.
     Eval (``train=False``): ``data.eval_examples`` examples in batches of
     ``global_batch_size``; the last batch is padded with ``weight`` 0 rows.
+    Each process keeps its own contiguous slice of every global batch.
     """
     import jax
     if split not in SPLITS:
-        raise ValueError(f"synthetic data: unknown split {split!r}; known: {SPLITS}")
+        raise error(f"synthetic data: unknown split {split!r}; known: {SPLITS}")
     pi = jax.process_index() if process_index is None else process_index
     pc = jax.process_count() if process_count is None else process_count
     if train:
         step = start_step
         while True:
-            batch = _examples(data_config, seed, split, step, global_batch_size)
+            batch = examples(data_config, seed, split, step, global_batch_size)
             batch["weight"] = np.ones(global_batch_size, np.float32)
-            yield _process_slice(batch, pi, pc)
+            yield _process_slice(batch, pi, pc, error)
             step += 1
     total = int(data_config.get("eval_examples", 64))
     for i in range(math.ceil(total / global_batch_size)):
-        batch = _examples(data_config, seed, split, i, global_batch_size)
+        batch = examples(data_config, seed, split, i, global_batch_size)
         real = min(global_batch_size, total - i * global_batch_size)
         batch["weight"] = (np.arange(global_batch_size) < real).astype(np.float32)
-        yield _process_slice(batch, pi, pc)
+        yield _process_slice(batch, pi, pc, error)
+
+
+def make_iterator(data_config: Mapping[str, Any], split: str, *, global_batch_size: int, seed: int,
+                  train: bool, start_step: int = 0, process_index: Optional[int] = None,
+                  process_count: Optional[int] = None) -> Iterator[Dict[str, Any]]:
+    """Synthetic batches of this process's rows (see :func:`batches`)."""
+    return batches(_examples, data_config, split, global_batch_size=global_batch_size, seed=seed, train=train,
+                   start_step=start_step, process_index=process_index, process_count=process_count)

@@ -17,15 +17,15 @@ zero-shot prompts ("a red") can be scored. Batches are a pure function of
 """
 from __future__ import annotations
 
-import math
 import zlib
 from typing import Any, Dict, Iterator, Mapping, Optional
 
 import numpy as np
 
+from experiments import synthetic
 from mmjax.tokenizer import EOS_ID, SPECIALS, WordTokenizer
 
-SPLITS = ("train", "test", "validation")
+SPLITS = synthetic.SPLITS
 FUNCTION_WORDS = ("a", "and")
 COLOURS = ("red", "green", "blue", "gold", "pink", "grey", "black", "white")
 ANIMALS = ("cat", "dog", "fish", "bird", "frog", "bear", "owl", "fox", "deer", "seal", "wolf", "hare")
@@ -90,38 +90,10 @@ def _examples(data_config: Mapping[str, Any], seed: int, split: str, index: int,
     }
 
 
-def _process_slice(batch: Dict[str, Any], process_index: int, process_count: int) -> Dict[str, Any]:
-    import jax
-    n = len(batch["label"])
-    if n % process_count:
-        raise SyntheticDataError(f"synthetic data: batch size {n} is not divisible by {process_count} processes")
-    k = n // process_count
-    return jax.tree.map(lambda x: x[process_index * k:(process_index + 1) * k], batch)
-
-
 def make_iterator(data_config: Mapping[str, Any], split: str, *, global_batch_size: int, seed: int,
                   train: bool, start_step: int = 0, process_index: Optional[int] = None,
                   process_count: Optional[int] = None) -> Iterator[Dict[str, Any]]:
-    """Batches of this process's rows (same contract as :func:`experiments.synthetic.make_iterator`).
-
-    Train: endless, batch ``s`` from (seed, split, s). Eval (``train=False``):
-    ``data.eval_examples`` examples; the last batch is padded with ``weight`` 0 rows.
-    """
-    import jax
-    if split not in SPLITS:
-        raise SyntheticDataError(f"synthetic data: unknown split {split!r}; known: {SPLITS}")
-    pi = jax.process_index() if process_index is None else process_index
-    pc = jax.process_count() if process_count is None else process_count
-    if train:
-        step = start_step
-        while True:
-            batch = _examples(data_config, seed, split, step, global_batch_size)
-            batch["weight"] = np.ones(global_batch_size, np.float32)
-            yield _process_slice(batch, pi, pc)
-            step += 1
-    total = int(data_config.get("eval_examples", 64))
-    for i in range(math.ceil(total / global_batch_size)):
-        batch = _examples(data_config, seed, split, i, global_batch_size)
-        real = min(global_batch_size, total - i * global_batch_size)
-        batch["weight"] = (np.arange(global_batch_size) < real).astype(np.float32)
-        yield _process_slice(batch, pi, pc)
+    """Batches of this process's rows (same contract as :func:`experiments.synthetic.make_iterator`)."""
+    return synthetic.batches(_examples, data_config, split, global_batch_size=global_batch_size, seed=seed,
+                             train=train, start_step=start_step, process_index=process_index,
+                             process_count=process_count, error=SyntheticDataError)
