@@ -5,6 +5,9 @@ Conventions used by every benchmark in this package:
 * steady state only: a function is compiled (and its compile time recorded
   separately), warmed up once, then timed in ``repeats`` repeats of ``iters``
   calls each; the reported time per call is the median over repeats;
+* functions that are compared with each other (mmjax vs PyTorch) are timed
+  in interleaved rounds (:func:`time_interleaved`), so the machine's drift
+  does not decide the ratio;
 * JAX work is asynchronous, so each repeat ends with ``jax.block_until_ready``
   on the last result (PyTorch on CPU is synchronous, so nothing to wait for);
 * FLOPs count one multiply-add as 2 FLOPs, the convention of both
@@ -69,6 +72,69 @@ def time_calls(
         sync(out)
         per_call.append((time.perf_counter() - t0) / iters)
     return Timing(statistics.median(per_call), min(per_call), repeats, iters)
+
+
+@dataclasses.dataclass(frozen=True)
+class Contender:
+    """One function in a head-to-head timing (see :func:`time_interleaved`).
+
+    Attributes:
+      call: the function, called with no arguments.
+      sync: waits for ``call``'s result (``jax.block_until_ready``; identity for
+        synchronous frameworks).
+      before: run before each timed block of calls, outside the timing (e.g.
+        set a thread count).
+    """
+
+    call: Callable[[], Any]
+    sync: Callable[[Any], Any] = lambda x: x
+    before: Optional[Callable[[], None]] = None
+
+
+def time_interleaved(
+    contenders: Dict[str, Contender],
+    *,
+    repeats: int = 5,
+    min_time: float = 0.05,
+    max_iters: int = 10_000,
+) -> Dict[str, Timing]:
+    """Times several functions in alternating rounds, for ratios that are fair.
+
+    On a shared machine the speed drifts by tens of percent over seconds
+    (other tenants, frequency scaling). Timed one after the other, whichever
+    ran in the slow stretch loses; here each of ``repeats`` rounds times every
+    contender once (``iters`` calls sized to about ``min_time`` seconds, the
+    order rotated each round), so a drift hits all of them alike. The median
+    over rounds is reported, as in :func:`time_calls`.
+    """
+    if repeats < 1:
+        raise BenchmarkConfigError(f"repeats must be >= 1, got {repeats}")
+    if not contenders:
+        raise BenchmarkConfigError("time_interleaved needs at least one contender")
+    names = list(contenders)
+    iters: Dict[str, int] = {}
+    for n in names:
+        c = contenders[n]
+        if c.before is not None:
+            c.before()
+        c.sync(c.call())  # warm-up
+        t0 = time.perf_counter()
+        c.sync(c.call())
+        one = max(time.perf_counter() - t0, 1e-7)
+        iters[n] = int(min(max_iters, max(1, round(min_time / one))))
+    per_call: Dict[str, List[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            c = contenders[n]
+            if c.before is not None:
+                c.before()
+            t0 = time.perf_counter()
+            out = None
+            for _ in range(iters[n]):
+                out = c.call()
+            c.sync(out)
+            per_call[n].append((time.perf_counter() - t0) / iters[n])
+    return {n: Timing(statistics.median(v), min(v), repeats, iters[n]) for n, v in per_call.items()}
 
 
 def xla_flops(compiled: Any) -> Optional[float]:
@@ -156,13 +222,16 @@ def environment() -> Dict[str, Any]:
     return env
 
 
-def matmul_peak(n: int = 1024, *, repeats: int = 5, min_time: float = 0.2, torch_too: bool = True) -> Dict[str, Any]:
-    """This machine's f32 matmul throughput, measured now: the peak that
-    achieved FLOP/s are compared with.
+def matmul_peak(n: int = 1024, *, repeats: int = 5, min_time: float = 0.2, torch_too: bool = True,
+                dtype: str = "float32") -> Dict[str, Any]:
+    """This machine's matmul throughput, measured now: the peak that achieved
+    FLOP/s are compared with.
 
-    A square (n, n) @ (n, n) float32 matmul, 2 n^3 FLOPs. Measured in JAX and,
-    if available, in PyTorch; ``peak_flops_per_s`` is the larger of the two so
-    the share of peak is never flattered by a slow reference.
+    A square (n, n) @ (n, n) matmul in ``dtype`` (float32 or bfloat16), 2 n^3
+    FLOPs, in JAX and, if available, in PyTorch on the same device (the GPU
+    when jax runs on one), timed in interleaved rounds. ``peak_flops_per_s``
+    is the larger of the two, so the share of peak is never flattered by a
+    slow implementation.
     """
     import jax
     import jax.numpy as jnp
@@ -171,23 +240,33 @@ def matmul_peak(n: int = 1024, *, repeats: int = 5, min_time: float = 0.2, torch
     rng = np.random.default_rng(0)
     a_np = rng.standard_normal((n, n), dtype=np.float32)
     b_np = rng.standard_normal((n, n), dtype=np.float32)
-    a, b = jnp.asarray(a_np), jnp.asarray(b_np)
+    a, b = jnp.asarray(a_np, dtype), jnp.asarray(b_np, dtype)
     mm = jax.jit(jnp.matmul).lower(a, b).compile()
-    flops = 2.0 * n**3
-    t = time_calls(lambda: mm(a, b), sync=jax.block_until_ready, repeats=repeats, min_time=min_time)
-    out: Dict[str, Any] = {"n": n, "dtype": "float32", "jax_flops_per_s": flops / t.median_s, "jax_timing": t.as_dict()}
-    best = out["jax_flops_per_s"]
+    contenders = {"jax": Contender(lambda: mm(a, b), sync=jax.block_until_ready)}
+    torch_error = None
     if torch_too:
         try:
             import torch
 
-            ta, tb = torch.from_numpy(a_np), torch.from_numpy(b_np)
-            tt = time_calls(lambda: torch.mm(ta, tb), repeats=repeats, min_time=min_time)
-            out["torch_flops_per_s"] = flops / tt.median_s
-            out["torch_timing"] = tt.as_dict()
-            best = max(best, out["torch_flops_per_s"])
-        except ImportError:
-            out["torch_flops_per_s"] = None
+            device = "cuda" if jax.devices()[0].platform == "gpu" and torch.cuda.is_available() else "cpu"
+            ta = torch.from_numpy(a_np).to(device, getattr(torch, dtype))
+            tb = torch.from_numpy(b_np).to(device, getattr(torch, dtype))
+            sync = (lambda y: torch.cuda.synchronize()) if device == "cuda" else (lambda y: y)
+            contenders["torch"] = Contender(lambda: torch.mm(ta, tb), sync=sync)
+        except ImportError as e:
+            torch_error = str(e)
+    timings = time_interleaved(contenders, repeats=repeats, min_time=min_time)
+    flops = 2.0 * n**3
+    out: Dict[str, Any] = {"n": n, "dtype": dtype, "jax_flops_per_s": flops / timings["jax"].median_s,
+                           "jax_timing": timings["jax"].as_dict()}
+    best = out["jax_flops_per_s"]
+    if "torch" in timings:
+        out["torch_flops_per_s"] = flops / timings["torch"].median_s
+        out["torch_timing"] = timings["torch"].as_dict()
+        best = max(best, out["torch_flops_per_s"])
+    elif torch_too:
+        out["torch_flops_per_s"] = None
+        out["torch_error"] = torch_error
     out["peak_flops_per_s"] = best
     return out
 

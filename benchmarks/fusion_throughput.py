@@ -29,6 +29,7 @@ calls it), which writes DIR/fusion.json, DIR/fusion.md and the plots.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import time
@@ -39,6 +40,7 @@ import numpy as np
 
 from benchmarks.common import (
     BenchmarkConfigError,
+    Contender,
     Timing,
     environment,
     fmt_bytes,
@@ -46,6 +48,7 @@ from benchmarks.common import (
     matmul_peak,
     memory_bytes,
     time_calls,
+    time_interleaved,
     write_json,
     xla_flops,
 )
@@ -62,6 +65,7 @@ TARGET_SMALL_BATCH_RATIO = 1.2  # "clearly faster" at the smallest batch
 TARGET_PEAK_SHARE = 0.60     # matmul-heavy blocks at large sizes
 
 MATMUL_HEAVY = ("concat", "tensor", "low_rank", "bilinear")
+DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +130,7 @@ class Grid:
     scaling_forward: bool = True                  # also time the forward pass in scaling cases
     peak_n: int = 2048
     max_token_batch: Optional[int] = None         # cap on the batch sweep for the attention blocks
+    dtype: str = "float32"                        # compute dtype: float32 | bfloat16 (params stay float32)
     mode: str = "full"
 
 
@@ -316,15 +321,28 @@ def random_params(block: Any, inputs: Mapping[str, np.ndarray], seed: int = 0) -
     return jax.tree.map(draw, shapes)
 
 
-def measure_jax(case: Case, grid: Grid, inputs: Mapping[str, np.ndarray]) -> Dict[str, Any]:
-    """Compiles and times the mmjax block's forward and forward+backward."""
+def _dtype(name: str):
+    import jax.numpy as jnp
+
+    if name not in DTYPES:
+        raise BenchmarkConfigError(f"dtype must be one of {DTYPES}, got {name!r}")
+    return getattr(jnp, name)
+
+
+def prepare_jax(case: Case, grid: Grid, inputs: Mapping[str, np.ndarray]) -> Dict[str, Any]:
+    """Compiles the mmjax block's forward and forward+backward (timed later, next to PyTorch).
+
+    With ``grid.dtype == "bfloat16"`` the block computes in bf16 on bf16 inputs
+    and keeps float32 parameters (mixed precision, as in training).
+    """
     import jax
     import jax.numpy as jnp
     import mmjax.fusion as fusion
 
+    dtype = _dtype(grid.dtype)
     cfg = _block_config(case.block, case)
-    block = fusion.create(case.block, **cfg)
-    x = {k: jnp.asarray(v) for k, v in inputs.items()}
+    block = fusion.create(case.block, **cfg, **_dtype_config(case.block, dtype))
+    x = {k: jnp.asarray(v, dtype) for k, v in inputs.items()}
     t0 = time.perf_counter()
     params = jax.tree.map(jnp.asarray, random_params(block, inputs))
     init_s = time.perf_counter() - t0
@@ -336,41 +354,62 @@ def measure_jax(case: Case, grid: Grid, inputs: Mapping[str, np.ndarray]) -> Dic
         out = block.apply(p, xs)
         return jnp.mean(jnp.square(out.astype(jnp.float32)))
 
-    train = jax.grad(loss)
     out: Dict[str, Any] = {
         "config": {k: v for k, v in cfg.items()},
         "params": int(sum(np.size(l) for l in jax.tree.leaves(params))),
         "param_init_s": init_s,
         "_params": params,
+        "_calls": {},
     }
-    phases = [("train", train)]
+    phases = [("train", jax.grad(loss))]
     if case.forward:
         phases.insert(0, ("fwd", forward))
     for phase, fn in phases:
         t0 = time.perf_counter()
-        lowered = jax.jit(fn).lower(params, x)
-        compiled = lowered.compile()
+        compiled = jax.jit(fn).lower(params, x).compile()
         compile_s = time.perf_counter() - t0
-        timing = time_calls(lambda: compiled(params, x), sync=jax.block_until_ready,
-                            repeats=grid.repeats, min_time=grid.min_time)
         flops = xla_flops(compiled)
         out[phase] = {
             "compile_s": compile_s,
-            "timing": timing.as_dict(),
-            "examples_per_s": _throughput(case.batch, timing),
             "xla_flops": flops,
             "xla_flops_per_example": None if flops is None else flops / case.batch,
-            "flops_per_s": None if flops is None else flops / timing.median_s,
             "memory": memory_bytes(compiled),
         }
+        out["_calls"][phase] = Contender(functools.partial(compiled, params, x), sync=jax.block_until_ready)
         if phase == "fwd":
-            out["_output"] = np.asarray(compiled(params, x))
+            out["_output"] = np.asarray(compiled(params, x), np.float32)
     return out
 
 
-def measure_torch(case: Case, grid: Grid, inputs: Mapping[str, np.ndarray], params: Any,
-                  compile_too: bool) -> Dict[str, Any]:
-    """Times the PyTorch reference (eager, and torch.compile if asked) on the same weights."""
+def _dtype_config(name: str, dtype: Any) -> Dict[str, Any]:
+    import jax.numpy as jnp
+    import mmjax.fusion as fusion
+
+    cls = fusion.registry.FUSION.get(name)
+    if dtype == jnp.float32 or not dataclasses.is_dataclass(cls):
+        return {}
+    return {"dtype": dtype} if "dtype" in {f.name for f in dataclasses.fields(cls)} else {}
+
+
+def torch_device() -> str:
+    """Where the PyTorch references run: the GPU when jax runs on one and torch sees it."""
+    import jax
+    import torch
+
+    if jax.devices()[0].platform == "gpu" and torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def prepare_torch(case: Case, grid: Grid, inputs: Mapping[str, np.ndarray], params: Any) -> Dict[str, Any]:
+    """Builds the PyTorch reference on the same weights; returns its eager contenders per phase.
+
+    On CPU each phase gets one contender per intra-op thread count (the
+    default and 1): PyTorch's pool synchronises threads on every op, so for
+    tiny ops or on a busy machine one thread can be several times faster. The
+    faster one is the reference, so ratios never flatter mmjax. bfloat16 runs
+    under ``torch.autocast`` with float32 parameters, as mmjax does.
+    """
     try:
         import torch
 
@@ -382,17 +421,24 @@ def measure_torch(case: Case, grid: Grid, inputs: Mapping[str, np.ndarray], para
     cfg = _block_config(case.block, case)
     cfg.pop("out_dim", None)
     dims = dict(zip(case.names, case.dims))
+    device = torch_device()
     try:
         module = ref.build_reference(case.block, dims, case.out_dim, **cfg)
         ref.load_from_flax(module, params)
     except Exception as e:  # noqa: BLE001 - reported per case
         return {"error": f"{type(e).__name__}: {e}"}
-    xs = ref.to_torch_inputs(inputs)
-    module.eval()  # no dropout is configured; eval() keeps any at identity
+    module = module.to(device).eval()  # no dropout is configured; eval() keeps any at identity
+    xs = [t.to(device) for t in ref.to_torch_inputs(inputs)]
+    bf16 = grid.dtype == "bfloat16"
+    if bf16:
+        xs = [t.to(torch.bfloat16) for t in xs]
+
+    def autocast():
+        return torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16)
 
     def run_fwd(m):
         def call():
-            with torch.no_grad():
+            with torch.no_grad(), autocast():
                 return m(*xs)
         return call
 
@@ -402,56 +448,59 @@ def measure_torch(case: Case, grid: Grid, inputs: Mapping[str, np.ndarray], para
         def call():
             for p in trainable:
                 p.grad = None
-            y = m(*xs)
+            with autocast():
+                y = m(*xs)
             loss = y.float().square().mean()
             loss.backward()
             return loss
         return call
 
+    sync = (lambda y: torch.cuda.synchronize()) if device == "cuda" else (lambda y: y)
     default_threads = torch.get_num_threads()
-    # PyTorch's intra-op pool synchronises threads on every op; on a busy
-    # machine (or for tiny ops) one thread can be many times faster. Both are
-    # measured and the faster one is the reference, so ratios never flatter mmjax.
-    thread_options = sorted({default_threads, 1}, reverse=True)
-    result: Dict[str, Any] = {"default_threads": default_threads}
-    phases = [("train", run_train)]
-    if case.forward:
-        phases.insert(0, ("fwd", run_fwd))
-    try:
-        eager: Dict[str, Any] = {}
-        for phase, make in phases:
-            by_threads = {}
-            for n in thread_options:
-                torch.set_num_threads(n)
-                timing = time_calls(make(module), repeats=grid.repeats, min_time=grid.min_time)
-                by_threads[n] = (timing, _throughput(case.batch, timing))
-            best = max(by_threads, key=lambda n: by_threads[n][1])
-            eager[phase] = {"timing": by_threads[best][0].as_dict(), "examples_per_s": by_threads[best][1],
-                            "threads": best,
-                            "examples_per_s_by_threads": {str(n): v[1] for n, v in by_threads.items()}}
-        result["eager"] = eager
-    finally:
-        torch.set_num_threads(default_threads)
-    if case.forward:
-        with torch.no_grad():
-            result["_output"] = module(*xs).numpy()
-    if compile_too:
-        entry: Dict[str, Any] = {}
-        for phase, make in phases:
-            try:
-                torch._dynamo.reset()
-                compiled = torch.compile(module)
-                t0 = time.perf_counter()
-                make(compiled)()
-                compile_s = time.perf_counter() - t0
-                timing = time_calls(make(compiled), repeats=grid.repeats, min_time=grid.min_time)
-                entry[phase] = {"timing": timing.as_dict(), "examples_per_s": _throughput(case.batch, timing),
-                                "compile_s": compile_s, "threads": default_threads}
-            except Exception as e:  # noqa: BLE001 - torch.compile failures are reported, not fatal
-                msg = str(e).splitlines()[0][:300] if str(e) else ""
-                entry[phase] = {"error": f"{type(e).__name__}: {msg}"}
-        result["compile"] = entry
-    return result
+    threads = sorted({default_threads, 1}, reverse=True) if device == "cpu" else [default_threads]
+    calls: Dict[str, Dict[int, Contender]] = {}
+    makers = {"fwd": run_fwd, "train": run_train}
+    for phase in (["fwd"] if case.forward else []) + ["train"]:
+        calls[phase] = {
+            n: Contender(makers[phase](module), sync=sync, before=functools.partial(torch.set_num_threads, n))
+            for n in threads
+        }
+    with torch.no_grad(), autocast():
+        output = module(*xs).float().cpu().numpy()
+    return {"device": device, "default_threads": default_threads, "_calls": calls, "_output": output,
+            "_module": module, "_makers": makers, "_sync": sync}
+
+
+def _time_phase(jax_call: Contender, torch_calls: Optional[Mapping[int, Contender]], case: Case,
+                grid: Grid) -> Tuple[Timing, Dict[int, Timing]]:
+    """mmjax and every PyTorch variant of one phase, timed in interleaved rounds."""
+    contenders = {"jax": jax_call}
+    for n, c in (torch_calls or {}).items():
+        contenders[f"torch@{n}"] = c
+    timings = time_interleaved(contenders, repeats=grid.repeats, min_time=grid.min_time)
+    return timings["jax"], {n: timings[f"torch@{n}"] for n in (torch_calls or {})}
+
+
+def _measure_torch_compile(tres: Mapping[str, Any], case: Case, grid: Grid) -> Dict[str, Any]:
+    """torch.compile of the reference, timed on its own (reported at small batch only)."""
+    import torch
+
+    entry: Dict[str, Any] = {}
+    for phase in tres["_calls"]:
+        try:
+            torch._dynamo.reset()
+            compiled = torch.compile(tres["_module"])
+            call = tres["_makers"][phase](compiled)
+            t0 = time.perf_counter()
+            tres["_sync"](call())
+            compile_s = time.perf_counter() - t0
+            timing = time_calls(call, sync=tres["_sync"], repeats=grid.repeats, min_time=grid.min_time)
+            entry[phase] = {"timing": timing.as_dict(), "examples_per_s": _throughput(case.batch, timing),
+                            "compile_s": compile_s, "threads": tres["default_threads"]}
+        except Exception as e:  # noqa: BLE001 - torch.compile failures are reported, not fatal
+            msg = str(e).splitlines()[0][:300] if str(e) else ""
+            entry[phase] = {"error": f"{type(e).__name__}: {msg}"}
+    return entry
 
 
 def _ratio(jax_res: Mapping[str, Any], torch_res: Mapping[str, Any], variant: str, phase: str) -> Optional[float]:
@@ -474,29 +523,52 @@ def measure_case(case: Case, grid: Grid, peak: float) -> Dict[str, Any]:
     }
     inputs = make_inputs(case)
     try:
-        jres = measure_jax(case, grid, inputs)
+        jres = prepare_jax(case, grid, inputs)
     except Exception as e:  # noqa: BLE001 - one failing block must not sink the run
         row["error"] = f"{type(e).__name__}: {e}"
         row["traceback"] = traceback.format_exc(limit=4)
         return row
     params = jres.pop("_params")
     jax_out = jres.pop("_output", None)
+    jax_calls = jres.pop("_calls")
     row["config"] = jres.pop("config")
     row["params"] = jres.pop("params")
     row["analytic"] = _analytic_cost(case, row["config"])
-    for phase in ("fwd", "train"):
-        if phase in jres and jres[phase].get("flops_per_s") is not None:
-            jres[phase]["share_of_peak"] = jres[phase]["flops_per_s"] / peak
+    tres: Dict[str, Any] = prepare_torch(case, grid, inputs, params) if case.torch else {}
+    torch_calls = tres.get("_calls", {})
+    eager: Dict[str, Any] = {}
+    try:
+        for phase, call in jax_calls.items():
+            jt, tt = _time_phase(call, torch_calls.get(phase), case, grid)
+            jres[phase].update(timing=jt.as_dict(), examples_per_s=_throughput(case.batch, jt))
+            flops = jres[phase]["xla_flops"]
+            if flops is not None:
+                jres[phase]["flops_per_s"] = flops / jt.median_s
+                jres[phase]["share_of_peak"] = jres[phase]["flops_per_s"] / peak
+            if tt:
+                rates = {n: _throughput(case.batch, t) for n, t in tt.items()}
+                best = max(rates, key=rates.get)
+                eager[phase] = {"timing": tt[best].as_dict(), "examples_per_s": rates[best], "threads": best,
+                                "examples_per_s_by_threads": {str(n): v for n, v in rates.items()}}
+    finally:
+        if "default_threads" in tres:
+            import torch
+
+            torch.set_num_threads(tres["default_threads"])
     row["jax"] = jres
     if case.torch:
-        tres = measure_torch(case, grid, inputs, params, case.torch_compile)
-        torch_out = tres.pop("_output", None)
+        torch_row: Dict[str, Any] = {k: v for k, v in tres.items() if not k.startswith("_")}
+        if eager:
+            torch_row["eager"] = eager
+        if case.torch_compile and torch_calls:
+            torch_row["compile"] = _measure_torch_compile(tres, case, grid)
+        torch_out = tres.get("_output")
         if jax_out is not None and torch_out is not None:
             err = float(np.max(np.abs(jax_out - torch_out)) / (np.max(np.abs(torch_out)) + 1e-12))
-            tres["max_rel_diff_vs_jax"] = err
-        row["torch"] = tres
+            torch_row["max_rel_diff_vs_jax"] = err
+        row["torch"] = torch_row
         row["ratio"] = {
-            f"{phase}_{variant}": _ratio(jres, tres, variant, phase)
+            f"{phase}_{variant}": _ratio(jres, torch_row, variant, phase)
             for variant in ("eager", "compile")
             for phase in ("fwd", "train")
         }
@@ -631,8 +703,9 @@ def run(
     env = environment()
     log(f"device: {env['device_kind']} ({env['cpu_model']}, {env['cpu_count']} cores), jax {env['jax']}, "
         f"torch {env['torch']}")
-    peak = matmul_peak(grid.peak_n, repeats=grid.repeats, min_time=max(grid.min_time, 0.05))
-    log(f"f32 matmul peak (n={grid.peak_n}): {fmt_rate(peak['peak_flops_per_s'])}FLOP/s "
+    _dtype(grid.dtype)
+    peak = matmul_peak(grid.peak_n, repeats=grid.repeats, min_time=max(grid.min_time, 0.05), dtype=grid.dtype)
+    log(f"{grid.dtype} matmul peak (n={grid.peak_n}): {fmt_rate(peak['peak_flops_per_s'])}FLOP/s "
         f"(jax {fmt_rate(peak['jax_flops_per_s'])}, torch {fmt_rate(peak.get('torch_flops_per_s'))})")
     cases = build_cases(blocks, grid)
     results = []
@@ -723,6 +796,11 @@ def _torch_cell(row: Mapping[str, Any], variant: str, phase: str) -> str:
     return fmt_rate(e["examples_per_s"])
 
 
+def _torch_device_of(results: Sequence[Mapping[str, Any]]) -> str:
+    devices = sorted({r["torch"]["device"] for r in results if _get(r, "torch", "device")})
+    return ", ".join(devices) or "-"
+
+
 def render_markdown(doc: Mapping[str, Any]) -> str:
     """The tables of fusion.md."""
     env, peak, results, summary = doc["environment"], doc["peak"], doc["results"], doc["summary"]
@@ -738,9 +816,13 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
         f"numpy {env['numpy']}, python {env['python']}",
         f"- PyTorch eager is timed with {env.get('torch_threads')} (default) and 1 intra-op threads and the faster "
         "is reported (see `threads` in fusion.json); torch.compile uses the default",
-        f"- f32 matmul peak measured in this run (n={peak['n']}): **{fmt_rate(peak['peak_flops_per_s'])}FLOP/s** "
+        f"- {peak.get('dtype', 'float32')} matmul peak measured in this run (n={peak['n']}): "
+        f"**{fmt_rate(peak['peak_flops_per_s'])}FLOP/s** "
         f"(jax {fmt_rate(peak['jax_flops_per_s'])}, torch {fmt_rate(peak.get('torch_flops_per_s'))})",
-        "- examples/s are steady state (compile excluded), median of repeats; train = forward + backward "
+        f"- compute dtype {doc['grid'].get('dtype', 'float32')} (parameters float32); PyTorch on "
+        f"{_torch_device_of(results)}",
+        "- examples/s are steady state (compile excluded), median of rounds in which mmjax and PyTorch "
+        "are timed in turn (so the machine's drift hits both alike); train = forward + backward "
         "(gradient of mean(out^2) w.r.t. params); ratio = mmjax / PyTorch examples/s (> 1: mmjax faster)",
         "",
         "## Throughput vs batch (two modalities, dims "

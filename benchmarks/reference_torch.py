@@ -266,7 +266,9 @@ class LowRankRef(FusionReference):
 
     def load_flax(self, params):
         for n, f in zip(self.names, self.factors):
-            _copy(f, params[f"factor_{n}"], f"low_rank.factor_{n}")
+            # mmjax stores U (d, r, out) and the bias row c (r, out); the paper's factor is [c; U] per rank.
+            u, c = np.asarray(params[f"factor_{n}"]), np.asarray(params[f"factor_bias_{n}"])
+            _copy(f, np.concatenate([c[:, None], u.transpose(1, 0, 2)], axis=1), f"low_rank.factor_{n}")
         _copy(self.fusion_weights, params["fusion_weights"], "low_rank.fusion_weights")
         _copy(self.fusion_bias, np.asarray(params["fusion_bias"])[None], "low_rank.fusion_bias")
 

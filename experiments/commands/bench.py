@@ -1,6 +1,7 @@
 """``python -m experiments bench {fusion,train}``: throughput benchmarks.
 
-    python -m experiments bench fusion [--quick] [--out DIR] [--blocks a,b] [--torch-compile | --no-torch-compile]
+    python -m experiments bench fusion [--quick] [--out DIR] [--blocks a,b] [--dtype float32|bfloat16]
+                                       [--torch-compile | --no-torch-compile]
     python -m experiments bench train [--quick] [--out DIR]
 
 ``bench fusion`` writes DIR/fusion.json, DIR/fusion.md, DIR/throughput.png and
@@ -42,6 +43,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     help="also measure torch.compile (default: on in the full run, off in --quick)")
     tc.add_argument("--no-torch-compile", dest="torch_compile", action="store_false")
     f.add_argument("--no-plots", action="store_true", help="skip the matplotlib plots")
+    f.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="compute dtype of mmjax and the PyTorch references (params stay float32; "
+                        "bfloat16 is the GPU setting)")
 
     t = sub.add_parser("train", help="train-step throughput and MFU per model and parallel mode")
     t.add_argument("--quick", action="store_true")
@@ -60,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
             if args.quick and args.torch_compile:
                 # One compiled case per block keeps --quick short.
                 grid = dataclasses.replace(grid, torch_compile_batches=(grid.batches[0],))
+        grid = dataclasses.replace(grid, dtype=args.dtype)
         try:
             ft.run(args.out, grid=grid, blocks=_blocks(args.blocks), plots=not args.no_plots)
         except BenchmarkConfigError as e:

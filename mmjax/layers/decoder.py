@@ -45,6 +45,7 @@ from mmjax.layers.transformer import (
     MlpBlock,
     MultiHeadAttention,
     attention_mask,
+    dot_product_attention,
     layer_norm,
 )
 from mmjax.sharding import EMBED, HEADS, KV, LENGTH, MLP, VOCAB, logical
@@ -96,12 +97,12 @@ class CachedSelfAttention(nn.Module):
                 index.value = i + t
                 # Query at absolute position i + t' sees cached keys 0 .. i + t'.
                 allowed = jnp.arange(k.shape[1])[None, :] <= (i + jnp.arange(t))[:, None]
-                out = jax.nn.dot_product_attention(q, k, v, mask=allowed[None, None])
+                out = dot_product_attention(q, k, v, mask=allowed[None, None])
             else:  # the shape-defining init call: plain causal attention
-                out = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+                out = dot_product_attention(q, k, v, is_causal=True)
         else:
             m = None if mask is None else mask[:, None, None, :]
-            out = jax.nn.dot_product_attention(q, k, v, mask=m, is_causal=True)
+            out = dot_product_attention(q, k, v, mask=m, is_causal=True)
         out = HeadMerge(out_dim=d, dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
         return nn.Dropout(self.dropout_rate)(out, deterministic=not train)
 

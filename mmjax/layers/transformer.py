@@ -1,8 +1,10 @@
 """Transformer layers: multi-head attention, MLP, pre-LN block and a stack.
 
 Shared by the ViT / text / audio / video encoders, the attention fusion blocks
-and the caption decoder. Attention goes through ``jax.nn.dot_product_attention``
-so GPUs get fused (cuDNN flash) kernels where shapes allow.
+and the caption decoder. Attention goes through :func:`dot_product_attention`,
+which picks cuDNN's fused flash-attention kernel on a GPU for bf16/fp16 inputs
+of a shape it supports (``jax.nn.dot_product_attention`` alone always takes
+the XLA path unless told otherwise) and XLA's everywhere else.
 """
 from __future__ import annotations
 
@@ -38,6 +40,48 @@ def attention_mask(q_mask: Optional[Array], kv_mask: Optional[Array]) -> Optiona
     if kv_mask is None:
         return None
     return kv_mask[:, None, :]
+
+
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
+
+
+def cudnn_attention_applies(backend: str, dtype: Any, head_dim: int, q_len: int, kv_len: int,
+                            has_mask: bool) -> bool:
+    """Whether cuDNN flash attention can run these shapes (its documented limits).
+
+    GPU only, bf16/fp16 inputs, head dim a multiple of 8 and at most 128; with
+    a mask (cuDNN takes it as a bias), even query and key lengths.
+    """
+    return (
+        backend in ("gpu", "cuda")
+        and jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+        and head_dim % 8 == 0
+        and head_dim <= 128
+        and (not has_mask or (q_len % 2 == 0 and kv_len % 2 == 0))
+    )
+
+
+def dot_product_attention(q: Array, k: Array, v: Array, *, mask: Optional[Array] = None,
+                          is_causal: bool = False, implementation: str = "auto") -> Array:
+    """Scaled dot-product attention: q (B, T, N, H), k and v (B, S, N, H), mask
+    broadcastable to (B, N, T, S) bool (True = may attend) -> (B, T, N, H).
+
+    implementation: "auto" (cuDNN where :func:`cudnn_attention_applies`, XLA
+    otherwise), "xla", or "cudnn" (raises where cuDNN cannot run).
+    """
+    if implementation not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"attention implementation must be one of {ATTENTION_IMPLEMENTATIONS}, "
+                         f"got {implementation!r}")
+    if implementation == "auto":
+        if cudnn_attention_applies(jax.default_backend(), q.dtype, q.shape[-1], q.shape[1], k.shape[1],
+                                   mask is not None):
+            try:
+                return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
+                                                    implementation="cudnn")
+            except (NotImplementedError, RuntimeError):
+                pass  # a cuDNN limit not listed above (version, compute capability): XLA instead
+        implementation = "xla"
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, implementation=implementation)
 
 
 class HeadProjection(nn.Module):
@@ -139,7 +183,7 @@ class MultiHeadAttention(nn.Module):
         v = proj(name="value")(inputs_kv)
         if mask is not None:
             mask = mask[:, None, :, :]  # (B, 1, T, S): same mask for every head
-        out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal)
+        out = dot_product_attention(q, k, v, mask=mask, is_causal=causal)
         out = HeadMerge(
             out_dim=self.out_dim or inputs_q.shape[-1],
             dtype=self.dtype,

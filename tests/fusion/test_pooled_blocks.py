@@ -186,8 +186,10 @@ def reference(case_id, params, feats, mask):
         for i in range(cfg["rank"]):
             prod = 1.0
             for n in names:
+                # The paper's augmented factor (r, d + 1, out) from the stored bias row and U.
+                factor = np.concatenate([P[f"factor_bias_{n}"][:, None], P[f"factor_{n}"].transpose(1, 0, 2)], 1)
                 a = np.concatenate([np.ones((B, 1)), z[n]], -1)
-                prod = prod * (a @ P[f"factor_{n}"][i])
+                prod = prod * (a @ factor[i])
             out = out + P["fusion_weights"][0, i] * prod
         return out + P["fusion_bias"]
     if name == "bilinear":
@@ -280,7 +282,7 @@ def test_gradient_reaches_every_parameter(case_id):
         assert np.isfinite(g).all(), (case_id, jax.tree_util.keystr(path))
         assert np.abs(g).max() > 0, (case_id, jax.tree_util.keystr(path))
     if case.name == "low_rank":
-        assert all(f"factor_{m}" in grads for m in case.mods)
+        assert all(f"factor_{m}" in grads and f"factor_bias_{m}" in grads for m in case.mods)
 
 
 @pytest.mark.parametrize("case_id", ["tensor", "low_rank", "bilinear"])
@@ -351,7 +353,8 @@ def test_weights_carry_logical_axis_names():
 def test_low_rank_factors_are_params_with_rank_axis():
     case = get_case("low_rank")
     for m in case.mods:
-        assert case.params[f"factor_{m}"].shape == (3, DIMS[m] + 1, OUT)
+        assert case.params[f"factor_{m}"].shape == (DIMS[m], 3, OUT)
+        assert case.params[f"factor_bias_{m}"].shape == (3, OUT)
     assert case.params["fusion_weights"].shape == (1, 3)
 
 

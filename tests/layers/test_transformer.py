@@ -63,3 +63,40 @@ def test_scan_equals_unrolled(remat):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     g = jax.grad(lambda p: scan.apply({"params": p}, x).sum())(stacked)
     assert all(bool(jnp.any(leaf != 0)) for leaf in jax.tree.leaves(g))
+
+
+@pytest.mark.parametrize(
+    "backend, dtype, head_dim, q_len, kv_len, has_mask, expected",
+    [
+        ("gpu", jnp.bfloat16, 64, 16, 16, True, True),
+        ("gpu", jnp.float16, 128, 7, 9, False, True),    # no mask: odd lengths are fine
+        ("gpu", jnp.float32, 64, 16, 16, False, False),  # cuDNN flash attention is bf16/fp16 only
+        ("gpu", jnp.bfloat16, 60, 16, 16, False, False),  # head dim not a multiple of 8
+        ("gpu", jnp.bfloat16, 256, 16, 16, False, False),  # head dim over 128
+        ("gpu", jnp.bfloat16, 64, 1, 16, True, False),   # a mask (bias) needs even lengths
+        ("cpu", jnp.bfloat16, 64, 16, 16, False, False),
+    ],
+)
+def test_cudnn_attention_applies(backend, dtype, head_dim, q_len, kv_len, has_mask, expected):
+    from mmjax.layers.transformer import cudnn_attention_applies
+
+    assert cudnn_attention_applies(backend, dtype, head_dim, q_len, kv_len, has_mask) is expected
+
+
+def test_dot_product_attention_auto_matches_numpy_and_rejects_unknown():
+    from mmjax.layers.transformer import dot_product_attention
+
+    rng = np.random.default_rng(1)
+    q, k, v = (rng.normal(size=s).astype(np.float32) for s in [(2, 3, 2, 8), (2, 5, 2, 8), (2, 5, 2, 8)])
+    mask = np.ones((2, 1, 3, 5), bool)
+    mask[0, ..., 4:] = False
+    logits = np.einsum("btnh,bsnh->bnts", q, k) / np.sqrt(8)
+    logits = np.where(mask, logits, -1e30)
+    w = np.exp(logits - logits.max(-1, keepdims=True))
+    expected = np.einsum("bnts,bsnh->btnh", w / w.sum(-1, keepdims=True), v)
+    for impl in ("auto", "xla"):
+        got = dot_product_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), mask=jnp.asarray(mask),
+                                    implementation=impl)
+        np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="attention implementation must be one of"):
+        dot_product_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), implementation="flash")
