@@ -140,8 +140,8 @@ QUICK = Grid(
     scaling_modalities=(2, 4),
     scaling_dims=(16, 64),
     token_lengths=(16, 64),
-    repeats=3,
-    min_time=0.02,
+    repeats=5,
+    min_time=0.03,
     torch_compile=False,
     scaling_forward=False,
     peak_n=1024,
@@ -698,12 +698,12 @@ def run(
     if not blocks:
         raise BenchmarkConfigError("no fusion blocks to benchmark")
     grid = grid or (QUICK if quick else FULL)
+    _dtype(grid.dtype)
     os.makedirs(out_dir, exist_ok=True)
     started = time.perf_counter()
     env = environment()
     log(f"device: {env['device_kind']} ({env['cpu_model']}, {env['cpu_count']} cores), jax {env['jax']}, "
         f"torch {env['torch']}")
-    _dtype(grid.dtype)
     peak = matmul_peak(grid.peak_n, repeats=grid.repeats, min_time=max(grid.min_time, 0.05), dtype=grid.dtype)
     log(f"{grid.dtype} matmul peak (n={grid.peak_n}): {fmt_rate(peak['peak_flops_per_s'])}FLOP/s "
         f"(jax {fmt_rate(peak['jax_flops_per_s'])}, torch {fmt_rate(peak.get('torch_flops_per_s'))})")

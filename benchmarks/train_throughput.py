@@ -127,6 +127,7 @@ def time_train_step(
 
 # Per configuration: the experiment config (or a builder), per-example input shapes and C.
 LARGE_QUICK = {"image_size": 32, "patch": 8, "dim": 64, "layers": 2, "heads": 4, "text_len": 16, "vocab": 1000}
+DTYPES = ("float32", "bfloat16")
 LARGE_FULL = {"image_size": 64, "patch": 8, "dim": 256, "layers": 4, "heads": 8, "text_len": 64, "vocab": 8000}
 
 
@@ -183,10 +184,20 @@ def tiny_case() -> Dict[str, Any]:
             "description": "two vectors (6,) and (5,), MLP encoders of width 8, concat fusion"}
 
 
-def cases(quick: bool, tiny: bool = False) -> List[Dict[str, Any]]:
+def cases(quick: bool, tiny: bool = False, dtype: str = "float32", batch_size: Optional[int] = None
+          ) -> List[Dict[str, Any]]:
+    """The measured configurations; ``dtype`` is the models' compute dtype (params stay
+    float32), ``batch_size`` overrides the larger model's batch (a GPU wants hundreds)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"bench train: dtype must be one of {DTYPES}, got {dtype!r}")
     if tiny:
-        return [tiny_case()]
-    return [av_digits_case(16 if quick else None), vit_text_case(LARGE_QUICK if quick else LARGE_FULL, 16 if quick else 32)]
+        out = [tiny_case()]
+    else:
+        out = [av_digits_case(16 if quick else None),
+               vit_text_case(LARGE_QUICK if quick else LARGE_FULL, batch_size or (16 if quick else 32))]
+    for c in out:
+        c["config"].model.dtype = dtype
+    return out
 
 
 def measure_mode(case: Mapping[str, Any], mode: str, *, peak: Optional[float], repeats: int, steps_per_repeat: int,
@@ -248,7 +259,7 @@ def _worker(args: argparse.Namespace) -> int:
         raise SystemExit(f"bench train worker: expected {args.expect_devices} devices from XLA_FLAGS="
                          f"{os.environ.get('XLA_FLAGS', '')!r}, got {jax.device_count()}")
     results, errors = [], []
-    for case in cases(args.quick, args.tiny):
+    for case in cases(args.quick, args.tiny, args.dtype, args.batch_size):
         for mode in args.modes.split(","):
             try:
                 results.append(measure_mode(case, mode, peak=args.peak, repeats=args.repeats,
@@ -262,7 +273,8 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _in_subprocess(modes: Sequence[str], n_fake: int, *, quick: bool, tiny: bool, peak: Optional[float],
-                   repeats: int, steps: int, out_dir: str) -> Dict[str, Any]:
+                   repeats: int, steps: int, out_dir: str, dtype: str = "float32",
+                   batch_size: Optional[int] = None) -> Dict[str, Any]:
     path = os.path.join(out_dir, f"train_worker_{n_fake}dev.json")
     env = dict(os.environ)
     # First, so that a malformed inherited flag cannot swallow it.
@@ -275,7 +287,8 @@ def _in_subprocess(modes: Sequence[str], n_fake: int, *, quick: bool, tiny: bool
     cmd += ["--quick"] if quick else []
     cmd += ["--tiny"] if tiny else []
     cmd += ["--peak", repr(peak)] if peak else []
-    cmd += ["--expect-devices", str(n_fake)]
+    cmd += ["--expect-devices", str(n_fake), "--dtype", dtype]
+    cmd += ["--batch-size", str(batch_size)] if batch_size else []
     proc = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True)
     if proc.returncode != 0 or not os.path.exists(path):
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
@@ -307,12 +320,16 @@ def input_pipeline_result(quick: bool) -> Dict[str, Any]:
 
 
 def run(out_dir: str, *, quick: bool = False, tiny: bool = False, input_pipeline: bool = True,
-        modes: Sequence[str] = ("single", "pmap", "sharded"), log: Optional[Callable[[str], None]] = print) -> Dict[str, Any]:
+        modes: Sequence[str] = ("single", "pmap", "sharded"), dtype: str = "float32",
+        batch_size: Optional[int] = None, log: Optional[Callable[[str], None]] = print) -> Dict[str, Any]:
     """Train-step throughput per configuration and parallel mode; writes DIR/train.json and DIR/train.md.
 
     Args:
       quick: smaller models and fewer timed steps (a few minutes on CPU).
       tiny: one very small configuration (for tests).
+      dtype: compute dtype of the models, float32 or bfloat16 (parameters stay
+        float32); the matmul peak is measured in the same dtype.
+      batch_size: the larger model's batch (default 16 quick, 32 full).
       input_pipeline: also time the av_digits input pipeline alone when it is available.
       modes: the parallel modes to measure (subset of single, pmap, sharded).
     """
@@ -329,6 +346,10 @@ def run(out_dir: str, *, quick: bool = False, tiny: bool = False, input_pipeline
     bad = sorted(set(modes) - set(MODES))
     if bad:
         raise BenchmarkConfigError(f"bench train: unknown modes {bad}; choose from {list(MODES)}")
+    if dtype not in DTYPES:
+        raise BenchmarkConfigError(f"bench train: dtype must be one of {DTYPES}, got {dtype!r}")
+    if batch_size is not None and batch_size < 1:
+        raise BenchmarkConfigError(f"bench train: batch size must be >= 1, got {batch_size}")
     os.makedirs(out_dir, exist_ok=True)
     say = log or (lambda _: None)
     repeats, steps = (2, 2) if tiny else ((3, 3) if quick else (5, 10))
@@ -336,12 +357,13 @@ def run(out_dir: str, *, quick: bool = False, tiny: bool = False, input_pipeline
     env = environment()
     say("measuring the matmul peak...")
     peak = matmul_peak(256 if tiny else (1024 if quick else 2048), repeats=3, min_time=0.05 if tiny else 0.2,
-                       torch_too=not tiny)
+                       torch_too=not tiny, dtype=dtype)
+    all_cases = cases(quick, tiny, dtype, batch_size)
     peak_f = peak["peak_flops_per_s"]
     results: List[Dict[str, Any]] = []
     errors: List[Dict[str, Any]] = []
     multi = [m for m in ("pmap", "sharded") if m in modes]
-    for case in cases(quick, tiny) if "single" in modes else ():
+    for case in all_cases if "single" in modes else ():
         say(f"{case['name']}: single")
         try:
             results.append(measure_mode(case, "single", peak=peak_f, repeats=repeats, steps_per_repeat=steps,
@@ -354,7 +376,7 @@ def run(out_dir: str, *, quick: bool = False, tiny: bool = False, input_pipeline
         multi_note = "pmap and sharded were not measured in this run"
     elif n > 1 or not on_cpu:
         multi_note = f"pmap and sharded run on the {n} real {jax.devices()[0].platform} device(s) of this process"
-        for case in cases(quick, tiny):
+        for case in all_cases:
             for mode in multi:
                 say(f"{case['name']}: {mode}")
                 try:
@@ -369,13 +391,13 @@ def run(out_dir: str, *, quick: bool = False, tiny: bool = False, input_pipeline
                       "parallel machinery, not a speed-up; their MFU uses the single measured machine peak")
         say(f"pmap, sharded: subprocess with {n_fake} fake CPU devices")
         doc = _in_subprocess(multi, n_fake, quick=quick, tiny=tiny, peak=peak_f, repeats=repeats,
-                             steps=steps, out_dir=out_dir)
+                             steps=steps, out_dir=out_dir, dtype=dtype, batch_size=batch_size)
         results += doc["results"]
         errors += doc["errors"]
     pipeline = {"skipped": "disabled by the caller"} if not input_pipeline else input_pipeline_result(quick)
     doc = {
         "benchmark": "train",
-        "quick": quick, "tiny": tiny,
+        "quick": quick, "tiny": tiny, "dtype": dtype,
         "note": ("Inputs are random arrays of the real shapes (a speed measurement, not data). examples_per_s: "
                  "steady state with the batch already on device, compile excluded (compile_s); e2e_examples_per_s "
                  "adds put_batch from host numpy. MFU = XLA cost-analysis FLOPs of the compiled train step / "
@@ -384,7 +406,7 @@ def run(out_dir: str, *, quick: bool = False, tiny: bool = False, input_pipeline
         "environment": env, "peak": peak,
         "configs": [{"name": c["name"], "description": c["description"], "batch_size": int(c["config"].batch_size),
                      "inputs": {m: {"shape": list(s), "dtype": d} for m, (s, d) in c["inputs"].items()}}
-                    for c in cases(quick, tiny)],
+                    for c in all_cases],
         "results": results, "errors": errors, "input_pipeline": pipeline,
         "elapsed_s": time.time() - started,
     }
@@ -404,7 +426,9 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
              f"{env['date']}, {env['platform']} ({env['cpu_model']}, {env['cpu_count']} cores, "
              f"load average {env.get('load_average')}), jax {env['jax']}.", "",
              doc["note"], "", doc["multi_device"], "",
-             f"Matmul peak: {fmt_rate(doc['peak']['peak_flops_per_s'])}FLOP/s (n={doc['peak']['n']}, float32).", "",
+             f"Compute dtype {doc.get('dtype', 'float32')} (parameters float32). Matmul peak: "
+             f"{fmt_rate(doc['peak']['peak_flops_per_s'])}FLOP/s (n={doc['peak']['n']}, "
+             f"{doc['peak'].get('dtype', 'float32')}).", "",
              "| config | mode | devices | batch | compile s | step ms | examples/s | e2e examples/s | GFLOP/step | MFU |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in doc["results"]:
@@ -440,10 +464,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--steps", type=int, default=3, help=argparse.SUPPRESS)
     p.add_argument("--expect-devices", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--shared-cores", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--dtype", default="float32", choices=DTYPES)
+    p.add_argument("--batch-size", type=int, default=None)
     args = p.parse_args(argv)
     if args.worker:
         return _worker(args)
-    run(args.out, quick=args.quick, tiny=args.tiny)
+    run(args.out, quick=args.quick, tiny=args.tiny, dtype=args.dtype, batch_size=args.batch_size)
     return 0
 
 

@@ -2,7 +2,7 @@
 
     python -m experiments bench fusion [--quick] [--out DIR] [--blocks a,b] [--dtype float32|bfloat16]
                                        [--torch-compile | --no-torch-compile]
-    python -m experiments bench train [--quick] [--out DIR]
+    python -m experiments bench train [--quick] [--out DIR] [--dtype float32|bfloat16] [--batch-size N]
 
 ``bench fusion`` writes DIR/fusion.json, DIR/fusion.md, DIR/throughput.png and
 DIR/scaling.png (see ``benchmarks/fusion_throughput.py``). ``bench train``
@@ -50,6 +50,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train-step throughput and MFU per model and parallel mode")
     t.add_argument("--quick", action="store_true")
     t.add_argument("--out", default="bench_out")
+    t.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="compute dtype of the models (params stay float32); bfloat16 is the GPU setting")
+    t.add_argument("--batch-size", type=int, default=None,
+                   help="batch of the larger ViT + text model (default 16 with --quick, else 32)")
     return p
 
 
@@ -72,10 +76,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.bench_target == "train":
         from benchmarks import train_throughput as tt
+        from benchmarks.common import BenchmarkConfigError
 
         try:
-            tt.run(args.out, quick=args.quick)
-        except tt.TrainSystemUnavailable as e:
+            tt.run(args.out, quick=args.quick, dtype=args.dtype, batch_size=args.batch_size)
+        except (tt.TrainSystemUnavailable, BenchmarkConfigError) as e:
             raise UserError(str(e)) from None
         return 0
     raise UserError(f"unknown bench target {args.bench_target!r}; use 'fusion' or 'train'")

@@ -140,3 +140,40 @@ def test_bad_requests_fail_clearly(tmp_path):
     args = parser.parse_args(["bench", "fusion", "--blocks", ","])
     with pytest.raises(UserError, match="at least one"):
         bench.run(args)
+
+
+def test_time_interleaved_rotates_rounds_and_runs_hooks():
+    log = []
+
+    def contender(name):
+        return common.Contender(call=lambda: log.append(("call", name)) or name,
+                                sync=lambda out: log.append(("sync", out)),
+                                before=lambda: log.append(("before", name)))
+
+    t = common.time_interleaved({"a": contender("a"), "b": contender("b"), "c": contender("c")},
+                                repeats=4, min_time=0.0)
+    assert set(t) == {"a", "b", "c"} and all(x.repeats == 4 and x.iters == 1 for x in t.values())
+    assert all(0 < x.min_s <= x.median_s for x in t.values())
+    # Calibration first (before, warm-up, timed call per contender), then rounds whose order rotates.
+    timed = [e for e in log[3 * 5:] if e[0] == "before"]
+    assert [n for _, n in timed] == list("abc" "bca" "cab" "abc")
+    assert log.count(("sync", "a")) == 2 + 4  # warm-up, calibration, one per round
+    with pytest.raises(common.BenchmarkConfigError, match="at least one contender"):
+        common.time_interleaved({}, repeats=1)
+
+
+def test_bfloat16_run_is_mixed_precision_and_agrees_with_torch_autocast(tmp_path):
+    grid = dataclasses.replace(ft.TINY, dtype="bfloat16")
+    doc = ft.run(str(tmp_path), grid=grid, blocks=["concat", "low_rank", "cross_attention"], plots=False,
+                 log=lambda s: None)
+    assert doc["grid"]["dtype"] == "bfloat16" and doc["peak"]["dtype"] == "bfloat16"
+    for r in doc["results"]:
+        assert "error" not in r, r.get("error")
+        assert r["torch"]["device"] == ft.torch_device()
+        # Both sides compute in bf16 (8 bits of mantissa): agreement to bf16 precision, not f32.
+        assert r["torch"]["max_rel_diff_vs_jax"] < 0.05, r["block"]
+        assert r["jax"]["train"]["examples_per_s"] > 0
+    assert "compute dtype bfloat16" in (tmp_path / "fusion.md").read_text()
+    with pytest.raises(common.BenchmarkConfigError, match="dtype must be one of"):
+        ft.run(str(tmp_path), grid=dataclasses.replace(ft.TINY, dtype="float8"), blocks=["concat"],
+               log=lambda s: None)

@@ -87,3 +87,17 @@ def test_unknown_mode_is_a_clear_error(tmp_path):
 
     with pytest.raises(BenchmarkConfigError, match="unknown modes.*'dp'"):
         tt.run(str(tmp_path), tiny=True, modes=("dp",), log=None)
+
+
+def test_bfloat16_tiny_run_and_bad_arguments(tmp_path):
+    from benchmarks.common import BenchmarkConfigError
+
+    doc = tt.run(str(tmp_path), tiny=True, input_pipeline=False, modes=("single",), dtype="bfloat16", log=None)
+    assert doc["dtype"] == "bfloat16" and doc["peak"]["dtype"] == "bfloat16"
+    assert doc["errors"] == [] and doc["results"][0]["examples_per_s"] > 0
+    assert np.isfinite(doc["results"][0]["loss_after_steps"])
+    assert "Compute dtype bfloat16" in (tmp_path / "train.md").read_text()
+    with pytest.raises(BenchmarkConfigError, match="dtype must be one of"):
+        tt.run(str(tmp_path), tiny=True, modes=("single",), dtype="float16", log=None)
+    with pytest.raises(BenchmarkConfigError, match="batch size must be >= 1"):
+        tt.run(str(tmp_path), tiny=True, modes=("single",), batch_size=0, log=None)
