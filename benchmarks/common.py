@@ -22,7 +22,7 @@ import os
 import platform
 import statistics
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 
 class BenchmarkConfigError(ValueError):
@@ -222,16 +222,12 @@ def environment() -> Dict[str, Any]:
     return env
 
 
-def matmul_peak(n: int = 1024, *, repeats: int = 5, min_time: float = 0.2, torch_too: bool = True,
-                dtype: str = "float32") -> Dict[str, Any]:
-    """This machine's matmul throughput, measured now: the peak that achieved
-    FLOP/s are compared with.
+def matmul_contenders(n: int = 1024, *, dtype: str = "float32", torch_too: bool = True
+                      ) -> Tuple[Dict[str, Contender], Optional[str]]:
+    """Square (n, n) @ (n, n) matmuls in ``dtype``: "jax", and "torch" on the same
+    device (the GPU when jax runs on one) if PyTorch is installed.
 
-    A square (n, n) @ (n, n) matmul in ``dtype`` (float32 or bfloat16), 2 n^3
-    FLOPs, in JAX and, if available, in PyTorch on the same device (the GPU
-    when jax runs on one), timed in interleaved rounds. ``peak_flops_per_s``
-    is the larger of the two, so the share of peak is never flattered by a
-    slow implementation.
+    Returns (contenders, why torch is missing or None). Each call is 2 n^3 FLOPs.
     """
     import jax
     import jax.numpy as jnp
@@ -243,18 +239,30 @@ def matmul_peak(n: int = 1024, *, repeats: int = 5, min_time: float = 0.2, torch
     a, b = jnp.asarray(a_np, dtype), jnp.asarray(b_np, dtype)
     mm = jax.jit(jnp.matmul).lower(a, b).compile()
     contenders = {"jax": Contender(lambda: mm(a, b), sync=jax.block_until_ready)}
-    torch_error = None
-    if torch_too:
-        try:
-            import torch
+    if not torch_too:
+        return contenders, None
+    try:
+        import torch
+    except ImportError as e:
+        return contenders, str(e)
+    device = "cuda" if jax.devices()[0].platform == "gpu" and torch.cuda.is_available() else "cpu"
+    ta = torch.from_numpy(a_np).to(device, getattr(torch, dtype))
+    tb = torch.from_numpy(b_np).to(device, getattr(torch, dtype))
+    sync = (lambda y: torch.cuda.synchronize()) if device == "cuda" else (lambda y: y)
+    contenders["torch"] = Contender(lambda: torch.mm(ta, tb), sync=sync)
+    return contenders, None
 
-            device = "cuda" if jax.devices()[0].platform == "gpu" and torch.cuda.is_available() else "cpu"
-            ta = torch.from_numpy(a_np).to(device, getattr(torch, dtype))
-            tb = torch.from_numpy(b_np).to(device, getattr(torch, dtype))
-            sync = (lambda y: torch.cuda.synchronize()) if device == "cuda" else (lambda y: y)
-            contenders["torch"] = Contender(lambda: torch.mm(ta, tb), sync=sync)
-        except ImportError as e:
-            torch_error = str(e)
+
+def matmul_peak(n: int = 1024, *, repeats: int = 5, min_time: float = 0.2, torch_too: bool = True,
+                dtype: str = "float32") -> Dict[str, Any]:
+    """This machine's matmul throughput, measured now: the peak that achieved
+    FLOP/s are compared with.
+
+    :func:`matmul_contenders` timed in interleaved rounds; ``peak_flops_per_s``
+    is the faster of jax and PyTorch, so the share of peak is never flattered
+    by a slow implementation.
+    """
+    contenders, torch_error = matmul_contenders(n, dtype=dtype, torch_too=torch_too)
     timings = time_interleaved(contenders, repeats=repeats, min_time=min_time)
     flops = 2.0 * n**3
     out: Dict[str, Any] = {"n": n, "dtype": dtype, "jax_flops_per_s": flops / timings["jax"].median_s,

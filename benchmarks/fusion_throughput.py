@@ -7,8 +7,10 @@ sizes this measures, in one run on one machine:
   examples/s in steady state, compile time reported separately;
 * parameters (counted, and from the cost model), forward FLOPs per example
   from the cost model next to XLA's own count for the compiled programs;
-* achieved FLOP/s (XLA's count / time) as a share of the f32 matmul peak
-  measured at the start of the run;
+* achieved FLOP/s (XLA's count / time) as a share of the matmul peak
+  measured at the start of the run; for the ``large`` cases, whose share of
+  peak is a target, a square matmul is timed in the same interleaved rounds
+  as the block and the share is of that contemporaneous peak;
 * memory of the compiled programs (temp + argument + output bytes);
 * the PyTorch reference of the block (``benchmarks.reference_torch``) at the
   same sizes and dtype, eager and ``torch.compile``, and the ratio
@@ -45,6 +47,7 @@ from benchmarks.common import (
     environment,
     fmt_bytes,
     fmt_rate,
+    matmul_contenders,
     matmul_peak,
     memory_bytes,
     time_calls,
@@ -471,14 +474,21 @@ def prepare_torch(case: Case, grid: Grid, inputs: Mapping[str, np.ndarray], para
             "_module": module, "_makers": makers, "_sync": sync}
 
 
-def _time_phase(jax_call: Contender, torch_calls: Optional[Mapping[int, Contender]], case: Case,
-                grid: Grid) -> Tuple[Timing, Dict[int, Timing]]:
-    """mmjax and every PyTorch variant of one phase, timed in interleaved rounds."""
+def _time_phase(jax_call: Contender, torch_calls: Optional[Mapping[int, Contender]], case: Case, grid: Grid,
+                peak_calls: Optional[Mapping[str, Contender]] = None
+                ) -> Tuple[Timing, Dict[int, Timing], Optional[float]]:
+    """mmjax, every PyTorch variant of one phase and, if given, the peak matmuls,
+    timed in interleaved rounds. Returns (mmjax, PyTorch by threads, peak FLOP/s or None)."""
     contenders = {"jax": jax_call}
     for n, c in (torch_calls or {}).items():
         contenders[f"torch@{n}"] = c
+    for n, c in (peak_calls or {}).items():
+        contenders[f"peak@{n}"] = c
     timings = time_interleaved(contenders, repeats=grid.repeats, min_time=grid.min_time)
-    return timings["jax"], {n: timings[f"torch@{n}"] for n in (torch_calls or {})}
+    peak = None
+    if peak_calls:
+        peak = max(2.0 * grid.peak_n**3 / timings[f"peak@{n}"].median_s for n in peak_calls)
+    return timings["jax"], {n: timings[f"torch@{n}"] for n in (torch_calls or {})}, peak
 
 
 def _measure_torch_compile(tres: Mapping[str, Any], case: Case, grid: Grid) -> Dict[str, Any]:
@@ -510,8 +520,15 @@ def _ratio(jax_res: Mapping[str, Any], torch_res: Mapping[str, Any], variant: st
         return None
 
 
-def measure_case(case: Case, grid: Grid, peak: float) -> Dict[str, Any]:
-    """Everything about one case, as a JSON-ready dict (errors recorded, not raised)."""
+def measure_case(case: Case, grid: Grid, peak: float,
+                 peak_calls: Optional[Mapping[str, Contender]] = None) -> Dict[str, Any]:
+    """Everything about one case, as a JSON-ready dict (errors recorded, not raised).
+
+    ``peak`` is the run's matmul peak (FLOP/s). For the ``large`` cases, where
+    the share of peak is the target, ``peak_calls`` (:func:`matmul_contenders`)
+    are timed in the same rounds as the block and the share is taken of that
+    contemporaneous peak (``peak_flops_per_s`` in the phase's entry).
+    """
     row: Dict[str, Any] = {
         "block": case.block,
         "group": case.group,
@@ -539,12 +556,14 @@ def measure_case(case: Case, grid: Grid, peak: float) -> Dict[str, Any]:
     eager: Dict[str, Any] = {}
     try:
         for phase, call in jax_calls.items():
-            jt, tt = _time_phase(call, torch_calls.get(phase), case, grid)
+            local = peak_calls if case.group == "large" else None
+            jt, tt, local_peak = _time_phase(call, torch_calls.get(phase), case, grid, local)
             jres[phase].update(timing=jt.as_dict(), examples_per_s=_throughput(case.batch, jt))
             flops = jres[phase]["xla_flops"]
             if flops is not None:
                 jres[phase]["flops_per_s"] = flops / jt.median_s
-                jres[phase]["share_of_peak"] = jres[phase]["flops_per_s"] / peak
+                jres[phase]["peak_flops_per_s"] = local_peak or peak
+                jres[phase]["share_of_peak"] = jres[phase]["flops_per_s"] / (local_peak or peak)
             if tt:
                 rates = {n: _throughput(case.batch, t) for n, t in tt.items()}
                 best = max(rates, key=rates.get)
@@ -708,6 +727,7 @@ def run(
     log(f"{grid.dtype} matmul peak (n={grid.peak_n}): {fmt_rate(peak['peak_flops_per_s'])}FLOP/s "
         f"(jax {fmt_rate(peak['jax_flops_per_s'])}, torch {fmt_rate(peak.get('torch_flops_per_s'))})")
     cases = build_cases(blocks, grid)
+    peak_calls = matmul_contenders(grid.peak_n, dtype=grid.dtype)[0] if any(c.group == "large" for c in cases) else None
     results = []
     done: Dict[Any, Dict[str, Any]] = {}
     for i, case in enumerate(cases):
@@ -717,7 +737,7 @@ def run(
         if key in done:
             row = {**done[key], "group": case.group}
         else:
-            row = measure_case(case, grid, peak["peak_flops_per_s"])
+            row = measure_case(case, grid, peak["peak_flops_per_s"], peak_calls)
             done[key] = row
         results.append(row)
         # Partial results survive an interrupted run.
@@ -867,7 +887,8 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
         "## Cost: analytic model vs XLA, achieved FLOP/s",
         "",
         "Per example, forward. XLA counts every op (elementwise too); the cost model counts the "
-        "matmul-like contractions (see each block's cost function).",
+        "matmul-like contractions (see each block's cost function). % peak: of the run's matmul peak; "
+        "for the `large` group, of a square matmul timed in the same rounds as the block.",
         "",
         "| block | group | batch | dims | out | params (counted / model) | FLOPs model | FLOPs XLA fwd | "
         "FLOPs XLA train | fwd FLOP/s (% peak) | train FLOP/s (% peak) | fwd memory |",

@@ -177,3 +177,14 @@ def test_bfloat16_run_is_mixed_precision_and_agrees_with_torch_autocast(tmp_path
     with pytest.raises(common.BenchmarkConfigError, match="dtype must be one of"):
         ft.run(str(tmp_path), grid=dataclasses.replace(ft.TINY, dtype="float8"), blocks=["concat"],
                log=lambda s: None)
+
+
+def test_large_cases_take_the_share_of_a_peak_timed_beside_them(tmp_path):
+    grid = dataclasses.replace(ft.TINY, large=True, batches=())
+    doc = ft.run(str(tmp_path), grid=grid, blocks=["concat"], plots=False, log=lambda s: None)
+    (row,) = [r for r in doc["results"] if r["group"] == "large"]
+    for phase in ("fwd", "train"):
+        j = row["jax"][phase]
+        assert j["peak_flops_per_s"] > 0
+        assert j["share_of_peak"] == pytest.approx(j["flops_per_s"] / j["peak_flops_per_s"])
+    assert [p["block"] for p in doc["summary"]["peak_shares"]] == ["concat", "concat"]
