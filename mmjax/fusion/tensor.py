@@ -195,25 +195,28 @@ class LowRankFusion(nn.Module):
         if self.rank < 1:
             raise FusionInputError(f"low_rank: config rank must be >= 1, got {self.rank}")
         r, o = self.rank, self.out_dim
-        prod = None
-        for n in inputs.names:
-            z = inputs.pooled[n].astype(self.dtype)
-            d = z.shape[-1]
-            # Fan-in per rank slice is d_m + 1 (the paper's augmented input), for U and c alike.
-            u = self.param(f"factor_{n}", logical(_factor_init(d + 1), (FUSION_IN, RANK, FUSION_OUT)),
-                           (d, r, o), self.param_dtype)
-            c = self.param(f"factor_bias_{n}", logical(_factor_init(d + 1), (RANK, FUSION_OUT)),
-                           (r, o), self.param_dtype)
-            term = z @ u.reshape(d, r * o).astype(self.dtype) + c.reshape(r * o).astype(self.dtype)
-            prod = term if prod is None else prod * term
         w = self.param("fusion_weights", logical(nn.initializers.xavier_normal(), (None, RANK)),
                        (1, r), self.param_dtype)
         b = self.param("fusion_bias", logical(nn.initializers.zeros_init(), (FUSION_OUT,)),
                        (o,), self.param_dtype)
-        # The rank mix as a multiply and a sum over r: as a contraction over the
-        # middle axis of (B, r, out) it is a strided dot, several times slower.
-        mixed = (prod.reshape(-1, r, o) * w.reshape(r, 1).astype(self.dtype)).sum(axis=1)
-        return mixed + b.astype(self.dtype)
+        prod = None
+        for i, n in enumerate(inputs.names):
+            z = inputs.pooled[n].astype(self.dtype)
+            d = z.shape[-1]
+            # Fan-in per rank slice is d_m + 1 (the paper's augmented input), for U and c alike.
+            u = self.param(f"factor_{n}", logical(_factor_init(d + 1), (FUSION_IN, RANK, FUSION_OUT)),
+                           (d, r, o), self.param_dtype).astype(self.dtype)
+            c = self.param(f"factor_bias_{n}", logical(_factor_init(d + 1), (RANK, FUSION_OUT)),
+                           (r, o), self.param_dtype).astype(self.dtype)
+            if i == len(inputs.names) - 1:
+                # The rank mix sum_i w_i (...) folded into the last factor: the mix is then a
+                # plain sum over r (as a multiply-and-sum or a contraction over the middle
+                # axis of (B, r, out) it is 1.2-1.3x slower at batch 512).
+                wr = w.reshape(r).astype(self.dtype)
+                u, c = u * wr[None, :, None], c * wr[:, None]
+            term = z @ u.reshape(d, r * o) + c.reshape(r * o)
+            prod = term if prod is None else prod * term
+        return prod.reshape(-1, r, o).sum(axis=1) + b.astype(self.dtype)
 
 
 # lecun_normal's stddev correction for a normal truncated at two standard deviations.
