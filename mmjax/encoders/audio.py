@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from mmjax.encoders import audio_frontend
 from mmjax.encoders.common import (
+    block_max_pool,
     EncoderInputError,
     flatten_pool,
     channel_norm,
@@ -142,7 +143,7 @@ class AudioCnnEncoder(_AudioBase):
                 h = conv(width, (3, 3), dtype=self.dtype, param_dtype=self.param_dtype, name=f"conv_{s}_{j}")(h)
                 h = nn.relu(channel_norm(self.dtype, self.param_dtype, name=f"norm_{s}_{j}")(h))
             h = jnp.where(m[:, :, None, None], h, 0)
-            h = nn.max_pool(h, (2, 2), strides=(2, 2), padding="SAME")
+            h = block_max_pool(h, (2, 2))
             m = downsample_mask(m, 2, h.shape[1])
         tokens = h.mean(2)
         if self.out_dim is not None:

@@ -76,6 +76,32 @@ def conv(
     )
 
 
+def block_max_pool(x: Array, window: Sequence[int]) -> Array:
+    """Max pooling whose stride is its window, with "SAME" padding:
+    (B, *S, C) -> (B, *ceil(S / window), C).
+
+    The values of ``nn.max_pool(x, window, strides=window, padding="SAME")``,
+    computed as a reshape and a max over the window axes. The gradient then is
+    elementwise (ties share it); reduce_window's select-and-scatter gradient
+    becomes, on XLA:CPU, a scatter over index tensors that took about half of
+    the av_digits train step.
+    """
+    spatial = x.shape[1:-1]
+    if len(window) != len(spatial):
+        raise ValueError(f"block_max_pool: window {tuple(window)} for {len(spatial)} spatial dims {spatial}")
+    pads, shape = [(0, 0)], [x.shape[0]]
+    for n, w in zip(spatial, window):
+        out = -(-n // w)
+        total = out * w - n  # XLA's SAME rule: the smaller half before, the rest after
+        pads.append((total // 2, total - total // 2))
+        shape += [out, w]
+    pads.append((0, 0))
+    shape.append(x.shape[-1])
+    if any(p != (0, 0) for p in pads):
+        x = jnp.pad(x, pads, constant_values=-jnp.inf)
+    return x.reshape(shape).max(axis=tuple(range(2, 2 * len(window) + 1, 2)))
+
+
 def channel_norm(dtype: Any, param_dtype: Any, name: Optional[str] = None) -> nn.LayerNorm:
     """LayerNorm over channels only: per position, so padded positions never
     leak into real ones (unlike BatchNorm/GroupNorm statistics)."""

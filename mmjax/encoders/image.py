@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from mmjax.encoders.common import (
+    block_max_pool,
     EncoderInputError,
     flatten_pool,
     channel_norm,
@@ -76,7 +77,7 @@ class CnnEncoder(nn.Module):
                          name=f"conv_{s}_{j}")(h)
                 h = channel_norm(self.dtype, self.param_dtype, name=f"norm_{s}_{j}")(h)
                 h = nn.relu(h)
-            h = nn.max_pool(h, (2, 2), strides=(2, 2), padding="SAME")
+            h = block_max_pool(h, (2, 2))
         project = None
         if self.out_dim is not None:
             project = dense(self.out_dim, axes=(CONV_OUT, EMBED), dtype=self.dtype,

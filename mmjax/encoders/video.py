@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from mmjax.encoders.common import (
+    block_max_pool,
     EncoderInputError,
     channel_norm,
     check_mask,
@@ -176,7 +177,7 @@ class VideoCnnEncoder(nn.Module):
                 h = conv(width, (3, 3, 3), dtype=self.dtype, param_dtype=self.param_dtype, name=f"conv_{s}_{j}")(h)
                 h = nn.relu(channel_norm(self.dtype, self.param_dtype, name=f"norm_{s}_{j}")(h))
             h = jnp.where(m[:, :, None, None, None], h, 0)
-            h = nn.max_pool(h, window, strides=window, padding="SAME")
+            h = block_max_pool(h, window)
             m = downsample_mask(m, window[0], h.shape[1])
         tokens = h.mean((2, 3))
         if self.out_dim is not None:
