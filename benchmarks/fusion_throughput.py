@@ -476,19 +476,18 @@ def prepare_torch(case: Case, grid: Grid, inputs: Mapping[str, np.ndarray], para
 
 def _time_phase(jax_call: Contender, torch_calls: Optional[Mapping[int, Contender]], case: Case, grid: Grid,
                 peak_calls: Optional[Mapping[str, Contender]] = None
-                ) -> Tuple[Timing, Dict[int, Timing], Optional[float]]:
+                ) -> Tuple[Timing, Dict[int, Timing], Dict[str, float]]:
     """mmjax, every PyTorch variant of one phase and, if given, the peak matmuls,
-    timed in interleaved rounds. Returns (mmjax, PyTorch by threads, peak FLOP/s or None)."""
+    timed in interleaved rounds. Returns (mmjax, PyTorch by threads, matmul FLOP/s by
+    implementation; empty without peak_calls)."""
     contenders = {"jax": jax_call}
     for n, c in (torch_calls or {}).items():
         contenders[f"torch@{n}"] = c
     for n, c in (peak_calls or {}).items():
         contenders[f"peak@{n}"] = c
     timings = time_interleaved(contenders, repeats=grid.repeats, min_time=grid.min_time)
-    peak = None
-    if peak_calls:
-        peak = max(2.0 * grid.peak_n**3 / timings[f"peak@{n}"].median_s for n in peak_calls)
-    return timings["jax"], {n: timings[f"torch@{n}"] for n in (torch_calls or {})}, peak
+    peaks = {n: 2.0 * grid.peak_n**3 / timings[f"peak@{n}"].median_s for n in (peak_calls or {})}
+    return timings["jax"], {n: timings[f"torch@{n}"] for n in (torch_calls or {})}, peaks
 
 
 def _measure_torch_compile(tres: Mapping[str, Any], case: Case, grid: Grid) -> Dict[str, Any]:
@@ -557,8 +556,13 @@ def measure_case(case: Case, grid: Grid, peak: float,
     try:
         for phase, call in jax_calls.items():
             local = peak_calls if case.group == "large" else None
-            jt, tt, local_peak = _time_phase(call, torch_calls.get(phase), case, grid, local)
+            jt, tt, local_peaks = _time_phase(call, torch_calls.get(phase), case, grid, local)
             jres[phase].update(timing=jt.as_dict(), examples_per_s=_throughput(case.batch, jt))
+            if local_peaks:
+                # The same square matmul in jax and PyTorch: how fast each framework's own
+                # GEMM is on this machine, next to the block's ratio.
+                jres[phase]["matmul_flops_per_s"] = local_peaks
+            local_peak = max(local_peaks.values()) if local_peaks else None
             flops = jres[phase]["xla_flops"]
             if flops is not None:
                 jres[phase]["flops_per_s"] = flops / jt.median_s
@@ -606,7 +610,8 @@ def summarize(results: Sequence[Mapping[str, Any]], blocks: Sequence[str]) -> Di
     misses: List[str] = []
     met: List[str] = []
     for name in blocks:
-        rows = sorted(_rows(results, "batch", name) + _rows(results, "tokens", name), key=lambda r: r["batch"])
+        rows = sorted(_rows(results, "batch", name) + _rows(results, "tokens", name) + _rows(results, "large", name),
+                      key=lambda r: r["batch"])
         rows = [r for r in rows if "ratio" in r]
         if not rows:
             misses.append(f"{name}: no PyTorch comparison available")
@@ -615,7 +620,8 @@ def summarize(results: Sequence[Mapping[str, Any]], blocks: Sequence[str]) -> Di
             for key, v in r["ratio"].items():
                 if v is None:
                     continue
-                where = f"{name} {key} batch={r['batch']}" + (f" T={r['token_length']}" if r["token_length"] else "")
+                where = (f"{name} {key} batch={r['batch']}" + (f" T={r['token_length']}" if r["token_length"] else "")
+                         + (f" dims={r['dims']} out={r['out_dim']} (large)" if r["group"] == "large" else ""))
                 if v < TARGET_RATIO:
                     misses.append(f"{where}: mmjax/PyTorch = {v:.2f} (< {TARGET_RATIO})")
         small = rows[0]
@@ -910,6 +916,18 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
             f"| {fmt_rate(_get(j, 'train', 'flops_per_s'))} ({_pct(_get(j, 'train', 'share_of_peak'))}) "
             f"| {fmt_bytes(_get(j, 'fwd', 'memory', 'total'))} |"
         )
+
+    large = [r for r in _rows(results, "large") if "ratio" in r]
+    if large:
+        lines += ["", "At the large sizes each phase is timed in the same rounds as a square "
+                  f"{doc['grid']['peak_n']}² matmul in jax and in PyTorch; where one framework's own GEMM "
+                  "is faster, that bounds the block's ratio:", "",
+                  "| block | phase | mmjax / PyTorch (block) | jax / PyTorch (square matmul) |", "|---|---|---|---|"]
+        for r in large:
+            for phase in ("fwd", "train"):
+                mm = _get(r, "jax", phase, "matmul_flops_per_s") or {}
+                mm_ratio = mm["jax"] / mm["torch"] if mm.get("jax") and mm.get("torch") else None
+                lines.append(f"| {r['block']} | {phase} | {_x(_get(r, 'ratio', f'{phase}_eager'))} | {_x(mm_ratio)} |")
 
     for group, title in (("modalities", "Scaling with the number of modalities"),
                          ("dims", "Scaling with the per-modality dim (two modalities)")):

@@ -187,4 +187,10 @@ def test_large_cases_take_the_share_of_a_peak_timed_beside_them(tmp_path):
         j = row["jax"][phase]
         assert j["peak_flops_per_s"] > 0
         assert j["share_of_peak"] == pytest.approx(j["flops_per_s"] / j["peak_flops_per_s"])
+        assert j["peak_flops_per_s"] == max(j["matmul_flops_per_s"].values())
+        assert set(j["matmul_flops_per_s"]) == {"jax", "torch"}
     assert [p["block"] for p in doc["summary"]["peak_shares"]] == ["concat", "concat"]
+    # Large sizes count towards the "at least as fast as PyTorch" target too.
+    listed = doc["summary"]["targets"]["missed"] + doc["summary"]["targets"]["met"]
+    assert any("(large)" in m for m in listed) or all(v >= 1.0 for v in row["ratio"].values() if v)
+    assert "square 128² matmul in jax and in PyTorch" in (tmp_path / "fusion.md").read_text()
