@@ -249,7 +249,10 @@ def matmul_contenders(n: int = 1024, *, dtype: str = "float32", torch_too: bool 
     ta = torch.from_numpy(a_np).to(device, getattr(torch, dtype))
     tb = torch.from_numpy(b_np).to(device, getattr(torch, dtype))
     sync = (lambda y: torch.cuda.synchronize()) if device == "cuda" else (lambda y: y)
-    contenders["torch"] = Contender(lambda: torch.mm(ta, tb), sync=sync)
+    # Its own thread count every time: contenders timed beside it may change torch's.
+    threads = torch.get_num_threads()
+    contenders["torch"] = Contender(lambda: torch.mm(ta, tb), sync=sync,
+                                    before=lambda: torch.set_num_threads(threads))
     return contenders, None
 
 
