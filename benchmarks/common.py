@@ -25,6 +25,10 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 
+# Compute dtypes the benchmarks measure (parameters stay float32).
+DTYPES = ("float32", "bfloat16")
+
+
 class BenchmarkConfigError(ValueError):
     """A benchmark was asked for something it cannot run (unknown block, bad grid)."""
 
@@ -222,6 +226,16 @@ def environment() -> Dict[str, Any]:
     return env
 
 
+def torch_device() -> str:
+    """Where PyTorch runs next to jax: the GPU when jax runs on one and torch sees it."""
+    import jax
+    import torch
+
+    if jax.devices()[0].platform == "gpu" and torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
 def matmul_contenders(n: int = 1024, *, dtype: str = "float32", torch_too: bool = True
                       ) -> Tuple[Dict[str, Contender], Optional[str]]:
     """Square (n, n) @ (n, n) matmuls in ``dtype``: "jax", and "torch" on the same
@@ -245,7 +259,7 @@ def matmul_contenders(n: int = 1024, *, dtype: str = "float32", torch_too: bool 
         import torch
     except ImportError as e:
         return contenders, str(e)
-    device = "cuda" if jax.devices()[0].platform == "gpu" and torch.cuda.is_available() else "cpu"
+    device = torch_device()
     ta = torch.from_numpy(a_np).to(device, getattr(torch, dtype))
     tb = torch.from_numpy(b_np).to(device, getattr(torch, dtype))
     sync = (lambda y: torch.cuda.synchronize()) if device == "cuda" else (lambda y: y)

@@ -41,6 +41,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 import numpy as np
 
 from benchmarks.common import (
+    DTYPES,
     BenchmarkConfigError,
     Contender,
     Timing,
@@ -51,6 +52,7 @@ from benchmarks.common import (
     matmul_peak,
     memory_bytes,
     time_calls,
+    torch_device,
     time_interleaved,
     write_json,
     xla_flops,
@@ -68,7 +70,6 @@ TARGET_SMALL_BATCH_RATIO = 1.2  # "clearly faster" at the smallest batch
 TARGET_PEAK_SHARE = 0.60     # matmul-heavy blocks at large sizes
 
 MATMUL_HEAVY = ("concat", "tensor", "low_rank", "bilinear")
-DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -392,16 +393,6 @@ def _dtype_config(name: str, dtype: Any) -> Dict[str, Any]:
     if dtype == jnp.float32 or not dataclasses.is_dataclass(cls):
         return {}
     return {"dtype": dtype} if "dtype" in {f.name for f in dataclasses.fields(cls)} else {}
-
-
-def torch_device() -> str:
-    """Where the PyTorch references run: the GPU when jax runs on one and torch sees it."""
-    import jax
-    import torch
-
-    if jax.devices()[0].platform == "gpu" and torch.cuda.is_available():
-        return "cuda"
-    return "cpu"
 
 
 def prepare_torch(case: Case, grid: Grid, inputs: Mapping[str, np.ndarray], params: Any) -> Dict[str, Any]:

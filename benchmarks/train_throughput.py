@@ -32,6 +32,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from benchmarks.common import DTYPES
+
 
 class TrainSystemUnavailable(RuntimeError):
     """``mmjax.train`` is not available in this checkout."""
@@ -127,7 +129,6 @@ def time_train_step(
 
 # Per configuration: the experiment config (or a builder), per-example input shapes and C.
 LARGE_QUICK = {"image_size": 32, "patch": 8, "dim": 64, "layers": 2, "heads": 4, "text_len": 16, "vocab": 1000}
-DTYPES = ("float32", "bfloat16")
 LARGE_FULL = {"image_size": 64, "patch": 8, "dim": 256, "layers": 4, "heads": 8, "text_len": 64, "vocab": 8000}
 
 

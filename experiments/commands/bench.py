@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 from typing import List, Optional
 
+from benchmarks.common import DTYPES
 from experiments.errors import UserError
 
 
@@ -43,14 +44,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     help="also measure torch.compile (default: on in the full run, off in --quick)")
     tc.add_argument("--no-torch-compile", dest="torch_compile", action="store_false")
     f.add_argument("--no-plots", action="store_true", help="skip the matplotlib plots")
-    f.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+    f.add_argument("--dtype", default="float32", choices=DTYPES,
                    help="compute dtype of mmjax and the PyTorch references (params stay float32; "
                         "bfloat16 is the GPU setting)")
 
     t = sub.add_parser("train", help="train-step throughput and MFU per model and parallel mode")
     t.add_argument("--quick", action="store_true")
     t.add_argument("--out", default="bench_out")
-    t.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+    t.add_argument("--dtype", default="float32", choices=DTYPES,
                    help="compute dtype of the models (params stay float32); bfloat16 is the GPU setting")
     t.add_argument("--batch-size", type=int, default=None,
                    help="batch of the larger ViT + text model (default 16 with --quick, else 32)")

@@ -83,8 +83,8 @@ def block_max_pool(x: Array, window: Sequence[int]) -> Array:
     The values of ``nn.max_pool(x, window, strides=window, padding="SAME")``,
     computed as a reshape and a max over the window axes. The gradient then is
     elementwise (ties share it); reduce_window's select-and-scatter gradient
-    becomes, on XLA:CPU, a scatter over index tensors that took about half of
-    the av_digits train step.
+    becomes, on XLA:CPU, a scatter over index tensors (the av_digits train
+    step is 1.3x faster without it).
     """
     spatial = x.shape[1:-1]
     if len(window) != len(spatial):
