@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from typing import Any, Dict, Optional, Sequence
 
 from experiments import modalities
 from experiments.commands import train as train_cmd
 from experiments.errors import UserError
+from mmjax.train import logging as log_lib
 
 
 def add_parser(subparsers):
@@ -42,8 +42,9 @@ def _levels(text: str):
 
 
 def evaluate(config, workdir: str, *, which: str = "best", noise_levels: Sequence[float] = (0.0, 0.25, 0.5, 1.0, 2.0),
-             plots: bool = True, data_fn=None, info_fn=None, console=sys.stdout) -> Dict[str, Any]:
+             plots: bool = True, data_fn=None, info_fn=None, console=log_lib.STDOUT) -> Dict[str, Any]:
     """Full evaluation of WORKDIR's checkpoint; writes WORKDIR/eval/ and returns the metrics dict."""
+    console = log_lib.resolve_console(console)
     import jax
     import numpy as np
 

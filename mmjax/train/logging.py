@@ -14,6 +14,24 @@ import time
 from typing import Any, Dict, Mapping, Optional, TextIO
 
 
+class _Stdout:
+    """The default console: ``sys.stdout`` as it is when the writing starts."""
+
+    def __repr__(self) -> str:
+        return "STDOUT"
+
+
+# A ``console=sys.stdout`` default would be bound at import time and keep a
+# stream that may since have been replaced and closed (pytest's capture, a
+# redirected notebook cell); this one is looked up when it is used.
+STDOUT: Any = _Stdout()
+
+
+def resolve_console(console: Any) -> Optional[TextIO]:
+    """``STDOUT`` -> the current ``sys.stdout``; a stream or None as given."""
+    return sys.stdout if console is STDOUT else console
+
+
 def _flat(metrics: Mapping[str, Any], prefix: str = "") -> Dict[str, float]:
     out: Dict[str, float] = {}
     for k, v in metrics.items():
@@ -42,13 +60,13 @@ class MetricWriter:
       workdir: the run directory (``metrics.jsonl``, ``tensorboard/``).
       enabled: False on processes other than 0.
       tensorboard: also write TensorBoard events.
-      console: stream for progress lines (None: silent).
+      console: stream for progress lines (None: silent; default the current sys.stdout).
     """
 
     def __init__(self, workdir: str, *, enabled: bool = True, tensorboard: bool = True,
-                 console: Optional[TextIO] = sys.stdout):
+                 console: Optional[TextIO] = STDOUT):
         self.enabled = enabled
-        self.console = console if enabled else None
+        self.console = resolve_console(console) if enabled else None
         self._jsonl = None
         self._tb = None
         if not enabled:

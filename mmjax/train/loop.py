@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, TextIO, Tuple
 
@@ -337,7 +336,7 @@ def _poison(batch: Dict[str, Any]) -> Dict[str, Any]:
 
 def train_and_evaluate(config: Any, workdir: str, *, data_fn: Optional[DataFn] = None,
                        info_fn: Optional[Callable[[Any], Dict[str, Any]]] = None,
-                       console: Optional[TextIO] = sys.stdout, stop_at: Optional[int] = None) -> Dict[str, Any]:
+                       console: Optional[TextIO] = log_lib.STDOUT, stop_at: Optional[int] = None) -> Dict[str, Any]:
     """Trains ``config`` in ``workdir`` (resuming from its checkpoints) and returns the final eval metrics.
 
     Args:
@@ -366,6 +365,7 @@ def train_and_evaluate(config: Any, workdir: str, *, data_fn: Optional[DataFn] =
     check_workdir(workdir)
     check_config(config)
     is_main = jax.process_index() == 0
+    console = log_lib.resolve_console(console)
     lock = health.WorkdirLock(workdir, say=lambda line: console and print(line, file=console, flush=True))
     if is_main:
         lock.acquire()
@@ -570,8 +570,9 @@ def _loop(config, workdir, runner, state, ckpt, writer, say, data_fn, train_iter
 
 def evaluate(config: Any, workdir: str, *, which: str = "best", data_fn: Optional[DataFn] = None,
              info_fn: Optional[Callable[[Any], Dict[str, Any]]] = None,
-             console: Optional[TextIO] = sys.stdout) -> Dict[str, Any]:
+             console: Optional[TextIO] = log_lib.STDOUT) -> Dict[str, Any]:
     """Restores the best (or latest) checkpoint of ``workdir``, evaluates it, writes WORKDIR/eval/metrics.json."""
+    console = log_lib.resolve_console(console)
     if data_fn is None or info_fn is None:
         from experiments import data_factory
         data_fn = data_fn or data_factory.make_data
