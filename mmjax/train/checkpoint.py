@@ -27,6 +27,14 @@ class CheckpointError(ValueError):
     """Bad checkpoint option, or a checkpoint that does not fit the model."""
 
 
+class CheckpointMismatchError(CheckpointError):
+    """A readable checkpoint whose arrays do not fit the state this config builds.
+
+    The workdir holds a run of another model or optimizer (a changed fusion,
+    width or optimizer chain): the checkpoint is fine and is left where it is.
+    """
+
+
 class Checkpointer:
     """Wraps ``ocp.CheckpointManager``.
 
@@ -60,7 +68,11 @@ class Checkpointer:
             enable_async_checkpointing=async_save,
             create=True,
         )
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        # Handlers named up front so item_metadata can read a step before any save or restore.
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options,
+            item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
+        )
 
     def latest_step(self) -> Optional[int]:
         return self.manager.latest_step()
@@ -95,19 +107,71 @@ class Checkpointer:
             force=force,
         )
 
-    def restore(self, abstract_state: TrainState, step: Optional[int] = None) -> TrainState:
-        """Restores into the structure, dtypes and shardings of ``abstract_state`` (ShapeDtypeStructs)."""
+    def restore(self, abstract_state: TrainState, step: Optional[int] = None,
+                config: Optional[Mapping[str, Any]] = None) -> TrainState:
+        """Restores into the structure, dtypes and shardings of ``abstract_state`` (ShapeDtypeStructs).
+
+        Raises :class:`CheckpointMismatchError` (see :meth:`check_fits`) when the
+        checkpoint holds other arrays than ``abstract_state``.
+        """
         step = self.latest_step() if step is None else step
         if step is None:
             raise CheckpointError(f"no checkpoint in {self.directory}")
+        self.check_fits(abstract_state, step, config)
+        return self._restore(abstract_state, step)
+
+    def _restore(self, abstract_state: TrainState, step: int) -> TrainState:
         target = serialization.to_state_dict(abstract_state)
         restored = self.manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
         )
         return serialization.from_state_dict(abstract_state, restored["state"])
 
+    def array_shapes(self, step: int) -> Dict[str, Tuple[int, ...]]:
+        """{"params/fusion/kernel": shape, ...} of step ``step`` as written on disk (reads metadata only)."""
+        tree = self.manager.item_metadata(step)["state"]
+        if tree is None:
+            raise CheckpointError(f"checkpoint {step} in {self.directory} has no readable state metadata")
+        return _shapes(tree)
+
+    def check_fits(self, abstract_state: TrainState, step: int,
+                   config: Optional[Mapping[str, Any]] = None) -> None:
+        """Raises :class:`CheckpointMismatchError` when step ``step`` cannot restore into ``abstract_state``.
+
+        Compares array paths and shapes (dtypes are cast on restore). With
+        ``config``, the error also names the config keys that differ from the
+        config saved with the checkpoint.
+        """
+        self._check_shapes(self.array_shapes(step), abstract_state, step, config)
+
+    def _check_shapes(self, on_disk: Mapping[str, Tuple[int, ...]], abstract_state: TrainState, step: int,
+                      config: Optional[Mapping[str, Any]]) -> None:
+        wanted = _shapes(serialization.to_state_dict(abstract_state))
+        differences = tree_differences(on_disk, wanted)
+        if not differences:
+            return
+        fitting = fitting_params(on_disk, wanted)
+        reuse = (f" (--config.init_from.path={os.path.dirname(self.directory)} "
+                 f"--config.init_from.source={','.join(fitting)} starts it from the parts of the old run that fit)"
+                 if fitting else "")
+        hint = ""
+        if config is not None:
+            try:
+                saved = self.metadata(step).get("config") or {}
+            except Exception:  # noqa: BLE001 - the hint is optional; the shapes already say what is wrong
+                saved = {}
+            changed = config_differences(saved, _jsonable(config))
+            if changed:
+                hint = f" The config differs from the one saved with it in: {'; '.join(changed)}."
+        raise CheckpointMismatchError(
+            f"checkpoint {step} in {self.directory} was written by a different model or optimizer than this "
+            f"config builds: {'; '.join(differences)}.{hint} Use the config the checkpoint was written with, or "
+            f"train this one in another --workdir{reuse}."
+        )
+
     def restore_latest_good(self, abstract_state: TrainState,
-                            say: Optional[Callable[[str], None]] = None) -> Tuple[Optional[TrainState], Optional[int]]:
+                            say: Optional[Callable[[str], None]] = None,
+                            config: Optional[Mapping[str, Any]] = None) -> Tuple[Optional[TrainState], Optional[int]]:
         """Restores the newest checkpoint that reads back whole, newest first; -> (state, step) or (None, None).
 
         Orbax only ever exposes finalised steps (a save is written to a
@@ -117,20 +181,33 @@ class Checkpointer:
         a step is reported through ``say``, moved to ``checkpoints_corrupt/``
         next to the checkpoint directory (so the step can be written again)
         and the next older one is tried.
+
+        A readable checkpoint of another model or optimizer is not damage: it
+        raises :class:`CheckpointMismatchError` (naming the arrays, and with
+        ``config`` the config keys, that differ) and nothing is moved.
         """
         say = say or (lambda line: None)
         for step in sorted(self.all_steps(), reverse=True):
             try:
-                state = self.restore(abstract_state, step)
-                self.metadata(step)
+                on_disk = self.array_shapes(step)
             except Exception as e:  # noqa: BLE001 - any read failure means "do not trust this step"
-                reason = " ".join(str(e).split())[:300] or type(e).__name__
-                moved = self.quarantine(step)
-                say(f"checkpoint {step} in {self.directory} is unreadable ({type(e).__name__}: {reason}); "
-                    f"moved to {moved}, trying an older one")
+                self._set_aside(step, e, say)
+                continue
+            self._check_shapes(on_disk, abstract_state, step, config)
+            try:
+                state = self._restore(abstract_state, step)
+                self.metadata(step)
+            except Exception as e:  # noqa: BLE001
+                self._set_aside(step, e, say)
                 continue
             return state, step
         return None, None
+
+    def _set_aside(self, step: int, error: Exception, say: Callable[[str], None]) -> None:
+        reason = " ".join(str(error).split())[:300] or type(error).__name__
+        moved = self.quarantine(step)
+        say(f"checkpoint {step} in {self.directory} is unreadable ({type(error).__name__}: {reason}); "
+            f"moved to {moved}, trying an older one")
 
     def quarantine(self, step: int) -> str:
         """Moves step ``step`` out of the checkpoint directory; returns where it went."""
@@ -176,6 +253,63 @@ def load_params(path: str, step: Optional[int] = None) -> PyTree:
         restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     state = restored["state"]
     return jax.tree.map(lambda x: jax.device_get(x), state["params"])
+
+
+def _shapes(tree: PyTree) -> Dict[str, Tuple[int, ...]]:
+    """{"a/b/c": shape} of every array leaf of a state dict or an orbax metadata tree."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): tuple(getattr(x, "shape", ()))
+            for path, x in leaves}
+
+
+def tree_differences(on_disk: Mapping[str, Tuple[int, ...]], wanted: Mapping[str, Tuple[int, ...]],
+                     limit: int = 6) -> list:
+    """Readable differences between two {path: shape} maps, params first, at most ``limit`` (then a count)."""
+    lines = []
+    for path in sorted(set(on_disk) | set(wanted), key=lambda p: (not p.startswith("params/"), p)):
+        if path not in on_disk:
+            lines.append(f"{path} {wanted[path]} is not in the checkpoint")
+        elif path not in wanted:
+            lines.append(f"{path} {on_disk[path]} is in the checkpoint but not in the model")
+        elif tuple(on_disk[path]) != tuple(wanted[path]):
+            lines.append(f"{path} has shape {tuple(on_disk[path])} in the checkpoint, {tuple(wanted[path])} in the model")
+    if len(lines) > limit:
+        lines = lines[:limit] + [f"and {len(lines) - limit} more"]
+    return lines
+
+
+def fitting_params(on_disk: Mapping[str, Tuple[int, ...]], wanted: Mapping[str, Tuple[int, ...]]) -> list:
+    """Top-level params subtrees ("encoder_a_0", ...) whose arrays have the same paths and shapes in both maps."""
+    def by_top(shapes):
+        groups: Dict[str, Dict[str, Tuple[int, ...]]] = {}
+        for path, shape in shapes.items():
+            parts = path.split("/")
+            if parts[0] == "params" and len(parts) > 2:
+                groups.setdefault(parts[1], {})[path] = tuple(shape)
+        return groups
+
+    old, new = by_top(on_disk), by_top(wanted)
+    return sorted(k for k in new if old.get(k) == new[k])
+
+
+def config_differences(saved: Any, current: Any, limit: int = 6) -> list:
+    """``key: saved -> current`` for each leaf that differs between two JSON config trees.
+
+    model.* and optim.* keys first, at most ``limit`` lines (then a count).
+    """
+    out = []
+
+    def walk(a, b, path):
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            for k in sorted(set(a) | set(b)):
+                walk(a.get(k, "<unset>"), b.get(k, "<unset>"), f"{path}.{k}" if path else str(k))
+        elif a != b:
+            out.append(f"{path}: {a!r} -> {b!r}")
+
+    walk(saved, current, "")
+    # The model and the optimizer decide which arrays a state has: their keys first.
+    out.sort(key=lambda line: (not line.startswith(("model.", "optim.")), line))
+    return out[:limit] + ([f"and {len(out) - limit} more"] if len(out) > limit else [])
 
 
 def _jsonable(x: Any) -> Any:

@@ -425,7 +425,8 @@ def _train(config, workdir, data_fn, info_fn, console, stop_at, guard) -> Dict[s
         example, train_iter = batches_from(start)
         state = None
         if ckpt.all_steps():
-            state, restored = ckpt.restore_latest_good(_first_trace(runner.abstract_state, example, rng), say)
+            state, restored = ckpt.restore_latest_good(_first_trace(runner.abstract_state, example, rng), say,
+                                                       config=config)
             if state is None:
                 raise CheckpointError(f"no checkpoint in {ckpt.directory} could be read; move that directory "
                                       "away to start from scratch")
@@ -594,7 +595,8 @@ def evaluate(config: Any, workdir: str, *, which: str = "best", data_fn: Optiona
         split = _get(config, "eval_split", "test")
         it = data_fn(config, split, global_batch_size=batch_size, seed=seed, train=False, start_step=0)
         example, it = _peek(iter(it))
-        state = runner.place_restored(ckpt.restore(runner.abstract_state(example, jax.random.PRNGKey(seed)), step))
+        state = runner.place_restored(ckpt.restore(runner.abstract_state(example, jax.random.PRNGKey(seed)), step,
+                                                         config=config))
         ev = evaluate_split(runner, state, config, data_fn, num_classes, os.path.join(workdir, "eval"))
     finally:
         ckpt.close()

@@ -1,4 +1,4 @@
-"""Kill -9, SIGTERM, a second run, and a damaged checkpoint, in one scripted scenario on one workdir.
+"""Kill -9, SIGTERM, a second run, a damaged checkpoint and a changed model, in one scripted scenario on one workdir.
 
 Every interrupted run is resumed by running the same command again; at the
 end, metrics.jsonl and results.json must equal those of an uninterrupted run
@@ -91,5 +91,16 @@ def test_crash_preempt_lock_corruption_then_identical_results(tmp_path, referenc
     assert [r["step"] for r in got] == [r["step"] for r in ref_metrics]
     for g, r in zip(got, ref_metrics):
         assert g == r, (g, r)
+    assert read_results(wd) == ref_results
+
+    # 6. The same workdir with another model: named, refused, nothing moved or overwritten.
+    corrupt = sorted(os.listdir(os.path.join(wd, "checkpoints_corrupt")))
+    p = run(train_cmd(wd, "--config.model.fusion=gated"), env)
+    err = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(err) == 1 and "Traceback" not in p.stderr, p.stdout[-2000:] + p.stderr
+    assert err[0].startswith("error: checkpoint 6 in ") and "model.fusion: 'concat' -> 'gated'" in err[0], err[0]
+    assert "params/fusion/gate/kernel" in err[0] and "--config.init_from.source=encoder_a_0,encoder_b_0" in err[0]
+    log.append(err[0][:200])
+    assert steps(wd) == [4, 6] and sorted(os.listdir(os.path.join(wd, "checkpoints_corrupt"))) == corrupt
     assert read_results(wd) == ref_results
     print("\n".join(log))

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from mmjax.train.checkpoint import Checkpointer
+from mmjax.train.checkpoint import CheckpointMismatchError, Checkpointer, config_differences, tree_differences
 from mmjax.train.health import PreemptionGuard, WorkdirBusyError, WorkdirLock
 from mmjax.validation import ArraySpec, BatchSpec, BatchValidationError, spec_from_config
 
@@ -129,6 +129,44 @@ def test_corrupt_latest_checkpoint_falls_back_and_can_be_rewritten(tmp_path):
     state, step = ck.restore_latest_good({"w": jax.ShapeDtypeStruct((3,), np.float32)})
     assert step == 2 and np.array_equal(state["w"], np.full(3, 5))
     ck.close()
+
+
+def test_checkpoint_of_another_model_is_named_not_set_aside(tmp_path):
+    ck = Checkpointer(str(tmp_path / "checkpoints"), keep=2)
+    old = {"params": {"encoder_a_0": {"kernel": np.ones((4, 3), np.float32)},
+                      "fusion": {"kernel": np.ones((3, 2), np.float32)}}}
+    ck.save(1, old, config={"model": {"fusion": "concat", "width": 3}, "seed": 0})
+    ck.wait()
+    sds = lambda *shape: jax.ShapeDtypeStruct(shape, np.float32)  # noqa: E731
+    new = {"params": {"encoder_a_0": {"kernel": sds(4, 3)},
+                      "fusion": {"factor_a": sds(3, 4, 2), "kernel": sds(5, 2)}}}
+    config = {"model": {"fusion": "low_rank", "width": 3}, "seed": 0}
+    with pytest.raises(CheckpointMismatchError) as e:
+        ck.restore_latest_good(new, config=config)
+    msg = str(e.value)
+    assert "params/fusion/factor_a (3, 4, 2) is not in the checkpoint" in msg
+    assert "params/fusion/kernel has shape (3, 2) in the checkpoint, (5, 2) in the model" in msg
+    assert "model.fusion: 'concat' -> 'low_rank'" in msg and "seed" not in msg and "width" not in msg
+    assert "--config.init_from.source=encoder_a_0 " in msg  # the one subtree that still fits
+    assert ck.all_steps() == [1] and not os.path.exists(tmp_path / "checkpoints_corrupt")
+    # Same arrays, other dtype and other config: restores (orbax casts; the config is not the model).
+    state, step = ck.restore_latest_good({"params": {"encoder_a_0": {"kernel": jax.ShapeDtypeStruct((4, 3), np.float16)},
+                                                     "fusion": {"kernel": sds(3, 2)}}}, config=config)
+    assert step == 1 and state["params"]["encoder_a_0"]["kernel"].dtype == np.float16
+    ck.close()
+
+
+def test_tree_differences_lists_params_first_and_counts_the_rest():
+    on_disk = {"opt_state/mu/w": (2,), "params/w": (2,), **{f"opt_state/x{i}": (1,) for i in range(8)}}
+    wanted = {"opt_state/mu/w": (3,), "params/w": (3,)}
+    lines = tree_differences(on_disk, wanted, limit=3)
+    assert lines[0] == "params/w has shape (2,) in the checkpoint, (3,) in the model"
+    assert lines[1] == "opt_state/mu/w has shape (2,) in the checkpoint, (3,) in the model"
+    assert lines[-1] == "and 7 more" and len(lines) == 4
+    assert tree_differences(wanted, dict(wanted)) == []
+    assert config_differences({"seed": 0, "model": {"a": 1, "b": [2]}}, {"seed": 1, "model": {"a": 1, "b": [3]}}) == [
+        "model.b: [2] -> [3]", "seed: 0 -> 1"]
+    assert config_differences({"x": {"y": 1}}, {"x": {}}) == ["x.y: 1 -> '<unset>'"]
 
 
 def test_sigterm_sets_the_flag_and_handler_is_restored():
