@@ -2,7 +2,8 @@
 
 On a shared machine one run's ratio can move by 10-20% from the next even with
 interleaved timing; the median over runs, with its range, is what
-``benchmarks/RESULTS.md`` reports::
+``benchmarks/RESULTS.md`` reports. ``python -m experiments bench fusion --runs 3``
+makes the runs and the table in one go; runs made separately are aggregated with::
 
     python -m benchmarks.fusion_runs RUN1/fusion.json RUN2/fusion.json RUN3/fusion.json
 """
@@ -10,8 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 GROUPS = ("batch", "tokens", "large")
 
@@ -51,6 +53,29 @@ def render(docs: Sequence[Mapping[str, Any]]) -> str:
         lines.append(f"| {e['block']} | {e['group']} | {e['batch']} | {e['token_length'] or ''} "
                      f"| {_cell(e['fwd'])} | {_cell(e['train'])} |")
     return "\n".join(lines) + "\n"
+
+
+def run_repeated(out_dir: str, runs: int, run_once: Callable[[str, bool], Mapping[str, Any]],
+                 log: Callable[[str], None] = print) -> str:
+    """Runs the benchmark ``runs`` times and writes the median-and-range table; -> its path.
+
+    Run 1 writes ``out_dir`` (with plots); run k > 1 writes ``out_dir/repeats/run-k``
+    (no plots). ``run_once(directory, plots)`` runs the grid once and returns its
+    JSON document. The table goes to ``out_dir/fusion_runs.md``.
+    """
+    if runs < 1:
+        raise ValueError(f"--runs must be >= 1, got {runs}")
+    docs = []
+    for k in range(1, runs + 1):
+        if runs > 1:
+            log(f"== run {k}/{runs}")
+        directory = out_dir if k == 1 else os.path.join(out_dir, "repeats", f"run-{k}")
+        docs.append(run_once(directory, k == 1))
+    path = os.path.join(out_dir, "fusion_runs.md")
+    with open(path, "w") as f:
+        f.write(render(docs))
+    log(f"wrote {path} (median and range of the ratios over {runs} run{'s' if runs > 1 else ''})")
+    return path
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,11 +1,13 @@
 """``python -m experiments bench {fusion,train}``: throughput benchmarks.
 
     python -m experiments bench fusion [--quick] [--out DIR] [--blocks a,b] [--dtype float32|bfloat16]
-                                       [--torch-compile | --no-torch-compile]
+                                       [--torch-compile | --no-torch-compile] [--runs N]
     python -m experiments bench train [--quick] [--out DIR] [--dtype float32|bfloat16] [--batch-size N]
 
 ``bench fusion`` writes DIR/fusion.json, DIR/fusion.md, DIR/throughput.png and
-DIR/scaling.png (see ``benchmarks/fusion_throughput.py``). ``bench train``
+DIR/scaling.png (see ``benchmarks/fusion_throughput.py``); with ``--runs N``
+also DIR/fusion_runs.md, the median and range of the ratios over N runs
+(``benchmarks/fusion_runs.py``). ``bench train``
 writes DIR/train.json and DIR/train.md: per configuration (av_digits, a ViT +
 text transformer + cross-attention model) and parallel mode (single, pmap,
 sharded) the compile time, steady examples/s and MFU of the real train step on
@@ -44,6 +46,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     help="also measure torch.compile (default: on in the full run, off in --quick)")
     tc.add_argument("--no-torch-compile", dest="torch_compile", action="store_false")
     f.add_argument("--no-plots", action="store_true", help="skip the matplotlib plots")
+    f.add_argument("--runs", type=int, default=1,
+                   help="run the grid N times (runs 2..N under OUT/repeats/) and write OUT/fusion_runs.md, "
+                        "the median and range of the mmjax / PyTorch ratios (default 1)")
     f.add_argument("--dtype", default="float32", choices=DTYPES,
                    help="compute dtype of mmjax and the PyTorch references (params stay float32; "
                         "bfloat16 is the GPU setting)")
@@ -70,8 +75,17 @@ def run(args: argparse.Namespace) -> int:
                 # One compiled case per block keeps --quick short.
                 grid = dataclasses.replace(grid, torch_compile_batches=(grid.batches[0],))
         grid = dataclasses.replace(grid, dtype=args.dtype)
+        if args.runs < 1:
+            raise UserError(f"--runs must be >= 1, got {args.runs}")
+        blocks = _blocks(args.blocks)
         try:
-            ft.run(args.out, grid=grid, blocks=_blocks(args.blocks), plots=not args.no_plots)
+            if args.runs == 1:
+                ft.run(args.out, grid=grid, blocks=blocks, plots=not args.no_plots)
+            else:
+                from benchmarks.fusion_runs import run_repeated
+
+                run_repeated(args.out, args.runs, lambda out, plots: ft.run(
+                    out, grid=grid, blocks=blocks, plots=plots and not args.no_plots))
         except BenchmarkConfigError as e:
             raise UserError(str(e)) from None
         return 0
