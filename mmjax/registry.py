@@ -6,7 +6,8 @@ A config names its parts with strings; a new block is one file plus a
 from __future__ import annotations
 
 import difflib
-from typing import Any, Callable, Dict, List
+import numbers
+from typing import Any, Callable, Dict, List, Mapping
 
 
 class UnknownNameError(KeyError, ValueError):
@@ -14,6 +15,37 @@ class UnknownNameError(KeyError, ValueError):
 
     def __str__(self) -> str:  # KeyError quotes its message; we want plain text.
         return str(self.args[0]) if self.args else ""
+
+
+class BadSizeError(ValueError):
+    """An integer size option (a width, a count) is out of range."""
+
+
+def check_sizes(constructor: Any, config: Mapping[str, Any], where: str) -> None:
+    """Raises :class:`BadSizeError` for an int option of ``constructor`` that is out of range.
+
+    ``constructor`` is a dataclass (a flax Module); options annotated ``int``,
+    ``Optional[int]`` or ``Sequence[int]`` must be >= 1 (widths, heads, ranks,
+    sample rates, each entry of ``features``), or >= 0 when the name says it
+    counts or indexes layers (``num_layers``, ``fusion_layer``). Caught here,
+    a bad size names its config key; left to XLA it is a traceback about a
+    negative shape deep inside a trace. ``where`` prefixes the key in the message
+    ("model.fusion_config." gives "model.fusion_config.out_dim must be >= 1, got -1").
+    """
+    fields = getattr(constructor, "__dataclass_fields__", {})
+    for key, value in config.items():
+        field = fields.get(key)
+        kind = str(getattr(field, "type", ""))
+        if field is None or "int" not in kind or "Tuple" in kind:
+            continue
+        low = 0 if "layer" in key else 1
+        many = isinstance(value, (list, tuple))
+        for i, v in enumerate(value if many else [value]):
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                continue  # None for Optional; other types are the constructor's to reject
+            if v < low:
+                name = f"{where}{key}" + (f"[{i}]" if many else "")
+                raise BadSizeError(f"{name} must be >= {low}, got {v}")
 
 
 class Registry:
@@ -43,6 +75,7 @@ class Registry:
 
     def create(self, name: str, **config: Any) -> Any:
         constructor = self.get(name)
+        check_sizes(constructor, config, f"{self.family} {name!r}: ")
         try:
             return constructor(**config)
         except TypeError as e:

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 from mmjax import encoders as encoder_registry
 from mmjax import fusion as fusion_registry
+from mmjax.registry import BadSizeError, check_sizes
 from mmjax.layers import TransformerStack, dense
 from mmjax.sharding import CLASSES, EMBED, FUSION_IN, MLP, logical
 from mmjax.types import Encoded
@@ -290,6 +291,10 @@ class Classifier(nn.Module):
 def _build(registry, name: str, kwargs: Dict[str, Any], where: str, module_name: str) -> nn.Module:
     """registry entry ``name`` with ``kwargs``, as the submodule ``module_name``; config errors name ``where``."""
     constructor = registry.get(name)
+    try:
+        check_sizes(constructor, kwargs, where + ".")
+    except BadSizeError as e:
+        raise ModelConfigError(f"{e} ({registry.family} {name!r})") from None
     try:
         return constructor(**kwargs, name=module_name)
     except TypeError as e:

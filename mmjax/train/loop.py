@@ -23,12 +23,12 @@ import numpy as np
 from mmjax import metrics as metrics_lib
 from mmjax import validation
 from mmjax.validation import BatchValidationError
-from mmjax.models.classifier import build_classifier
+from mmjax.models.classifier import ModelConfigError, build_classifier
 from mmjax.train import health
 from mmjax.train import logging as log_lib
 from mmjax.train.config_access import as_dict as _as_dict, get as _get
 from mmjax.train.checkpoint import Checkpointer, CheckpointError, load_params
-from mmjax.train.optim import make_optimizer
+from mmjax.train.optim import OptimConfigError, make_optimizer
 from mmjax.train.parallel import Runner
 from mmjax.train.tasks import get_task
 
@@ -457,10 +457,13 @@ def _train(config, workdir, data_fn, info_fn, console, stop_at, guard) -> Dict[s
 
 
 def _first_trace(fn, example, rng):
-    """Runs the first trace of the model on ``example``; model errors about the inputs become BatchValidationError."""
+    """Runs the first trace of the model on ``example``; model errors about the inputs become BatchValidationError.
+
+    Config errors raised while tracing (a bad model or optimizer option) pass through as they are.
+    """
     try:
         return fn(example, rng)
-    except (CheckpointError, validation.BatchValidationError):
+    except (CheckpointError, validation.BatchValidationError, ModelConfigError, OptimConfigError):
         raise
     except ValueError as e:
         if type(e).__module__.startswith(("jax", "flax", "optax", "orbax")):

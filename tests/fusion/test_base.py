@@ -81,3 +81,18 @@ def test_registry_lists_the_pooled_blocks_and_reports_bad_config():
     assert {"concat", "sum", "weighted", "gated", "film", "tensor", "low_rank", "bilinear", "late"} <= set(F.names())
     with pytest.raises(TypeError, match="'low_rank'.*bad config"):
         F.create("low_rank", out_dim=2, rnak=3)
+
+
+def test_size_options_are_checked_with_their_name():
+    from mmjax.registry import BadSizeError, check_sizes
+    from mmjax.fusion.attention import BottleneckFusion
+
+    with pytest.raises(BadSizeError, match=r"^fusion block 'low_rank': out_dim must be >= 1, got 0$"):
+        F.create("low_rank", out_dim=0)
+    # Layer counts and indices may be 0; sizes may not; None (Optional) and bools are left alone.
+    check_sizes(BottleneckFusion, {"out_dim": 4, "num_layers": 0, "fusion_layer": 0, "mlp_dim": None}, "x.")
+    with pytest.raises(BadSizeError, match=r"^x.num_layers must be >= 0, got -1$"):
+        check_sizes(BottleneckFusion, {"num_layers": -1}, "x.")
+    with pytest.raises(BadSizeError, match=r"^x.num_bottlenecks must be >= 1, got 0$"):
+        check_sizes(BottleneckFusion, {"num_bottlenecks": 0}, "x.")
+    assert F.create("low_rank", out_dim=3, rank=2).rank == 2

@@ -64,6 +64,12 @@ def test_config_errors_name_the_problem():
         Classifier(num_classes=2, encoders={"c": {"name": "mlp"}}).init(jax.random.PRNGKey(0), _batch())
     with pytest.raises(ModelConfigError, match="unknown classifier options"):
         build_classifier({"encoders": ENC, "fusoin": "concat"}, 2)
+    with pytest.raises(ModelConfigError, match=r"^model.encoders.a.features\[1\] must be >= 1, got 0 \(encoder 'mlp'\)"):
+        Classifier(num_classes=2, encoders={"a": {"name": "mlp", "features": [3, 0]}, "b": ENC["b"]}).init(
+            jax.random.PRNGKey(0), _batch())
+    with pytest.raises(ModelConfigError, match=r"^model.fusion_config.rank must be >= 1, got 0"):
+        Classifier(num_classes=2, encoders=ENC, fusion="low_rank", fusion_config={"out_dim": 4, "rank": 0}).init(
+            jax.random.PRNGKey(0), _batch())
     with pytest.raises(ModelConfigError, match="'name'"):
         Classifier(num_classes=2, encoders={"a": {"features": [3]}, "b": ENC["b"]}).init(
             jax.random.PRNGKey(0), _batch())

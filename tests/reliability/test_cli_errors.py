@@ -51,6 +51,9 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path, cache_dir):
         "bad check_finite": (base + ["--config.train.check_finite=sometimes"], "train.check_finite must be"),
         "data lacks a modality": (base + ["--config.data.dims={'a': 6, 'c': 4}"],
                                   "missing modality 'b' (expected ['a', 'b'], got ['a', 'c'])"),
+        "negative width": (base + ["--config.model.fusion_config.out_dim=-1"],
+                           "model.fusion_config.out_dim must be >= 1, got -1 (fusion block 'concat')"),
+        "bad optimizer": (base + ["--config.optim.name=adamw2"], "optim.name must be 'adamw' or 'sgd'"),
         "unavailable command": (["broken"], "command 'broken' is unavailable"),
     }
     p = subprocess.run([sys.executable, "-c", DRIVER, json.dumps([c[0] for c in cases.values()])],
