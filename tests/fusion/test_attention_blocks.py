@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import mmjax.fusion as F
+from mmjax.fusion.registry import FUSION
 from mmjax.fusion.attention import AttentionConfigError
 from mmjax.types import Encoded
 
@@ -446,5 +447,6 @@ def test_cost_defaults_to_pooled_lengths_and_rejects_unknown_keys():
 )
 def test_bad_config_raises_clear_error(name, config, match):
     feats, *_ = make_inputs({"a": 3, "b": 2}, {"a": 2, "b": 0}, batch=1)
+    # The block's own checks (F.create range-checks sizes before: test_base.py).
     with pytest.raises(AttentionConfigError, match=match):
-        jax.eval_shape(F.create(name, out_dim=2, **config).init, jax.random.key(0), feats)
+        jax.eval_shape(FUSION.get(name)(out_dim=2, **config).init, jax.random.key(0), feats)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import mmjax.fusion as F
+from mmjax.fusion.registry import FUSION
 
 B = 4
 OUT = 6
@@ -379,5 +380,6 @@ def test_bad_config_errors():
         ("low_rank", {"rank": 0}, "rank"),
         ("bilinear", {"factor_dim": 0}, "factor_dim"),
     ]:
+        # The block's own checks (F.create range-checks sizes before: test_base.py).
         with pytest.raises(F.FusionInputError, match=match):
-            jax.eval_shape(F.create(name, out_dim=2, **cfg).init, jax.random.key(0), feats)
+            jax.eval_shape(FUSION.get(name)(out_dim=2, **cfg).init, jax.random.key(0), feats)
