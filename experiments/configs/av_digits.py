@@ -24,9 +24,12 @@ FUSION_CONFIGS = {
     "low_rank": {"out_dim": 64},
     "bilinear": {"out_dim": 64},
     "late": {},  # sweep uses placement="late": per-modality heads over the classes
-    "cross_attention": {"out_dim": 64},
-    "bottleneck": {"out_dim": 64},
-    "perceiver": {"out_dim": 64},
+    # The CNNs' per-position tokens say little alone (a mean over them is what pool="mean"
+    # reaches: image only 0.22 vs 0.62 with "flatten" after 400 steps), so the attention blocks
+    # also see each encoder's flatten-pooled vector as a token and read out there.
+    "cross_attention": {"out_dim": 64, "pooled_token": True, "readout": "pooled_token"},
+    "bottleneck": {"out_dim": 64, "pooled_token": True, "readout": "pooled_token"},
+    "perceiver": {"out_dim": 64, "pooled_token": True},
 }
 
 

@@ -24,7 +24,10 @@ from experiments.configs import base
 from experiments.configs.av_digits import FUSION_CONFIGS as _AV_FUSION_CONFIGS
 
 # In middle placement ``late`` is per-modality heads to out_dim features, averaged, then the head.
-FUSION_CONFIGS = dict(_AV_FUSION_CONFIGS, late={"out_dim": 64})
+# The encoders here pool by mean, so the attention blocks' pooled token would only repeat
+# their tokens' mean: they read their tokens as they are.
+FUSION_CONFIGS = dict(_AV_FUSION_CONFIGS, late={"out_dim": 64}, cross_attention={"out_dim": 64},
+                      bottleneck={"out_dim": 64}, perceiver={"out_dim": 64})
 
 
 def data_config() -> ml_collections.ConfigDict:

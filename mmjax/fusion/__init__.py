@@ -9,7 +9,7 @@ see :mod:`mmjax.fusion.base` for the input contract.
 """
 from typing import Any, List
 
-from mmjax.fusion.base import FusionInputError, FusionInputs, masked_mean, prepare
+from mmjax.fusion.base import FusionInputError, FusionInputs, masked_mean, prepare, with_pooled_token
 from mmjax.fusion.cost import Cost, cost
 from mmjax.fusion.registry import FUSION
 
@@ -27,4 +27,5 @@ def names() -> List[str]:
     return FUSION.names()
 
 
-__all__ = ["Cost", "FusionInputError", "FusionInputs", "cost", "create", "masked_mean", "names", "prepare"]
+__all__ = ["Cost", "FusionInputError", "FusionInputs", "cost", "create", "masked_mean", "names", "prepare",
+           "with_pooled_token"]

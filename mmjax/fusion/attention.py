@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmjax.fusion.base import FusionInputs, masked_mean, prepare
+from mmjax.fusion.base import FusionInputs, masked_mean, prepare, with_pooled_token
 from mmjax.fusion.cost import Cost, register_cost
 from mmjax.fusion.registry import register
 from mmjax.layers import MlpBlock, MultiHeadAttention, TransformerBlock, dense
@@ -50,6 +50,18 @@ def _check_common(block: str, dim: int, num_heads: int, num_layers: int, mlp_dim
     if mlp <= 0:
         raise AttentionConfigError(f"{block}: mlp_dim must be positive, got {mlp_dim}")
     return mlp
+
+
+READOUTS = ("mean", "pooled_token")
+
+
+def _pooled_tokens(block: str, inputs: FusionInputs, pooled_token: bool, readout: str) -> FusionInputs:
+    """Checks ``readout`` and prepends the pooled tokens when asked (see ``with_pooled_token``)."""
+    if readout not in READOUTS:
+        raise AttentionConfigError(f"{block}: readout must be one of {READOUTS}, got {readout!r}")
+    if readout == "pooled_token" and not pooled_token:
+        raise AttentionConfigError(f"{block}: readout='pooled_token' needs pooled_token=True")
+    return with_pooled_token(inputs, block) if pooled_token else inputs
 
 
 def _safe_key_mask(mask: Array) -> Tuple[Array, Array]:
@@ -137,7 +149,7 @@ class CrossModalAttentionFusion(nn.Module):
     (queries from α, keys/values from β, β's token mask as key padding mask)
     followed by a LayerNorm; sequences may have different lengths. Per target
     the M-1 outputs are concatenated on the feature axis, (B, T_α, (M-1)·dim),
-    masked-mean pooled over α's real tokens, the M pooled vectors concatenated,
+    masked-mean pooled over α's real tokens (or read out at the pooled token), the M pooled vectors concatenated,
     (B, M·(M-1)·dim), and a final Dense maps to (B, out_dim).
 
     Missing modality: as a source its tokens are never keys and its slot in
@@ -149,6 +161,12 @@ class CrossModalAttentionFusion(nn.Module):
       dim: common token width (divisible by ``num_heads``).
       num_heads, num_layers (per ordered pair), mlp_dim (default 4·dim), dropout_rate.
       pos_emb: add learned positional embeddings (T_m, dim) per modality.
+      pooled_token: prepend each modality's pooled vector as one more token
+        (``with_pooled_token``; T_m counts it).
+      readout: how each modality's tokens become one vector: "mean" (masked
+        mean over real tokens) or "pooled_token" (the prepended token, like a
+        class token; needs pooled_token=True). With small CNN encoders, whose
+        per-position tokens say little alone, "pooled_token" learns far faster.
       return_tokens: return ``(pooled (B, out_dim), {m: (B, T_m, (M-1)·dim)})``.
     """
 
@@ -159,6 +177,8 @@ class CrossModalAttentionFusion(nn.Module):
     mlp_dim: Optional[int] = None
     dropout_rate: float = 0.0
     pos_emb: bool = False
+    pooled_token: bool = False
+    readout: str = "mean"
     return_tokens: bool = False
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
@@ -166,6 +186,7 @@ class CrossModalAttentionFusion(nn.Module):
     @nn.compact
     def __call__(self, features, modality_mask=None, *, train: bool = False):
         inputs = prepare(features, modality_mask, block="cross_attention")
+        inputs = _pooled_tokens("cross_attention", inputs, self.pooled_token, self.readout)
         mlp_dim = _check_common("cross_attention", self.dim, self.num_heads, self.num_layers, self.mlp_dim)
         x = _project_tokens(self, inputs, self.dim, self.pos_emb)
         masks = inputs.token_mask
@@ -186,7 +207,7 @@ class CrossModalAttentionFusion(nn.Module):
             t = jnp.concatenate(per_source, axis=-1)
             t = jnp.where(masks[a][..., None], t, 0)
             tokens[a] = t
-            pooled.append(masked_mean(t, masks[a]))
+            pooled.append(t[:, 0] if self.readout == "pooled_token" else masked_mean(t, masks[a]))
         z = jnp.concatenate(pooled, axis=-1)
         out = dense(self.out_dim, dtype=self.dtype, param_dtype=self.param_dtype, name="out")(z)
         return (out, tokens) if self.return_tokens else out
@@ -203,7 +224,7 @@ class BottleneckFusion(nn.Module):
     (B, T_m + n_b, dim), and after each such layer the updated bottleneck
     tokens are averaged over the modalities present in that example: the
     bottlenecks are the only path between modalities. Each modality is then
-    LayerNormed and masked-mean pooled over its real tokens; the output is the
+    LayerNormed and masked-mean pooled over its real tokens (or read out at the pooled token); the output is the
     mean over present modalities of these (B, dim) vectors, Dense to (B, out_dim).
 
     Missing modality (or one with no real token): its tokens are never keys, it
@@ -220,6 +241,12 @@ class BottleneckFusion(nn.Module):
       share_weights: one set of layer weights for all modalities (input
         projections stay per modality since the D_m differ).
       pos_emb: add learned positional embeddings (T_m, dim) per modality.
+      pooled_token: prepend each modality's pooled vector as one more token
+        (``with_pooled_token``; T_m counts it).
+      readout: how each modality's tokens become one vector: "mean" (masked
+        mean over real tokens) or "pooled_token" (the prepended token, like a
+        class token; needs pooled_token=True). With small CNN encoders, whose
+        per-position tokens say little alone, "pooled_token" learns far faster.
     """
 
     out_dim: int
@@ -232,12 +259,15 @@ class BottleneckFusion(nn.Module):
     dropout_rate: float = 0.0
     share_weights: bool = False
     pos_emb: bool = False
+    pooled_token: bool = False
+    readout: str = "mean"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, features, modality_mask=None, *, train: bool = False) -> Array:
         inputs = prepare(features, modality_mask, block="bottleneck")
+        inputs = _pooled_tokens("bottleneck", inputs, self.pooled_token, self.readout)
         mlp_dim = _check_common("bottleneck", self.dim, self.num_heads, self.num_layers, self.mlp_dim)
         _check_bottleneck(self.num_layers, self.fusion_layer, self.num_bottlenecks)
         names = inputs.names
@@ -291,7 +321,8 @@ class BottleneckFusion(nn.Module):
         for n in owners:
             norm = layer_norm(self.dtype, self.param_dtype, "ln_final" if self.share_weights else f"{n}_ln_final")
             for m in (names if self.share_weights else (n,)):
-                pooled.append(masked_mean(norm(x[m]), inputs.token_mask[m]))
+                y = norm(x[m])
+                pooled.append(y[:, 0] if self.readout == "pooled_token" else masked_mean(y, inputs.token_mask[m]))
         pooled = jnp.stack(pooled, axis=1)  # (B, M, dim), names order
         pooled = jnp.where(weight[..., None] > 0, pooled, 0)
         z = pooled.sum(axis=1) / jnp.maximum(count, 1)[:, None]
@@ -330,6 +361,8 @@ class PerceiverFusion(nn.Module):
       num_self_layers: latent self-attention blocks per repeat.
       share_weights: all repeats use the same cross- and self-attention weights.
       pos_emb: add learned positional embeddings (T_m, dim) per modality.
+      pooled_token: prepend each modality's pooled vector as one more token
+        (``with_pooled_token``; T_m counts it).
     """
 
     out_dim: int
@@ -342,12 +375,14 @@ class PerceiverFusion(nn.Module):
     dropout_rate: float = 0.0
     share_weights: bool = False
     pos_emb: bool = False
+    pooled_token: bool = False
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, features, modality_mask=None, *, train: bool = False) -> Array:
         inputs = prepare(features, modality_mask, block="perceiver")
+        inputs = _pooled_tokens("perceiver", inputs, self.pooled_token, "mean")
         mlp_dim = _check_common("perceiver", self.dim, self.num_heads, self.num_layers, self.mlp_dim)
         _check_perceiver(self.num_latents, self.num_self_layers)
         x = _project_tokens(self, inputs, self.dim, self.pos_emb)
@@ -403,10 +438,13 @@ def _check_perceiver(num_latents: int, num_self_layers: int) -> None:
 # out (a few percent at realistic widths).
 # --------------------------------------------------------------------------
 
-_IGNORED = ("dtype", "param_dtype", "dropout_rate", "return_tokens")
+_IGNORED = ("dtype", "param_dtype", "dropout_rate", "return_tokens", "readout")
 
 
-def _lengths(block: str, dims: Sequence[int], token_lengths: Union[None, Sequence[int], Mapping[str, int]]):
+def _lengths(block: str, dims: Sequence[int], token_lengths: Union[None, Sequence[int], Mapping[str, int]],
+             pooled_token: bool = False):
+    if pooled_token:
+        return [t + 1 for t in _lengths(block, dims, token_lengths)]
     if token_lengths is None:
         return [1] * len(dims)  # pooled inputs are one token each
     if isinstance(token_lengths, Mapping):
@@ -471,11 +509,11 @@ def _projection_cost(dims, lengths, dim, pos_emb) -> Tuple[int, int]:
 @register_cost("cross_attention")
 def _cross_attention_cost(
     dims, out_dim, *, dim=64, num_heads=4, num_layers=1, mlp_dim=None, pos_emb=False,
-    token_lengths=None, **config,
+    pooled_token=False, token_lengths=None, **config,
 ) -> Cost:
     _unknown("cross_attention", config)
     mlp = _check_common("cross_attention", dim, num_heads, num_layers, mlp_dim)
-    lengths = _lengths("cross_attention", dims, token_lengths)
+    lengths = _lengths("cross_attention", dims, token_lengths, pooled_token)
     m = len(dims)
     params, flops = _projection_cost(dims, lengths, dim, pos_emb)
     for a in range(m):
@@ -493,12 +531,13 @@ def _cross_attention_cost(
 @register_cost("bottleneck")
 def _bottleneck_cost(
     dims, out_dim, *, dim=64, num_heads=4, num_layers=2, fusion_layer=0, num_bottlenecks=4,
-    mlp_dim=None, share_weights=False, pos_emb=False, token_lengths=None, **config,
+    mlp_dim=None, share_weights=False, pos_emb=False, pooled_token=False, token_lengths=None,
+    **config,
 ) -> Cost:
     _unknown("bottleneck", config)
     mlp = _check_common("bottleneck", dim, num_heads, num_layers, mlp_dim)
     _check_bottleneck(num_layers, fusion_layer, num_bottlenecks)
-    lengths = _lengths("bottleneck", dims, token_lengths)
+    lengths = _lengths("bottleneck", dims, token_lengths, pooled_token)
     m = len(dims)
     params, flops = _projection_cost(dims, lengths, dim, pos_emb)
     copies = 1 if share_weights else m
@@ -516,12 +555,13 @@ def _bottleneck_cost(
 @register_cost("perceiver")
 def _perceiver_cost(
     dims, out_dim, *, dim=64, num_heads=4, num_layers=1, num_latents=8, num_self_layers=1,
-    mlp_dim=None, share_weights=False, pos_emb=False, token_lengths=None, **config,
+    mlp_dim=None, share_weights=False, pos_emb=False, pooled_token=False, token_lengths=None,
+    **config,
 ) -> Cost:
     _unknown("perceiver", config)
     mlp = _check_common("perceiver", dim, num_heads, num_layers, mlp_dim)
     _check_perceiver(num_latents, num_self_layers)
-    lengths = _lengths("perceiver", dims, token_lengths)
+    lengths = _lengths("perceiver", dims, token_lengths, pooled_token)
     params, flops = _projection_cost(dims, lengths, dim, pos_emb)
     params += len(dims) * dim + num_latents * dim
     repeats = 1 if share_weights else num_layers

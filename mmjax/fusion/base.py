@@ -142,3 +142,25 @@ def prepare(
         p = masked_mean(t, tm) if p is None else jnp.where(present[n][:, None], p, 0)
         pooled[n], tokens[n], token_mask[n] = p, t, tm
     return FusionInputs(names, pooled, tokens, token_mask, present, batch)
+
+
+def with_pooled_token(inputs: FusionInputs, block: str) -> FusionInputs:
+    """``inputs`` with each modality's pooled vector prepended as one more token.
+
+    tokens[m] (B, T_m, D_m) -> (B, 1 + T_m, D_m), the new first token real
+    wherever the modality is present. An encoder's pooled summary can hold
+    what its tokens alone do not make easy to read (``pool="flatten"`` keeps
+    where a feature fired, which a mean over tokens loses); attention blocks
+    see it as a class token. Needs pooled and token widths to agree.
+    """
+    tokens, token_mask = {}, {}
+    for n in inputs.names:
+        p, t = inputs.pooled[n], inputs.tokens[n]
+        if p.shape[-1] != t.shape[-1]:
+            raise FusionInputError(
+                f"{block}: pooled_token needs modality {n!r}'s pooled width to equal its token width, "
+                f"got pooled {tuple(p.shape)} and tokens {tuple(t.shape)}"
+            )
+        tokens[n] = jnp.concatenate([p[:, None].astype(t.dtype), t], axis=1)
+        token_mask[n] = jnp.concatenate([inputs.present[n][:, None], inputs.token_mask[n]], axis=1)
+    return dataclasses.replace(inputs, tokens=tokens, token_mask=token_mask)

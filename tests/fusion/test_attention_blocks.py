@@ -89,7 +89,7 @@ def np_project(p, tokens, masks, e, pos_emb):
     return out
 
 
-def np_cross_attention(p, tokens, masks, num_layers, pos_emb):
+def np_cross_attention(p, tokens, masks, num_layers, pos_emb, first=False):
     names = sorted(tokens)
     outs = []
     for e in range(len(masks[names[0]])):
@@ -108,12 +108,12 @@ def np_cross_attention(p, tokens, masks, num_layers, pos_emb):
                     h = np_cross_block(p[f"{a}_from_{b}_{i}"], h, x[b])
                 slots.append(np_ln(p[f"{a}_from_{b}_norm"], h))
             t = np.concatenate(slots, -1)
-            pooled.append(t.mean(0) if len(t) else np.zeros(t.shape[-1]))
+            pooled.append((t[0] if first else t.mean(0)) if len(t) else np.zeros(t.shape[-1]))
         outs.append(np.concatenate(pooled) @ p["out"]["kernel"] + p["out"]["bias"])
     return np.stack(outs)
 
 
-def np_bottleneck(p, tokens, masks, num_layers, fusion_layer, share):
+def np_bottleneck(p, tokens, masks, num_layers, fusion_layer, share, first=False):
     names = sorted(tokens)
     outs = []
     for e in range(len(masks[names[0]])):
@@ -133,7 +133,8 @@ def np_bottleneck(p, tokens, masks, num_layers, fusion_layer, share):
                 x[n], _ = out[:t], new.append(out[t:])
             if new:
                 bn = np.mean(new, axis=0)
-        pooled = [np_ln(p["ln_final"] if share else p[f"{n}_ln_final"], x[n]).mean(0) for n in present]
+        pooled = [np_ln(p["ln_final"] if share else p[f"{n}_ln_final"], x[n]) for n in present]
+        pooled = [y[0] if first else y.mean(0) for y in pooled]
         z = np.mean(pooled, axis=0) if pooled else np.zeros(DIM)
         outs.append(z @ p["out"]["kernel"] + p["out"]["bias"])
     return np.stack(outs)
@@ -154,6 +155,17 @@ def np_perceiver(p, tokens, masks, num_layers, num_self_layers, share):
         z = np_ln(p["ln_final"], z).mean(0)
         outs.append(z @ p["out"]["kernel"] + p["out"]["bias"])
     return np.stack(outs)
+
+
+def np_with_pooled_token(tokens, masks, mm):
+    """numpy ``with_pooled_token``: the given pooled vector (mean of all T rows; the one row of a
+    pooled input) prepended to the tokens, real where the modality is present."""
+    out_t, out_m = {}, {}
+    for n in tokens:
+        pooled = tokens[n].mean(1, keepdims=True) * np.asarray(mm[n])[:, None, None]
+        out_t[n] = np.concatenate([pooled, tokens[n]], 1)
+        out_m[n] = np.concatenate([np.asarray(mm[n])[:, None], masks[n]], 1)
+    return out_t, out_m
 
 
 # ------------------------------------------------------------------ data ---
@@ -216,6 +228,35 @@ def test_cross_attention_matches_numpy(dims, lengths, pos_emb, num_layers):
     variables, got = init_apply(block, feats, mm)
     want = np_cross_attention(params_np(variables), tokens, masks, num_layers, pos_emb)
     np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
+
+
+def test_cross_attention_with_pooled_token_matches_numpy():
+    dims, lengths = {"a": 5, "b": 3, "c": 5}, {"a": 3, "b": 0, "c": 4}
+    feats, tokens, masks, mm = make_inputs(dims, lengths, missing=[("b", 1), ("a", 2)], padded=[("c", 2, 3)])
+    tokens, masks = np_with_pooled_token(tokens, masks, mm)
+    for readout in ("mean", "pooled_token"):
+        block = F.create("cross_attention", out_dim=OUT, dim=DIM, num_heads=HEADS, mlp_dim=MLP_DIM,
+                         pos_emb=True, pooled_token=True, readout=readout)
+        variables, got = init_apply(block, feats, mm)
+        assert params_np(variables)["pos_emb_a"].shape == (4, DIM)  # T_a + 1
+        want = np_cross_attention(params_np(variables), tokens, masks, 1, True, first=readout == "pooled_token")
+        np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
+
+
+def test_bottleneck_and_perceiver_with_pooled_token_match_numpy():
+    dims, lengths = {"a": 5, "b": 3}, {"a": 4, "b": 2}
+    feats, tokens, masks, mm = make_inputs(dims, lengths, missing=[("b", 1), ("a", 2)], padded=[("a", 0, 2)])
+    tokens, masks = np_with_pooled_token(tokens, masks, mm)
+    block = F.create("bottleneck", out_dim=OUT, dim=DIM, num_heads=HEADS, mlp_dim=MLP_DIM, num_layers=2,
+                     fusion_layer=1, num_bottlenecks=2, pooled_token=True, readout="pooled_token")
+    variables, got = init_apply(block, feats, mm)
+    want = np_bottleneck(params_np(variables), tokens, masks, 2, 1, False, first=True)
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
+    block = F.create("perceiver", out_dim=OUT, dim=DIM, num_heads=HEADS, mlp_dim=MLP_DIM, num_latents=3,
+                     pooled_token=True)
+    variables, got = init_apply(block, feats, mm)
+    np.testing.assert_allclose(got, np_perceiver(params_np(variables), tokens, masks, 1, 1, False),
+                               rtol=2e-4, atol=2e-5)
 
 
 @pytest.mark.parametrize(
@@ -394,6 +435,9 @@ def test_sharding_axis_names_on_every_weight(compiled):
         ("bottleneck", dict(dim=8, num_heads=2, num_layers=2, share_weights=True, mlp_dim=20)),
         ("perceiver", dict(dim=8, num_heads=2, num_layers=3, num_latents=4, num_self_layers=2)),
         ("perceiver", dict(dim=8, num_heads=1, num_layers=2, num_self_layers=0, share_weights=True)),
+        ("cross_attention", dict(dim=8, num_heads=2, pos_emb=True, pooled_token=True, readout="pooled_token")),
+        ("bottleneck", dict(dim=8, num_heads=2, pos_emb=True, pooled_token=True)),
+        ("perceiver", dict(dim=8, num_heads=2, pooled_token=True)),
     ],
 )
 def test_cost_model_is_exact(name, config):
@@ -443,6 +487,8 @@ def test_cost_defaults_to_pooled_lengths_and_rejects_unknown_keys():
         ("bottleneck", dict(num_layers=2, fusion_layer=3), "fusion_layer"),
         ("perceiver", dict(num_latents=0), "num_latents"),
         ("perceiver", dict(num_layers=0), "num_layers"),
+        ("cross_attention", dict(readout="first"), "readout must be one of"),
+        ("bottleneck", dict(readout="pooled_token"), "readout='pooled_token' needs pooled_token=True"),
     ],
 )
 def test_bad_config_raises_clear_error(name, config, match):
@@ -450,3 +496,11 @@ def test_bad_config_raises_clear_error(name, config, match):
     # The block's own checks (F.create range-checks sizes before: test_base.py).
     with pytest.raises(AttentionConfigError, match=match):
         jax.eval_shape(FUSION.get(name)(out_dim=2, **config).init, jax.random.key(0), feats)
+
+
+def test_pooled_token_needs_matching_widths():
+    feats = {"a": Encoded(pooled=jnp.zeros((2, 4)), tokens=jnp.zeros((2, 3, 5)), mask=jnp.ones((2, 3), bool)),
+             "b": jnp.zeros((2, 3))}
+    with pytest.raises(F.FusionInputError, match="modality 'a'.*pooled \\(2, 4\\) and tokens \\(2, 3, 5\\)"):
+        jax.eval_shape(F.create("perceiver", out_dim=2, dim=DIM, num_heads=HEADS, pooled_token=True).init,
+                       jax.random.key(0), feats)
