@@ -80,13 +80,15 @@ def _user_errors():
     from mmjax.train.checkpoint import CheckpointError
     from mmjax.train.optim import OptimConfigError
     from mmjax.train.parallel import ParallelConfigError
+    from mmjax.fusion.attention import AttentionConfigError
     from mmjax.fusion.base import FusionInputError
     from mmjax.train.health import WorkdirBusyError
     from mmjax.train.loop import WorkdirError
     from mmjax.train.step import StepConfigError
     from mmjax.validation import BatchValidationError
     return (ModelConfigError, UnknownNameError, CheckpointError, OptimConfigError, ParallelConfigError,
-            StepConfigError, BatchValidationError, FusionInputError, WorkdirError, WorkdirBusyError)
+            StepConfigError, BatchValidationError, FusionInputError, AttentionConfigError, WorkdirError,
+            WorkdirBusyError)
 
 
 def run(args) -> int:

@@ -23,6 +23,7 @@ import numpy as np
 from mmjax import metrics as metrics_lib
 from mmjax import validation
 from mmjax.validation import BatchValidationError
+from mmjax.fusion.attention import AttentionConfigError
 from mmjax.models.classifier import ModelConfigError, build_classifier
 from mmjax.train import health
 from mmjax.train import logging as log_lib
@@ -463,7 +464,8 @@ def _first_trace(fn, example, rng):
     """
     try:
         return fn(example, rng)
-    except (CheckpointError, validation.BatchValidationError, ModelConfigError, OptimConfigError):
+    except (CheckpointError, validation.BatchValidationError, ModelConfigError, OptimConfigError,
+            AttentionConfigError):
         raise
     except ValueError as e:
         if type(e).__module__.startswith(("jax", "flax", "optax", "orbax")):

@@ -54,6 +54,9 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path, cache_dir):
         "negative width": (base + ["--config.model.fusion_config.out_dim=-1"],
                            "model.fusion_config.out_dim must be >= 1, got -1 (fusion block 'concat')"),
         "bad optimizer": (base + ["--config.optim.name=adamw2"], "optim.name must be 'adamw' or 'sgd'"),
+        "bad attention option": (base + ["--config.model.fusion=cross_attention",
+                                          "--config.model.fusion_config={'out_dim': 4, 'readout': 'first'}"],
+                                 "error: cross_attention: readout must be one of ('mean', 'pooled_token')"),
         "unavailable command": (["broken"], "command 'broken' is unavailable"),
     }
     p = subprocess.run([sys.executable, "-c", DRIVER, json.dumps([c[0] for c in cases.values()])],
