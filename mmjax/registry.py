@@ -27,13 +27,16 @@ def check_sizes(constructor: Any, config: Mapping[str, Any], where: str) -> None
     ``constructor`` is a dataclass (a flax Module); options annotated ``int``,
     ``Optional[int]`` or ``Sequence[int]`` must be >= 1 (widths, heads, ranks,
     sample rates, each entry of ``features``), or >= 0 when the name says it
-    counts or indexes layers (``num_layers``, ``fusion_layer``). Caught here,
+    counts or indexes layers (``num_layers``, ``fusion_layer``); ``dropout_rate``
+    must be in [0, 1). Caught here,
     a bad size names its config key; left to XLA it is a traceback about a
     negative shape deep inside a trace. ``where`` prefixes the key in the message
     ("model.fusion_config." gives "model.fusion_config.out_dim must be >= 1, got -1").
     """
     fields = getattr(constructor, "__dataclass_fields__", {})
     for key, value in config.items():
+        if key == "dropout_rate" and isinstance(value, numbers.Real) and not 0 <= value < 1:
+            raise BadSizeError(f"{where}{key} must be in [0, 1), got {value}")
         field = fields.get(key)
         kind = str(getattr(field, "type", ""))
         if field is None or "int" not in kind or "Tuple" in kind:

@@ -51,7 +51,7 @@ def evaluate(config, workdir: str, *, which: str = "best", noise_levels: Sequenc
     from experiments import data_factory
     from experiments.reports import analysis
     from mmjax.train import loop
-    from mmjax.train.checkpoint import Checkpointer, CheckpointError
+    from mmjax.train.checkpoint import CheckpointError
 
     data_fn = data_fn or data_factory.make_data
     info_fn = info_fn or data_factory.data_info
@@ -65,9 +65,7 @@ def evaluate(config, workdir: str, *, which: str = "best", noise_levels: Sequenc
     num_classes = int(info["num_classes"])
     class_names = list(info.get("class_names") or []) or None
     runner = loop.build(config, num_classes, info)
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=int(config.checkpoint.get("keep", 2)),
-                        best_metric=config.checkpoint.get("best_metric") or None,
-                        best_mode=config.checkpoint.get("best_mode", "max"))
+    ckpt = loop.open_checkpoints(config, workdir, for_eval=True)
     seed = int(config.get("seed", 0))
     split = config.get("eval_split", "test")
     try:

@@ -318,6 +318,9 @@ def build_classifier(model_config: Mapping[str, Any], num_classes: int) -> Class
         cfg["fusion_config"] = _plain(cfg["fusion_config"])
     if "head_hidden" in cfg:
         cfg["head_hidden"] = tuple(cfg["head_hidden"])
+    rate = cfg.get("dropout_rate", 0.0)
+    if not 0 <= float(rate) < 1:
+        raise ModelConfigError(f"model.dropout_rate must be in [0, 1), got {rate!r}")
     known = set(Classifier.__dataclass_fields__) - {"parent", "name"}
     unknown = sorted(set(cfg) - known)
     if unknown:

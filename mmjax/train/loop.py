@@ -94,6 +94,21 @@ def _peek(it: Iterator) -> tuple:
     return first, chained()
 
 
+def open_checkpoints(config: Any, workdir: str, *, for_eval: bool = False) -> Checkpointer:
+    """The run's :class:`Checkpointer` (``WORKDIR/checkpoints``, options from ``config.checkpoint``).
+
+    ``for_eval``: the directory must already hold checkpoints; a wrong workdir is an
+    error and nothing is created there.
+    """
+    ck_cfg = _as_dict(_get(config, "checkpoint", {}))
+    directory = os.path.join(workdir, "checkpoints")
+    if for_eval and not os.path.isdir(directory):
+        raise CheckpointError(f"no checkpoints in {os.path.abspath(workdir)} (no {directory}): train there first")
+    return Checkpointer(directory, keep=int(ck_cfg.get("keep", 2)), best_metric=ck_cfg.get("best_metric") or None,
+                        best_mode=ck_cfg.get("best_mode", "max"),
+                        async_save=bool(ck_cfg.get("async_save", False)) and not for_eval)
+
+
 def _graft(tree: Any, target: Sequence[str], loaded: Any, what: str) -> Any:
     """A copy of ``tree`` with the subtree at path ``target`` replaced by ``loaded`` (same structure/shapes)."""
     tree = jax.tree.map(lambda x: x, tree)  # a copy we may edit in place
@@ -404,10 +419,7 @@ def _train(config, workdir, data_fn, info_fn, console, stop_at, guard) -> Dict[s
         label_kind = "multi" if multi else "int"
     spec = validation.spec_from_config(model_cfg, info, loss=loss_name,
                                        batch_size=batch_size // jax.process_count(), label=label_kind)
-    ck_cfg = _as_dict(_get(config, "checkpoint", {}))
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=int(ck_cfg.get("keep", 2)),
-                        best_metric=ck_cfg.get("best_metric") or None, best_mode=ck_cfg.get("best_mode", "max"),
-                        async_save=bool(ck_cfg.get("async_save", False)))
+    ckpt = open_checkpoints(config, workdir)
     is_main = jax.process_index() == 0
     writer = None
     try:
@@ -588,9 +600,7 @@ def evaluate(config: Any, workdir: str, *, which: str = "best", data_fn: Optiona
     info = info_fn(config)
     num_classes = int(info["num_classes"])
     runner = build(config, num_classes, info)
-    ck_cfg = _as_dict(_get(config, "checkpoint", {}))
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=int(ck_cfg.get("keep", 2)),
-                        best_metric=ck_cfg.get("best_metric") or None, best_mode=ck_cfg.get("best_mode", "max"))
+    ckpt = open_checkpoints(config, workdir, for_eval=True)
     try:
         step = ckpt.best_step() if which == "best" else ckpt.latest_step()
         if step is None:

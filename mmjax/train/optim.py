@@ -70,7 +70,31 @@ def freeze_labels(params: PyTree, freeze: Sequence[str]) -> PyTree:
     )
 
 
+def check_ranges(cfg: Mapping[str, Any]) -> None:
+    """Raises OptimConfigError naming the ``optim.*`` key whose value is out of range.
+
+    A negative learning rate would silently ascend the loss, b1 / b2 >= 1 never
+    forget, and a negative weight decay grows the weights: none fails loudly on
+    its own.
+    """
+    def check(key, ok, want):
+        value = cfg.get(key)
+        if value is not None and not ok(float(value)):
+            raise OptimConfigError(f"optim.{key} must be {want}, got {value!r}")
+
+    check("learning_rate", lambda v: v > 0, "> 0")
+    check("warmup_steps", lambda v: v >= 0, ">= 0")
+    check("weight_decay", lambda v: v >= 0, ">= 0")
+    check("end_lr_factor", lambda v: v >= 0, ">= 0")
+    check("b1", lambda v: 0 <= v < 1, "in [0, 1)")
+    check("b2", lambda v: 0 <= v < 1, "in [0, 1)")
+    check("momentum", lambda v: 0 <= v < 1, "in [0, 1)")
+    if cfg.get("clip_norm"):
+        check("clip_norm", lambda v: v > 0, "> 0 (or 0 / None: no clipping)")
+
+
 def make_schedule(cfg: Mapping[str, Any], total_steps: int) -> Callable[[int], Any]:
+    check_ranges(cfg)
     lr = float(cfg.get("learning_rate", 1e-3))
     warmup = int(cfg.get("warmup_steps", 0))
     kind = cfg.get("schedule", "cosine")

@@ -57,6 +57,10 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path, cache_dir):
         "bad attention option": (base + ["--config.model.fusion=cross_attention",
                                           "--config.model.fusion_config={'out_dim': 4, 'readout': 'first'}"],
                                  "error: cross_attention: readout must be one of ('mean', 'pooled_token')"),
+        "negative learning rate": (base + ["--config.optim.learning_rate=-1"], "optim.learning_rate must be > 0"),
+        "dropout above 1": (base + ["--config.model.dropout_rate=1.5"], "model.dropout_rate must be in [0, 1)"),
+        "eval of a missing workdir": (["eval", "synthetic", "--workdir", str(tmp_path / "nope")],
+                                      f"no checkpoints in {tmp_path / 'nope'}"),
         "unavailable command": (["broken"], "command 'broken' is unavailable"),
     }
     p = subprocess.run([sys.executable, "-c", DRIVER, json.dumps([c[0] for c in cases.values()])],
@@ -70,6 +74,7 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path, cache_dir):
         assert len(msg) == 1 and msg[0].startswith("error: "), f"{what}: {err}"
         assert expected in msg[0], f"{what}: {msg[0]}"
     assert len(results) == len(cases)
+    assert not os.path.exists(tmp_path / "nope")  # a mistyped eval workdir is not created
 
 
 def test_python_m_experiments_reports_in_one_line(tmp_path, cache_dir):

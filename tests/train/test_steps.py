@@ -1,6 +1,7 @@
 """Train-step behaviour on one device: accumulation, freezing, NaN policies, bf16, resume, init_from."""
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +11,7 @@ import pytest
 from experiments import synthetic
 from experiments.configs import synthetic as synthetic_config
 from mmjax.train import loop
-from mmjax.train.optim import decay_mask, freeze_labels
+from mmjax.train.optim import OptimConfigError, decay_mask, freeze_labels, make_optimizer
 from mmjax.validation import BatchValidationError
 
 DATA = {"name": "synthetic", "num_classes": 3, "dims": {"a": 6, "b": 4}}
@@ -91,6 +92,19 @@ def test_decay_mask_and_freeze_labels():
     assert labels["head"]["out"]["kernel"] == "frozen"
     with pytest.raises(ValueError, match="matches no parameter"):
         freeze_labels(params, ["encoders/text"])
+
+
+def test_optimizer_options_out_of_range_name_their_key():
+    params = {"w": jnp.zeros((2, 2))}
+    for key, value, want in [("learning_rate", 0.0, "> 0"), ("b2", 1.0, "in [0, 1)"), ("weight_decay", -1e-4, ">= 0"),
+                             ("warmup_steps", -1, ">= 0"), ("momentum", 1.5, "in [0, 1)"), ("clip_norm", -1.0, "> 0 (or 0 / None: no clipping)")]:
+        with pytest.raises(OptimConfigError, match=rf"^optim\.{key} must be {re.escape(want)}, got"):
+            make_optimizer({"learning_rate": 1e-3, key: value}, params, 10)
+    # In range (and clip_norm 0 = off): builds, and one update moves against the gradient.
+    tx = make_optimizer({"learning_rate": 0.1, "clip_norm": 0, "b1": 0.0, "weight_decay": 0.0,
+                         "schedule": "constant"}, params, 10)
+    updates, _ = tx.update({"w": jnp.ones((2, 2))}, tx.init(params), params)
+    assert float(updates["w"][0, 0]) < 0
 
 
 def test_nonfinite_update_is_skipped_and_reported():
