@@ -103,7 +103,7 @@ def open_checkpoints(config: Any, workdir: str, *, for_eval: bool = False) -> Ch
     ck_cfg = _as_dict(_get(config, "checkpoint", {}))
     directory = os.path.join(workdir, "checkpoints")
     if for_eval and not os.path.isdir(directory):
-        raise CheckpointError(f"no checkpoints in {os.path.abspath(workdir)} (no {directory}): train there first")
+        raise CheckpointError(f"no checkpoints in {os.path.abspath(workdir)} (no {directory}): train first")
     return Checkpointer(directory, keep=int(ck_cfg.get("keep", 2)), best_metric=ck_cfg.get("best_metric") or None,
                         best_mode=ck_cfg.get("best_mode", "max"),
                         async_save=bool(ck_cfg.get("async_save", False)) and not for_eval)
