@@ -64,6 +64,11 @@ def _pooled_tokens(block: str, inputs: FusionInputs, pooled_token: bool, readout
     return with_pooled_token(inputs, block) if pooled_token else inputs
 
 
+def _read_out(tokens: Array, mask: Array, readout: str) -> Array:
+    """(B, T, D) tokens -> (B, D): the masked mean, or the prepended pooled token."""
+    return tokens[:, 0] if readout == "pooled_token" else masked_mean(tokens, mask)
+
+
 def _safe_key_mask(mask: Array) -> Tuple[Array, Array]:
     """(B, S) key mask -> (mask with all-masked rows opened, (B,) any real key)."""
     has = mask.any(axis=-1)
@@ -207,7 +212,7 @@ class CrossModalAttentionFusion(nn.Module):
             t = jnp.concatenate(per_source, axis=-1)
             t = jnp.where(masks[a][..., None], t, 0)
             tokens[a] = t
-            pooled.append(t[:, 0] if self.readout == "pooled_token" else masked_mean(t, masks[a]))
+            pooled.append(_read_out(t, masks[a], self.readout))
         z = jnp.concatenate(pooled, axis=-1)
         out = dense(self.out_dim, dtype=self.dtype, param_dtype=self.param_dtype, name="out")(z)
         return (out, tokens) if self.return_tokens else out
@@ -241,12 +246,7 @@ class BottleneckFusion(nn.Module):
       share_weights: one set of layer weights for all modalities (input
         projections stay per modality since the D_m differ).
       pos_emb: add learned positional embeddings (T_m, dim) per modality.
-      pooled_token: prepend each modality's pooled vector as one more token
-        (``with_pooled_token``; T_m counts it).
-      readout: how each modality's tokens become one vector: "mean" (masked
-        mean over real tokens) or "pooled_token" (the prepended token, like a
-        class token; needs pooled_token=True). With small CNN encoders, whose
-        per-position tokens say little alone, "pooled_token" learns far faster.
+      pooled_token, readout: as in :class:`CrossModalAttentionFusion`.
     """
 
     out_dim: int
@@ -321,8 +321,7 @@ class BottleneckFusion(nn.Module):
         for n in owners:
             norm = layer_norm(self.dtype, self.param_dtype, "ln_final" if self.share_weights else f"{n}_ln_final")
             for m in (names if self.share_weights else (n,)):
-                y = norm(x[m])
-                pooled.append(y[:, 0] if self.readout == "pooled_token" else masked_mean(y, inputs.token_mask[m]))
+                pooled.append(_read_out(norm(x[m]), inputs.token_mask[m], self.readout))
         pooled = jnp.stack(pooled, axis=1)  # (B, M, dim), names order
         pooled = jnp.where(weight[..., None] > 0, pooled, 0)
         z = pooled.sum(axis=1) / jnp.maximum(count, 1)[:, None]
