@@ -1,8 +1,10 @@
-"""``python -m experiments data {build,info,export} NAME``: prepare and inspect datasets.
+"""``python -m experiments data {build,info,convert} NAME``: prepare and inspect datasets.
 
-build:  prepares a tfds dataset (mmjax's own builders are generated offline, with tfds's progress bars).
-info:   splits, sizes, features, per-modality shapes, class balance and content hashes.
-export: writes the decoded splits to .npz for the tensorflow-free ``backend="numpy"``.
+build:   prepares a tfds dataset in ArrayRecord (mmjax's own builders are generated offline; needs tensorflow).
+info:    where it is, splits, sizes, features, per-modality shapes, class balance, bad examples and content
+         hashes (reads every split once; needs no tensorflow).
+convert: adds ArrayRecord files beside a prepared TFRecord dataset, once, so it can be read by index
+         (public tfds datasets are mostly TFRecord; needs tensorflow).
 """
 from __future__ import annotations
 
@@ -16,12 +18,10 @@ from experiments.errors import UserError
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("data", help="build / inspect / export datasets", description=__doc__)
-    p.add_argument("action", choices=("build", "info", "export"))
+    p = subparsers.add_parser("data", help="build / inspect / convert datasets", description=__doc__)
+    p.add_argument("action", choices=("build", "info", "convert"))
     p.add_argument("name", help="tfds name, e.g. av_digits, av_digits/tiny, stamps, cifar10")
     p.add_argument("--data_dir", default=None, help="tfds data dir (default $MMJAX_DATA_DIR or ~/tensorflow_datasets)")
-    p.add_argument("--export_dir", default=None, help="where `export` writes (default <data_dir>/mmjax_numpy)")
-    p.add_argument("--backend", default="tf", choices=("tf", "numpy"), help="what `info` reads")
     return p
 
 
@@ -30,13 +30,11 @@ def _config(args):
 
     cfg = default_config(args.name)
     cfg.data_dir = args.data_dir
-    cfg.export_dir = args.export_dir
-    cfg.backend = args.backend if args.action == "info" else "tf"
     return cfg
 
 
 def columns_sha256(cols) -> str:
-    """sha256 over a split's decoded columns (sorted by name), independent of the backend."""
+    """sha256 over a split's decoded columns (sorted by name)."""
     h = hashlib.sha256()
     for k in sorted(cols):
         h.update(k.encode())
@@ -45,7 +43,7 @@ def columns_sha256(cols) -> str:
 
 
 def run(args) -> int:
-    from mmjax.data import DataConfigError, dataset_info, export, split_columns
+    from mmjax.data import DataConfigError, convert, dataset_info, split_columns
     from mmjax.data import bad_examples, source
 
     cfg = _config(args)
@@ -57,25 +55,25 @@ def run(args) -> int:
             for split, s in b.info.splits.items():
                 print(f"  {split}: {s.num_examples} examples, {s.num_bytes / 1e6:.1f} MB")
             return 0
-        if args.action == "export":
-            for path in export(cfg):
-                print(f"wrote {path}")
+        if args.action == "convert":
+            t = time.time()
+            path = convert(cfg)
+            print(f"{args.name}: readable by index in {path} ({time.time() - t:.1f} s)")
             return 0
         info = dataset_info(cfg)
-        print(f"dataset: {info.name}  (backend {cfg.backend})")
+        print(f"dataset: {info.name}  in {info.data_dir}")
         print(f"classes: {info.num_classes}  {', '.join(info.class_names[:20])}{' ...' if info.num_classes > 20 else ''}")
         print("modalities:")
         for m, mi in info.modalities.items():
             print(f"  {m}: {mi.kind} {mi.shape} {mi.dtype}{'  + token_mask' if mi.sequence else ''}")
-        if cfg.backend == "tf":
-            print("features:")
-            print("  " + str(source.builder(cfg, prepare=False).info.features).replace("\n", "\n  "))
+        print("features:")
+        print("  " + str(source.builder(cfg, prepare=False).info.features).replace("\n", "\n  "))
         print("splits:")
         for split, n in info.splits.items():
             cols = split_columns(cfg, split)
             line = f"  {split}: {n} examples"
             if "label" in cols and cols["label"].ndim == 1:
-                counts = np.bincount(cols["label"], minlength=info.num_classes)
+                counts = np.bincount(cols["label"][cols["keep"]], minlength=info.num_classes)
                 line += f"; per class min {counts.min()} max {counts.max()}: {counts.tolist()}"
             print(line)
             # Counts of undecodable/empty/silent examples and what the bad_examples policy did.

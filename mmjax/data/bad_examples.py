@@ -1,21 +1,24 @@
 """Bad examples: undecodable images, empty or silent audio, empty text.
 
-A split is checked once, when it is decoded into columns (host numpy, cheap),
-and the data config key ``bad_examples`` says what happens to what is found:
+Each batch's rows are checked when they are read (host numpy, cheap), and the
+data config key ``bad_examples`` says what happens to what is found:
 
 * ``"missing"`` (default): the example is kept with that modality marked
   missing (zero inputs, ``modality_mask`` False, as for modality dropout). An
-  example left with no usable modality at all is skipped (counted under
+  example left with no usable modality at all is dropped (counted under
   ``"no_modality_left"``), since it would be a label without inputs.
-* ``"skip"``: the example is dropped from the split (the ``index`` column keeps
-  the original positions of the examples that remain).
+* ``"skip"``: the example is dropped.
 * ``"fatal"``: :class:`DataError` naming the split, example index, modality and
-  reason of the first bad example (and how many there are).
+  reason of the first bad example read.
 
-Whatever the policy, counts per split and reason are kept in
-:data:`REPORTS`, logged as one line when the split is loaded, and shown by
-``dataset_info`` (for the splits loaded so far) and ``python -m experiments
-data info``. Nothing bad passes silently as an ordinary example.
+A dropped example keeps its row, with weight 0 (train) or ``valid`` False
+(eval): every other example stays where the data order puts it, whatever the
+number of processes, and nothing is read twice to fill the gap.
+
+Whatever the policy, the distinct bad examples this process has read are
+counted per split and reason in :data:`REPORTS`, logged when first met, and
+shown by ``dataset_info`` and ``python -m experiments data info`` (which reads
+whole splits). Nothing bad passes silently as an ordinary example.
 
 Reasons:
   undecodable_image: the stored image bytes failed to decode (``m__undecodable``).
@@ -27,6 +30,7 @@ Reasons:
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Dict, List, Tuple
 
 import numpy as np
@@ -41,8 +45,10 @@ SILENCE_THRESHOLD = 1e-4
 
 log = logging.getLogger("mmjax.data")
 
-# (dataset name, split) -> {reason: count, "examples": N before, "kept": N after, "policy": ...}
+# (dataset name, split) -> {reason: count, "examples": N read, "kept": N not dropped, "policy": ...}
 REPORTS: Dict[Tuple[str, str], Dict] = {}
+_SEEN: Dict[Tuple[str, str], Dict[str, set]] = {}  # the example indices behind REPORTS
+_LOCK = threading.Lock()  # batches are read by several threads
 
 
 def policy_of(cfg) -> str:
@@ -90,20 +96,19 @@ def _summary(name: str, split: str, report: Dict) -> str:
     )
 
 
-def apply(cfg, split: str, cols: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-    """Checks a split's columns and applies ``cfg.bad_examples``; returns the new columns.
+def apply(cfg, split: str, cols: Dict[str, np.ndarray]) -> Tuple[Dict[str, np.ndarray], np.ndarray]:
+    """Checks a batch's rows and applies ``cfg.bad_examples`` -> (columns, keep (N,) bool).
 
     Under "missing" a bad modality gets zero data, length 0 (text/audio) or
-    ``m__present`` False (images). Records and logs the split's report.
+    ``m__present`` False (images). ``keep`` is False for dropped examples. Adds the
+    rows' distinct bad examples to the split's report (``index`` identifies them).
     """
     policy = policy_of(cfg)
     bad = find_bad(cfg, cols)
     n = len(cols["index"])
-    report: Dict = {"examples": n, "policy": policy}
-    for m, found in bad.items():
-        for r, b in found.items():
-            report[r] = report.get(r, 0) + int(b.sum())
+    keep = np.ones(n, bool)
     if bad and policy == "fatal":
+        _record(cfg.name, split, policy, cols["index"], bad, ~keep)
         first = None
         for m, found in bad.items():
             for r, b in found.items():
@@ -114,42 +119,60 @@ def apply(cfg, split: str, cols: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]
         total = int(np.any([b for f in bad.values() for b in f.values()], axis=0).sum())
         raise DataError(
             f"{cfg.name} split {split!r}: example {int(cols['index'][i])} has {r.replace('_', ' ')} "
-            f"(modality {m!r}); {total} bad example(s) in the split; "
+            f"(modality {m!r}); {total} bad example(s) among the {n} just read; "
             f"set data config bad_examples='skip' or 'missing' to go on without them"
         )
     cols = dict(cols)
     if bad:
-        any_bad = np.zeros(n, bool)
-        for found in bad.values():
-            for b in found.values():
-                any_bad |= b
+        mbad = {m: np.any([b for b in bad.get(m, {}).values()] or [np.zeros(n, bool)], axis=0)
+                for m in sorted(cfg.modalities)}
         if policy == "skip":
-            keep = ~any_bad
+            keep = ~np.any(list(mbad.values()), axis=0)
         else:
-            usable = np.ones((n, len(cfg.modalities)), bool)
-            for j, m in enumerate(sorted(cfg.modalities)):
-                mbad = np.zeros(n, bool)
-                for b in bad.get(m, {}).values():
-                    mbad |= b
-                usable[:, j] = ~mbad
-                if not mbad.any():
+            keep = ~np.all(list(mbad.values()), axis=0)  # nothing usable left: dropped
+            for m, b in mbad.items():
+                if not b.any():
                     continue
-                mc = cfg.modalities[m]
-                cols[m] = np.where(mbad.reshape((-1,) + (1,) * (cols[m].ndim - 1)), 0, cols[m]).astype(cols[m].dtype)
-                if mc.kind == "image":
-                    cols[m + "__present"] = ~mbad
+                cols[m] = np.where(b.reshape((-1,) + (1,) * (cols[m].ndim - 1)), 0, cols[m]).astype(cols[m].dtype)
+                if cfg.modalities[m].kind == "image":
+                    cols[m + "__present"] = ~b
                 else:
-                    cols[m + "__length"] = np.where(mbad, 0, cols[m + "__length"]).astype(np.int32)
-            keep = usable.any(1)
-            if (~keep).any():
-                report["no_modality_left"] = int((~keep).sum())
-        if not keep.all():
-            cols = {k: v[keep] for k, v in cols.items()}
-    report["kept"] = len(cols["index"])
-    REPORTS[(cfg.name, split)] = report
-    line = _summary(cfg.name, split, report)
-    (log.warning if bad else log.info)(line)
-    return cols
+                    cols[m + "__length"] = np.where(b, 0, cols[m + "__length"]).astype(np.int32)
+    _record(cfg.name, split, policy, cols["index"], bad, ~keep)
+    return cols, keep
+
+
+def _record(name: str, split: str, policy: str, index: np.ndarray, bad, dropped: np.ndarray) -> None:
+    """Adds these rows to the split's report: distinct examples read, distinct bad ones per reason."""
+    index = np.asarray(index)
+    new_reasons = []
+    with _LOCK:
+        seen = _SEEN.setdefault((name, split), {"examples": set(), "dropped": set()})
+        seen["examples"].update(index.tolist())
+        seen["dropped"].update(index[dropped].tolist())
+        for found in bad.values():
+            for r, b in found.items():
+                ids = seen.setdefault(r, set())
+                if not ids and b.any():
+                    new_reasons.append((r, int(index[b][0])))
+                ids.update(index[b].tolist())
+        report = {"examples": len(seen["examples"]), "policy": policy,
+                  "kept": len(seen["examples"]) - len(seen["dropped"])}
+        report.update({r: len(seen[r]) for r in REASONS if seen.get(r)})
+        if policy == "missing" and seen["dropped"]:
+            report["no_modality_left"] = len(seen["dropped"])
+        REPORTS[(name, split)] = report
+    for r, i in new_reasons:
+        log.warning("%s %s: %s (example %d and maybe more); bad_examples=%r", name, split, r.replace("_", " "),
+                    i, policy)
+
+
+def reset(name: str = "") -> None:
+    """Forgets the reports (of dataset ``name``, or all): e.g. before reading a split again."""
+    with _LOCK:
+        for key in [k for k in REPORTS if not name or k[0] == name]:
+            REPORTS.pop(key, None)
+            _SEEN.pop(key, None)
 
 
 def reports_for(name: str) -> Dict[str, Dict]:

@@ -3,9 +3,6 @@
 Keys of a data config:
   name: tfds name, optionally with a builder config ("av_digits", "av_digits/tiny", "cifar10").
   data_dir: tfds data dir; None -> $MMJAX_DATA_DIR, else ~/tensorflow_datasets.
-  backend: "tf" (read with tensorflow_datasets) or "numpy" (read the .npz export written by
-    ``python -m experiments data export NAME``; needs no tensorflow).
-  export_dir: where numpy exports live; None -> <data_dir>/mmjax_numpy.
   label: feature path of the integer class label ("label"), or None (no "label" in batches).
   label_kind: "class" ((B,) int32) or "multi_hot" ((B, C) float32 from a sequence of labels).
   num_classes: only needed for multi_hot labels without class names.
@@ -23,14 +20,15 @@ Keys of a data config:
   class_weights: None, "balanced" (from the train split's label counts) or a list of C weights;
     adds "weight" (B,) float32 to batches.
   bad_examples: what to do with an undecodable image, an empty or silent audio clip or an empty
-    text, found once when a split is decoded: "missing" (default: keep the example with that
-    modality missing; an example with no usable modality left is skipped), "skip" (drop the
-    example) or "fatal" (DataError naming split, example index and reason). Always counted per
-    split and reason, logged, and shown by dataset_info / ``experiments data info``; see
-    mmjax.data.bad_examples.
+    text, found when the example is read: "missing" (default: keep the example with that
+    modality missing; an example with no usable modality left is dropped), "skip" (drop the
+    example: weight 0 / valid False in its batch) or "fatal" (DataError naming split, example
+    index and reason). Always counted per split and reason, logged, and shown by dataset_info /
+    ``experiments data info``; see mmjax.data.bad_examples.
   corruption_seed: seed of the fixed corruption (independent of the training seed).
   shuffle: shuffle train epochs (by (seed, epoch)).
-  prefetch: batches prepared ahead in a background thread.
+  prefetch: batches prepared ahead (0: read in the caller's thread, one batch at a time).
+  read_threads: Grain threads that read and decode those batches.
 """
 from __future__ import annotations
 
@@ -61,8 +59,6 @@ def base_config() -> ml_collections.ConfigDict:
         dict(
             name="",
             data_dir=None,
-            backend="tf",
-            export_dir=None,
             label="label",
             label_kind="class",
             num_classes=None,
@@ -73,6 +69,7 @@ def base_config() -> ml_collections.ConfigDict:
             corruption_seed=0,
             shuffle=True,
             prefetch=2,
+            read_threads=2,
         )
     )
 
@@ -117,8 +114,9 @@ def resolve_data_dir(data_dir: Optional[str]) -> str:
 def validate(cfg: ml_collections.ConfigDict) -> None:
     if not cfg.get("name"):
         raise DataConfigError("data config: 'name' (a tfds dataset name) is required")
-    if cfg.get("backend", "tf") not in ("tf", "numpy"):
-        raise DataConfigError(f"data config: backend must be 'tf' or 'numpy', got {cfg.backend!r}")
+    if cfg.get("backend", "tf") != "tf" or cfg.get("export_dir"):
+        raise DataConfigError("data config: 'backend' and 'export_dir' are gone: every dataset is read by index "
+                              "without tensorflow (ArrayRecord); drop those keys")
     if cfg.get("bad_examples", "missing") not in ("missing", "skip", "fatal"):
         raise DataConfigError(f"data config: bad_examples must be 'missing', 'skip' or 'fatal', got {cfg.bad_examples!r}")
     for m, mc in (cfg.get("modalities") or {}).items():

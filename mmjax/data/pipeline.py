@@ -1,9 +1,8 @@
 """The input pipeline the training loop uses: ``make_iterator`` and ``dataset_info``.
 
-A split is decoded once per process into numpy columns (tf.data with a parallel
-map, or the tensorflow-free .npz export; see :mod:`mmjax.data.source`), the
-fixed per-example corruption is applied once, and the result is cached in
-memory. Batches are then gathered by index:
+Each process reads, by index, only its own rows of each global batch
+(:class:`mmjax.data.source.SplitReader`), through a Grain dataset whose worker
+threads prepare ``prefetch`` batches ahead. Nothing decodes a whole split.
 
 * train: epoch ``e`` visits the examples in the order
   ``default_rng([seed, e]).permutation(N)``; global step ``s`` is the
@@ -14,29 +13,26 @@ memory. Batches are then gathered by index:
 * eval (``train=False``): one pass in stored order; the last batch is padded
   (repeating example 0) and every eval batch carries ``"valid"`` (B,) bool.
 * processes: process ``p`` of ``P`` takes rows ``[p*B/P, (p+1)*B/P)`` of each
-  global batch, so processes read disjoint examples that together cover the
-  global batch. Random draws (augmentation, modality dropout) are made for the
-  whole global batch from ``default_rng([seed, step])`` and sliced, so an
-  example is augmented the same way whatever the process count.
+  global batch. Every random draw is made from a generator of its own example:
+  the fixed corruption from ``(corruption_seed, split, modality, index)``,
+  augmentation and modality dropout from ``(seed, step, index)``. So an example
+  looks the same whatever the process count, and a process draws only for its
+  own rows.
 
 Batches (numpy): ``{"inputs": {m: array}, "token_mask": {m: (B, L) bool}``
 (text and audio only) ``, "modality_mask": {m: (B,) bool}, "label": (B,) int32``
-(or (B, C) float32 multi-hot) ``}`` plus ``"weight": (B,) float32`` with class
-weights and ``"valid"`` in eval. A dropped or missing modality has zero inputs
-and ``modality_mask`` False; its token_mask is left as is.
-
-Scope: every split is held decoded in host memory (per process), which suits
-the datasets this package builds and small public ones (MNIST, CIFAR, a few
-GB at most). Datasets larger than host memory (e.g. COCO at 224 px) need a
-streaming tf.data path that this module does not have yet.
+(or (B, C) float32 multi-hot) ``}``; train batches also carry ``"weight"`` (B,)
+float32 (class weights, 0 for an example dropped by ``bad_examples``), eval
+batches ``"valid"``. A dropped or missing modality has zero inputs and
+``modality_mask`` False; its token_mask is left as is.
 """
 from __future__ import annotations
 
 import copy
-import queue
+import functools
 import threading
 import zlib
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional
 
 import ml_collections
 import numpy as np
@@ -44,11 +40,10 @@ import numpy as np
 from mmjax.data import bad_examples
 from mmjax.data import preprocess as pp
 from mmjax.data import source
-from mmjax.data.config import base_config, resolve_data_dir, validate
+from mmjax.data.config import base_config, validate
+from mmjax.data.draws import RowDraws
 from mmjax.data.errors import DataConfigError
-from mmjax.data.source import DatasetInfo
-
-_COLUMN_CACHE: Dict[Tuple, Dict[str, np.ndarray]] = {}
+from mmjax.data.info import DatasetInfo
 
 
 def _prepared_config(data_config) -> ml_collections.ConfigDict:
@@ -56,7 +51,7 @@ def _prepared_config(data_config) -> ml_collections.ConfigDict:
     given = data_config.to_dict() if hasattr(data_config, "to_dict") else dict(data_config)
     cfg = ml_collections.ConfigDict({**base_config().to_dict(), **copy.deepcopy(given)})
     validate(cfg)
-    if not cfg.modalities and cfg.backend == "tf":
+    if not cfg.modalities:
         source.infer_modalities(cfg, source.builder(cfg, prepare=False))
     if not cfg.modalities:
         raise DataConfigError(f"data config for {cfg.name!r}: 'modalities' is empty")
@@ -65,100 +60,58 @@ def _prepared_config(data_config) -> ml_collections.ConfigDict:
 
 def dataset_info(data_config) -> DatasetInfo:
     """num_classes, class_names, modalities (per-example shape/dtype), split sizes, content hashes,
-    and ``bad_examples``: split -> counts per reason for the splits loaded so far in this process
-    (see :mod:`mmjax.data.bad_examples`)."""
+    the data directory, and ``bad_examples``: split -> counts per reason of the examples this
+    process has read (see :mod:`mmjax.data.bad_examples`)."""
     cfg = _prepared_config(data_config)
-    info = source.tf_info(cfg) if cfg.backend == "tf" else source.numpy_info(cfg)
+    info = source.info(cfg)
     info.bad_examples = bad_examples.reports_for(cfg.name)
     return info
 
 
-def split_columns(data_config, split: str) -> Dict[str, np.ndarray]:
-    """The decoded, corrupted columns of a split (cached per process). Images stay uint8;
-    audio becomes float32 in [-1, 1] (plus the fixed noise). Bad examples are already
-    handled by the ``bad_examples`` policy (``index`` keeps the original positions)."""
-    cfg = _prepared_config(data_config)
-    return _columns(cfg, split)
-
-
-def _columns(cfg, split: str) -> Dict[str, np.ndarray]:
-    corruption = {m: (mc.get("occlusion"), mc.get("noise_std"), mc.get("snr_db"), mc.get("scale")) for m, mc in cfg.modalities.items()}
-    key = (cfg.backend, resolve_data_dir(cfg.data_dir), source.export_dir(cfg), source.stage_key(cfg), split, cfg.corruption_seed, repr(sorted(corruption.items())), bad_examples.policy_of(cfg))
-    if key in _COLUMN_CACHE:
-        return _COLUMN_CACHE[key]
-    cols = dict(source.tf_columns(cfg, split) if cfg.backend == "tf" else source.numpy_columns(cfg, split))
-    # Before the fixed corruption: silence is judged on the stored samples, not on added noise.
-    cols = bad_examples.apply(cfg, split, cols)
+def corrupt(cfg, split: str, cols: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """The fixed per-example corruption (also at eval); audio becomes float32 in [-1, 1]."""
     split_id = zlib.crc32(split.encode())
+    index = cols["index"]
     for i, (m, mc) in enumerate(sorted(cfg.modalities.items())):
-        rng = np.random.default_rng([cfg.corruption_seed, split_id, i])
         if mc.kind == "image" and (mc.occlusion > 0 or mc.noise_std > 0):
+            rng = RowDraws.keyed(index, cfg.corruption_seed, split_id, i)
             cols[m] = pp.corrupt_images(cols[m], rng, mc.occlusion, mc.noise_std)
         elif mc.kind == "audio":
             x = cols[m].astype(np.float32)
             if np.issubdtype(cols[m].dtype, np.integer):
                 x = x / np.float32(mc.scale)
-            cols[m] = pp.add_noise_at_snr(x, cols[m + "__length"], rng, mc.snr_db)
-    _COLUMN_CACHE[key] = cols
+            if mc.snr_db is not None:
+                x = pp.add_noise_at_snr(x, cols[m + "__length"], RowDraws.keyed(index, cfg.corruption_seed, split_id, i),
+                                        mc.snr_db)
+            cols[m] = x
     return cols
 
 
-def clear_cache() -> None:
-    """Forgets the decoded splits held in memory (e.g. after rebuilding a dataset)."""
-    _COLUMN_CACHE.clear()
-
-
-class _GlobalDraws:
-    """A Generator look-alike that draws for the whole global batch and returns one process's rows."""
-
-    def __init__(self, rng: np.random.Generator, total: int, lo: int, hi: int):
-        self._rng, self._total, self._lo, self._hi = rng, total, lo, hi
-
-    def _size(self, size):
-        size = (size,) if np.isscalar(size) else tuple(size)
-        return (self._total,) + size[1:]
-
-    def _cut(self, x):
-        return x[self._lo : self._hi]
-
-    def integers(self, low, high=None, size=1):
-        return self._cut(self._rng.integers(low, high, size=self._size(size)))
-
-    def random(self, size=1, dtype=np.float64):
-        return self._cut(self._rng.random(self._size(size), dtype=dtype))
-
-    def uniform(self, low=0.0, high=1.0, size=1):
-        return self._cut(self._rng.uniform(low, high, size=self._size(size)))
-
-    def standard_normal(self, size=1, dtype=np.float64):
-        return self._cut(self._rng.standard_normal(self._size(size), dtype=dtype))
-
-
-def _assemble(cfg, cols, idx, draws, train: bool, weights: Optional[np.ndarray]) -> Dict[str, Any]:
+def _assemble(cfg, cols, draws, train: bool) -> Dict[str, Any]:
     names = sorted(cfg.modalities)
     inputs, token_mask, present = {}, {}, []
+    n = len(cols["index"])
     for m in names:
         mc = cfg.modalities[m]
-        x = cols[m][idx]
+        x = cols[m]
         if mc.kind == "image":
             x = pp.normalize_images(x, mc.mean, mc.std)
             if train and (mc.augment_pad > 0 or mc.augment_flip):
                 x = pp.augment_images(x, draws, mc.augment_pad, mc.augment_flip)
             # m__present exists only when bad_examples="missing" marked undecodable images.
-            present.append(cols[m + "__present"][idx] if m + "__present" in cols else np.ones(len(idx), bool))
+            present.append(cols.get(m + "__present", np.ones(n, bool)))
         elif mc.kind == "text":
-            lengths = cols[m + "__length"][idx]
             token_mask[m] = x != pp.PAD_ID
-            present.append(lengths > 0)
+            present.append(cols[m + "__length"] > 0)
         elif mc.kind == "audio":
-            lengths = cols[m + "__length"][idx]
+            lengths = cols[m + "__length"]
             if train and (mc.augment_gain_db > 0 or mc.augment_shift > 0 or mc.augment_noise > 0):
                 x, lengths = pp.augment_audio(x, lengths, draws, mc.augment_gain_db, mc.augment_shift, mc.augment_noise)
             token_mask[m] = pp.length_mask(lengths, x.shape[1])
             present.append(lengths > 0)
         else:
             x = x.astype(np.float32)
-            present.append(np.ones(len(idx), bool))
+            present.append(np.ones(n, bool))
         inputs[m] = x
     present = np.stack(present, 1)
     if train and cfg.modality_dropout:
@@ -168,17 +121,81 @@ def _assemble(cfg, cols, idx, draws, train: bool, weights: Optional[np.ndarray])
         if not present[:, j].all():
             keep = present[:, j].reshape((-1,) + (1,) * (inputs[m].ndim - 1))
             inputs[m] = np.where(keep, inputs[m], 0).astype(inputs[m].dtype)
-    batch: Dict[str, Any] = {
-        "inputs": inputs,
-        "modality_mask": {m: present[:, j] for j, m in enumerate(names)},
-    }
+    batch: Dict[str, Any] = {"inputs": inputs, "modality_mask": {m: present[:, j] for j, m in enumerate(names)}}
     if token_mask:
         batch["token_mask"] = token_mask
     if "label" in cols:
-        batch["label"] = cols["label"][idx]
-        if weights is not None:
-            batch["weight"] = weights[batch["label"]].astype(np.float32)
+        batch["label"] = cols["label"]
     return batch
+
+
+class _Order:
+    """Global example indices of each step (train: shuffled epochs; eval: stored order, padded)."""
+
+    def __init__(self, n: int, global_batch_size: int, seed: int, shuffle: bool):
+        self.n, self.b, self.seed, self.shuffle = n, global_batch_size, seed, shuffle
+        self._lock = threading.Lock()
+        self._perm_epoch, self._perm = None, None
+
+    def train(self, step: int) -> np.ndarray:
+        per_epoch = self.n // self.b
+        epoch, k = divmod(step, per_epoch)
+        with self._lock:  # one permutation in memory, shared by the reading threads
+            if epoch != self._perm_epoch:
+                rng = np.random.default_rng([self.seed, epoch])
+                self._perm = rng.permutation(self.n) if self.shuffle else np.arange(self.n)
+                self._perm_epoch = epoch
+            perm = self._perm
+        return perm[k * self.b : (k + 1) * self.b]
+
+    def eval(self, step: int):
+        gidx = np.arange(step * self.b, (step + 1) * self.b)
+        valid = gidx < self.n
+        return np.where(valid, gidx, 0), valid
+
+
+def _batch(step: int, *, cfg, reader, order: _Order, lo: int, hi: int, seed: int, train: bool,
+           weights: Optional[np.ndarray]) -> Dict[str, Any]:
+    """This process's rows of global step ``step``, read, checked, corrupted, augmented, assembled."""
+    if train:
+        rows, valid = order.train(step)[lo:hi], None
+    else:
+        rows, valid = order.eval(step)
+        rows, valid = rows[lo:hi], valid[lo:hi]
+    cols = reader.read(rows)
+    cols, keep = bad_examples.apply(cfg, reader.split, cols)
+    cols = corrupt(cfg, reader.split, cols)
+    draws = RowDraws.keyed(rows, seed, step, 1) if train else None
+    batch = _assemble(cfg, cols, draws, train)
+    if weights is not None and "label" in batch:
+        batch["weight"] = weights[batch["label"]].astype(np.float32)
+    if train:
+        batch["weight"] = batch.get("weight", np.ones(len(rows), np.float32)) * keep
+    else:
+        batch["valid"] = valid & keep
+    return batch
+
+
+@functools.lru_cache(maxsize=8)
+def _train_labels(cfg_json: str, split: str) -> np.ndarray:
+    """The integer labels of a whole split, read once per process (for ``class_weights="balanced"``)."""
+    cfg = ml_collections.ConfigDict(__import__("json").loads(cfg_json))
+    reader = source.SplitReader(cfg, split)
+    chunks = [reader.read(np.arange(i, min(i + 1024, len(reader))))["label"] for i in range(0, len(reader), 1024)]
+    return np.concatenate(chunks) if chunks else np.zeros((0,), np.int32)
+
+
+def _class_weights(cfg, reader) -> Optional[np.ndarray]:
+    if cfg.class_weights is None:
+        return None
+    if not cfg.label or cfg.label_kind != "class":
+        raise DataConfigError("class_weights needs an integer class label")
+    num_classes = len(reader.names)
+    labels = _train_labels(cfg.to_json(), "train") if cfg.class_weights == "balanced" else np.zeros((0,), np.int32)
+    try:
+        return pp.class_weight_table(labels, num_classes, cfg.class_weights)
+    except ValueError as e:
+        raise DataConfigError(f"data config: {e}") from None
 
 
 def make_iterator(
@@ -217,77 +234,38 @@ def make_iterator(
     if not 0 <= process_index < process_count:
         raise DataConfigError(f"process_index {process_index} not in [0, {process_count})")
     local = global_batch_size // process_count
-    lo, hi = process_index * local, (process_index + 1) * local
-    cols = _columns(cfg, split)
-    n = len(cols["index"])
-    weights = None
-    if cfg.class_weights is not None:
-        if "label" not in cols or cfg.label_kind != "class":
-            raise DataConfigError("class_weights needs an integer class label")
-        num_classes = len(dataset_info(cfg).class_names)
-        weights = pp.class_weight_table(_columns(cfg, "train")["label"], num_classes, cfg.class_weights)
+    reader = source.SplitReader(cfg, split)
+    n = len(reader)
+    if train and n < global_batch_size:
+        raise DataConfigError(f"split {split!r} has {n} examples, fewer than global_batch_size {global_batch_size}")
+    order = _Order(n, global_batch_size, seed, bool(cfg.shuffle))
+    stop = 2**62 if train else -(-n // global_batch_size)
+    make = functools.partial(_batch, cfg=cfg, reader=reader, order=order, lo=process_index * local,
+                             hi=(process_index + 1) * local, seed=seed, train=train,
+                             weights=_class_weights(cfg, reader))
+    if int(cfg.prefetch) <= 0:
+        return (make(step) for step in range(start_step, stop))
+    import grain
 
-    def generate():
-        if train:
-            per_epoch = n // global_batch_size
-            if per_epoch == 0:
-                raise DataConfigError(f"split {split!r} has {n} examples, fewer than global_batch_size {global_batch_size}")
-            step, perm_epoch, perm = start_step, None, None
-            while True:
-                epoch, k = divmod(step, per_epoch)
-                if epoch != perm_epoch:
-                    perm = np.random.default_rng([seed, epoch]).permutation(n) if cfg.shuffle else np.arange(n)
-                    perm_epoch = epoch
-                gidx = perm[k * global_batch_size : (k + 1) * global_batch_size]
-                draws = _GlobalDraws(np.random.default_rng([seed, step, 1]), global_batch_size, lo, hi)
-                yield _assemble(cfg, cols, gidx[lo:hi], draws, True, weights)
-                step += 1
-        else:
-            steps = -(-n // global_batch_size)
-            for step in range(start_step, steps):
-                gidx = np.arange(step * global_batch_size, (step + 1) * global_batch_size)
-                valid = gidx < n
-                gidx = np.where(valid, gidx, 0)
-                batch = _assemble(cfg, cols, gidx[lo:hi], None, False, weights)
-                batch["valid"] = valid[lo:hi]
-                yield batch
-
-    return _prefetch(generate(), int(cfg.prefetch))
+    steps = grain.MapDataset.range(start_step, max(stop, start_step)).map(make)
+    options = grain.ReadOptions(num_threads=int(cfg.read_threads), prefetch_buffer_size=int(cfg.prefetch))
+    return iter(steps.to_iter_dataset(options))
 
 
-def _prefetch(it: Iterator, size: int) -> Iterator:
-    """Runs ``it`` in a daemon thread, ``size`` batches ahead (numpy releases the GIL in the heavy ops)."""
-    if size <= 0:
-        yield from it
-        return
-    q: "queue.Queue" = queue.Queue(maxsize=size)
-    done = object()
-    stop = threading.Event()
+def split_columns(data_config, split: str, chunk: int = 512) -> Dict[str, np.ndarray]:
+    """A whole split's columns after ``bad_examples`` and the fixed corruption, for inspection
+    (``data info``, tests). Holds the split in memory; ``make_iterator`` never calls it.
+    ``keep`` (N,) marks the examples the policy does not drop."""
+    cfg = _prepared_config(data_config)
+    reader = source.SplitReader(cfg, split)
+    parts = []
+    for i in range(0, len(reader), chunk):
+        cols, keep = bad_examples.apply(cfg, split, reader.read(np.arange(i, min(i + chunk, len(reader)))))
+        parts.append({**corrupt(cfg, split, cols), "keep": keep})
+    keys = set().union(*parts) if parts else set()
+    return {k: np.concatenate([p.get(k, _default(p, k)) for p in parts]) for k in keys}
 
-    def work():
-        try:
-            for item in it:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            q.put(done)
-        except BaseException as e:  # re-raised in the consumer
-            q.put(e)
 
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = q.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
+def _default(part: Dict[str, np.ndarray], key: str) -> np.ndarray:
+    # m__present appears only in chunks that had a bad image: elsewhere every image is present.
+    return np.ones(len(part["index"]), bool)

@@ -1,14 +1,15 @@
 """Bad examples (undecodable image, empty/silent audio, empty text): counted, reported,
 and handled by the data config's ``bad_examples`` policy."""
 import io
-import json
 import logging
 import os
 
 import numpy as np
 import pytest
 
-from mmjax.data import bad_examples, pipeline, source
+import tensorflow_datasets as tfds
+
+from mmjax.data import bad_examples, decode, pipeline
 from mmjax.data.config import _modality, base_config
 from mmjax.data.errors import DataConfigError, DataError
 from mmjax.data.preprocess import tokenize_bytes
@@ -19,11 +20,10 @@ N, H, L, T = 6, 4, 16, 8
 BAD = {1: "undecodable_image", 2: "silent_audio", 3: "empty_audio", 4: "empty_text"}
 
 
-def _config(tmp_path, policy):
+def _config(data_dir, policy):
     cfg = base_config()
     cfg.name = "fake_bad"
-    cfg.backend = "numpy"
-    cfg.export_dir = str(tmp_path)
+    cfg.data_dir = str(data_dir)
     cfg.prefetch = 0
     cfg.bad_examples = policy
     cfg.modalities = dict(
@@ -56,19 +56,42 @@ def _columns():
     }
 
 
-def _export(cfg, cols):
-    path, info_path = source._export_paths(cfg, "train")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    np.savez(path, **cols)
-    info = source.DatasetInfo(
-        name=cfg.name, num_classes=3, class_names=["a", "b", "c"],
-        modalities={"image": source.ModalityInfo("image", (H, H, 1), "float32", False),
-                    "text": source.ModalityInfo("text", (T,), "int32", True),
-                    "audio": source.ModalityInfo("audio", (L,), "float32", True)},
-        splits={"train": N}, hashes={},
-    )
-    with open(info_path, "w") as f:
-        json.dump(info.to_json(), f)
+def _png(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(image[..., 0]).save(out, format="PNG")
+    return out.getvalue()
+
+
+class FakeBad(tfds.core.GeneratorBasedBuilder):
+    """The examples of ``_columns`` as a real ArrayRecord dataset (images stored as PNG bytes)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        return tfds.core.DatasetInfo(
+            builder=self,
+            features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(shape=(H, H, 1), encoding_format="png"),
+                "text": tfds.features.Text(),
+                "audio": tfds.features.Tensor(shape=(None,), dtype=np.int16),
+                "label": tfds.features.ClassLabel(names=["a", "b", "c"]),
+            }),
+            disable_shuffling=True,
+        )
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+        cols = _columns()
+        texts = ["one", "two", "three", "four", "", ""]
+        for i in range(N):
+            png = _png(cols["image"][i])
+            image = {1: png[: len(png) // 2], 5: b"not an image"}.get(i, png)  # truncated / foreign bytes
+            yield i, {"image": image, "text": texts[i], "audio": cols["audio"][i, : cols["audio__length"][i]],
+                      "label": int(cols["label"][i])}
 
 
 def test_find_bad_reasons_match_constructed_examples():
@@ -90,16 +113,20 @@ def test_quiet_but_real_audio_is_not_silent():
 
 def test_skip_drops_bad_examples_and_counts(caplog):
     cfg = _config("/nonexistent", "skip")
+    bad_examples.reset("fake_bad")
     with caplog.at_level(logging.INFO, logger="mmjax.data"):
-        cols = bad_examples.apply(cfg, "train", _columns())
-    assert cols["index"].tolist() == [0]
-    assert cols["label"].tolist() == [0]
+        cols, keep = bad_examples.apply(cfg, "train", _columns())
+    assert keep.tolist() == [True] + [False] * 5  # rows stay (weight 0 / valid False downstream)
     r = bad_examples.REPORTS[("fake_bad", "train")]
     assert (r["undecodable_image"], r["silent_audio"], r["empty_audio"], r["empty_text"]) == (2, 2, 1, 2)
     assert (r["examples"], r["kept"]) == (6, 1)
+    # Reading the same examples again counts distinct examples, not reads.
+    bad_examples.apply(cfg, "train", {k: v[[1, 2, 0]] for k, v in _columns().items()})
+    assert bad_examples.REPORTS[("fake_bad", "train")] == r
     line = bad_examples.summary_line("fake_bad", "train")
     assert "undecodable_image 2" in line and "empty_text 2" in line and "1 examples kept" in line
-    assert any(line == rec.getMessage() and rec.levelno == logging.WARNING for rec in caplog.records)
+    warned = [rec.getMessage() for rec in caplog.records if rec.levelno == logging.WARNING]
+    assert any("undecodable image (example 1" in w for w in warned) and len(warned) == 4  # once per reason
 
 
 def test_fatal_names_split_index_and_reason():
@@ -117,7 +144,8 @@ def test_fatal_names_split_index_and_reason():
 def test_clean_split_passes_unchanged():
     cfg = _config("/nonexistent", "fatal")
     cols = {k: v[[0]] for k, v in _columns().items()}
-    out = bad_examples.apply(cfg, "clean", cols)
+    out, keep = bad_examples.apply(cfg, "clean", cols)
+    assert keep.tolist() == [True]
     for k in cols:
         np.testing.assert_array_equal(out[k], cols[k])
     assert "no bad examples" in bad_examples.summary_line("fake_bad", "clean")
@@ -131,13 +159,15 @@ def test_unknown_policy_is_a_config_error():
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("export")
-    _export(_config(str(tmp), "missing"), _columns())
+    """A data_dir with fake_bad built (ArrayRecord)."""
+    pytest.importorskip("tensorflow")
+    tmp = tmp_path_factory.mktemp("fake_bad")
+    FakeBad(data_dir=str(tmp), file_format="array_record").download_and_prepare()
     return str(tmp)
 
 
 def _eval_batches(cfg):
-    pipeline.clear_cache()
+    bad_examples.reset(cfg.name)
     return list(pipeline.make_iterator(cfg, "train", global_batch_size=2, seed=0, train=False, process_index=0, process_count=1))
 
 
@@ -170,13 +200,12 @@ def test_skip_and_fatal_through_make_iterator(exported):
         _eval_batches(_config(exported, "fatal"))
 
 
-def test_truncated_png_is_undecodable_on_host():
-    tf = pytest.importorskip("tensorflow")
+def test_truncated_png_is_undecodable():
     rng = np.random.default_rng(1)
-    good = rng.integers(0, 256, size=(5, 5, 3)).astype(np.uint8)
-    png = tf.io.encode_png(good).numpy()
-    encoded = np.array([png, png[: len(png) // 2], b"not an image"], dtype=object)
-    images, bad = source.decode_images_host(encoded, (5, 5, 3), resize=False)
-    assert bad.tolist() == [False, True, True]
-    np.testing.assert_array_equal(images[0], good)  # PNG is lossless
-    assert not images[1:].any()
+    good = rng.integers(0, 256, size=(5, 5, 1)).astype(np.uint8)
+    png = _png(good)
+    assert np.array_equal(decode.decode_image(png, (5, 5, 1), None), good)  # PNG is lossless
+    assert decode.decode_image(png[: len(png) // 2], (5, 5, 1), None) is None
+    assert decode.decode_image(b"not an image", (5, 5, 1), None) is None
+    assert decode.decode_image(png, (4, 4, 1), None) is None  # another size than the feature's
+    assert decode.decode_image(png, (None, None, 1), (3, 3)).shape == (3, 3, 1)

@@ -1,0 +1,45 @@
+"""Per-example random draws for batch-wise numpy code.
+
+:class:`RowDraws` looks like an ``np.random.Generator`` to the batch functions of
+:mod:`mmjax.data.preprocess` (``integers``, ``random``, ``uniform``,
+``standard_normal`` with a leading batch dimension), but row ``r``'s numbers
+come from a generator of its own, keyed by the example's global index. An
+example's draws therefore do not depend on which batch, process or position it
+is read in, and a process draws only for the rows it reads.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+
+class RowDraws:
+    """A batch of generators, one per row."""
+
+    def __init__(self, rngs: Sequence[np.random.Generator]):
+        self._rngs = list(rngs)
+
+    @classmethod
+    def keyed(cls, index: Sequence[int], *key: int) -> "RowDraws":
+        """Row r draws from ``default_rng([*key, index[r]])``."""
+        key = [int(k) for k in key]
+        return cls([np.random.default_rng(key + [int(i)]) for i in np.asarray(index).reshape(-1)])
+
+    def _each(self, draw: Callable[[np.random.Generator, tuple], np.ndarray], size) -> np.ndarray:
+        size = (size,) if np.isscalar(size) else tuple(size)
+        if size[0] != len(self._rngs):
+            raise ValueError(f"RowDraws: asked for {size[0]} rows, holds {len(self._rngs)} generators")
+        return np.stack([np.asarray(draw(r, size[1:])) for r in self._rngs]).reshape(size)
+
+    def integers(self, low, high=None, size=1):
+        return self._each(lambda r, s: r.integers(low, high, size=s), size)
+
+    def random(self, size=1, dtype=np.float64):
+        return self._each(lambda r, s: r.random(s, dtype=dtype), size)
+
+    def uniform(self, low=0.0, high=1.0, size=1):
+        return self._each(lambda r, s: r.uniform(low, high, size=s), size)
+
+    def standard_normal(self, size=1, dtype=np.float64):
+        return self._each(lambda r, s: r.standard_normal(s, dtype=dtype), size)
