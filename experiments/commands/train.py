@@ -75,6 +75,7 @@ def prepare(args):
 
 def _user_errors():
     """Config mistakes surfacing from the library, reported as one line."""
+    from mmjax.data.errors import DataConfigError
     from mmjax.models.classifier import ModelConfigError
     from mmjax.registry import UnknownNameError
     from mmjax.train.checkpoint import CheckpointError
@@ -88,14 +89,15 @@ def _user_errors():
     from mmjax.validation import BatchValidationError
     return (ModelConfigError, UnknownNameError, CheckpointError, OptimConfigError, ParallelConfigError,
             StepConfigError, BatchValidationError, FusionInputError, AttentionConfigError, WorkdirError,
-            WorkdirBusyError)
+            WorkdirBusyError, DataConfigError)
 
 
 def run(args) -> int:
     config = prepare(args)
+    from experiments import data_factory
     from mmjax.train import loop
     try:
-        loop.train_and_evaluate(config, args.workdir)
+        loop.train_and_evaluate(config, args.workdir, data_fn=data_factory.make_data, info_fn=data_factory.data_info)
     except _user_errors() as e:
         raise UserError(str(e)) from None
     except loop.TrainingDiverged as e:

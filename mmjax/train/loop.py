@@ -358,8 +358,8 @@ def train_and_evaluate(config: Any, workdir: str, *, data_fn: Optional[DataFn] =
     Args:
       data_fn: ``(config, split, *, global_batch_size, seed, train, start_step)``
         -> iterator of this process's numpy batches (default:
-        ``experiments.data_factory.make_data``).
-      info_fn: config -> {"num_classes": C, ...} (default: ``data_factory.data_info``).
+        :func:`mmjax.data.factory.make_data`).
+      info_fn: config -> {"num_classes": C, ...} (default: :func:`mmjax.data.factory.data_info`).
       stop_at: leave the loop after this step (with a checkpoint), as a
         preempted job would; a later call on the same workdir resumes.
 
@@ -375,9 +375,9 @@ def train_and_evaluate(config: Any, workdir: str, *, data_fn: Optional[DataFn] =
     (when training finished) WORKDIR/results.json.
     """
     if data_fn is None or info_fn is None:
-        from experiments import data_factory
-        data_fn = data_fn or data_factory.make_data
-        info_fn = info_fn or data_factory.data_info
+        from mmjax.data import factory  # imported on use: importing the loop does not load the dataset readers
+        data_fn = data_fn or factory.make_data
+        info_fn = info_fn or factory.data_info
     check_workdir(workdir)
     check_config(config)
     is_main = jax.process_index() == 0
@@ -592,9 +592,9 @@ def evaluate(config: Any, workdir: str, *, which: str = "best", data_fn: Optiona
     """Restores the best (or latest) checkpoint of ``workdir``, evaluates it, writes WORKDIR/eval/metrics.json."""
     console = log_lib.resolve_console(console)
     if data_fn is None or info_fn is None:
-        from experiments import data_factory
-        data_fn = data_fn or data_factory.make_data
-        info_fn = info_fn or data_factory.data_info
+        from mmjax.data import factory  # imported on use: importing the loop does not load the dataset readers
+        data_fn = data_fn or factory.make_data
+        info_fn = info_fn or factory.data_info
     if which not in ("best", "latest"):
         raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
     info = info_fn(config)

@@ -186,6 +186,7 @@ def test_iterator_class_weights_and_eval_padding():
 def test_ensure_features_info_and_training(setup, monkeypatch, tmp_path):
     """Extraction writes npz + info.json once; ``train`` then runs from them without re-extracting."""
     cfg, examples, extractor, _ = setup
+    from experiments import data_factory
     from experiments.config_utils import load_config
     from mmjax.train import loop
 
@@ -215,6 +216,7 @@ def test_ensure_features_info_and_training(setup, monkeypatch, tmp_path):
     config.total_steps, config.batch_size, config.log_every = 2, 2, 1
     config.model.encoders = {m: {"name": "mlp", "features": (8,)} for m in features.MODALITIES}
     config.model.fusion_config = {"out_dim": 8}
-    result = loop.train_and_evaluate(config, str(tmp_path / "run"), console=None)
+    result = loop.train_and_evaluate(config, str(tmp_path / "run"), data_fn=data_factory.make_data,
+                                     info_fn=data_factory.data_info, console=None)
     assert result["step"] == 2 and 0.0 <= result["accuracy"] <= 1.0 and "macro_f1" in result
     assert calls == ["train", "test"]

@@ -30,7 +30,7 @@ if args.mode == "multiproc":
 
 import numpy as np  # noqa: E402
 
-from experiments import synthetic  # noqa: E402
+from mmjax.data import synthetic  # noqa: E402
 from mmjax.models.classifier import build_classifier  # noqa: E402
 from mmjax.train.checkpoint import Checkpointer  # noqa: E402
 from mmjax.train.optim import make_optimizer  # noqa: E402

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import synthetic
+from mmjax.data import synthetic
 from experiments.configs import synthetic as synthetic_config
 from mmjax.train import loop
 from mmjax.train.optim import OptimConfigError, decay_mask, freeze_labels, make_optimizer

@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from experiments import synthetic_multimodal
+from mmjax.data import synthetic
 from mmjax.train import step as step_lib
 from mmjax.train import tasks
 from mmjax.train.state import create_train_state
@@ -21,14 +21,14 @@ def _config(task, model):
 
 @pytest.fixture(scope="module")
 def batch():
-    b = next(synthetic_multimodal.make_iterator(DATA, "train", global_batch_size=4, seed=0, train=True))
+    b = next(synthetic.make_iterator(DATA, "train", global_batch_size=4, seed=0, train=True))
     b["weight"] = np.array([1, 1, 1, 0], np.float32)
     return b
 
 
 @pytest.fixture(scope="module")
 def captioning(batch):
-    info = synthetic_multimodal.info(DATA)
+    info = synthetic.info(DATA)
     cfg = _config("captioning", {"encoder": {"encoder": "mlp", "features": (8,)}, "width": 8, "num_layers": 1,
                                  "num_heads": 2, "mlp_dim": 16, "bos_id": 2, "eos_id": 3})
     task = tasks.get_task(cfg, info)
@@ -44,7 +44,7 @@ def test_unknown_task_and_bad_model_keys_raise():
         tasks.get_task(_config("contrastive", {"towers": {"image": {"encoder": "mlp"}}}), {}).build_model()
     with pytest.raises(tasks.TaskConfigError, match="widht"):
         tasks.get_task(_config("captioning", {"encoder": {"encoder": "mlp"}, "widht": 3}),
-                       synthetic_multimodal.info(DATA)).build_model()
+                       synthetic.info(DATA)).build_model()
 
 
 def test_captioning_loss_is_token_weighted_mean(batch, captioning):
@@ -72,7 +72,7 @@ def test_train_step_with_task_accumulation_matches_full_batch(batch, captioning)
 
 
 def test_contrastive_loss_terms_equal_numpy_clip(batch):
-    info = synthetic_multimodal.info(DATA)
+    info = synthetic.info(DATA)
     cfg = _config("contrastive", {"towers": {"image": {"encoder": "mlp", "features": (8,)},
                                              "text": {"encoder": "gru", "vocab_size": info["vocab_size"],
                                                       "embed_dim": 4, "hidden_dim": 8}}, "embed_dim": 4})
