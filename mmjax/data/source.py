@@ -61,19 +61,11 @@ def builder(cfg, *, prepare: bool = True):
     with ``prepare`` the dataset must be readable by index (else a DataConfigError says what to run)."""
     tfds = _tfds()
     data_dir = resolve_data_dir(cfg.data_dir)
-    kwargs = {}
     if is_own(cfg.name):
         from mmjax.data import builders
 
         builders.register()
-        kwargs["file_format"] = "array_record"
-    try:
-        b = tfds.builder(cfg.name, data_dir=data_dir, **kwargs)
-    except Exception as e:  # tfds raises several types for unknown names/configs
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        close = difflib.get_close_matches(cfg.name.split("/")[0], tfds.list_builders(), n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise DataConfigError(f"unknown tfds dataset {cfg.name!r} ({first_line}).{hint}") from None
+    b = _load_builder(tfds, cfg.name, data_dir)
     if _download_is_mocked(b) or not prepare:  # under tfds.testing.mock_data nothing is on disk
         return b
     if not b.is_prepared():
@@ -83,15 +75,30 @@ def builder(cfg, *, prepare: bool = True):
                 f"prepare it on a machine with network (tfds build {cfg.name} --data_dir {data_dir} "
                 f"--file_format array_record)")
         _needs_tensorflow(f"building {cfg.name!r}")
+        b = _load_builder(tfds, cfg.name, data_dir, file_format="array_record")
         b.download_and_prepare()
+    if not _random_access(b):
+        # A converted dataset lists ArrayRecord among its formats in dataset_info.json, which
+        # tfds's code builders do not read back; the builder read from the directory does.
+        b = tfds.builder_from_directory(str(b.data_dir))
     if not _random_access(b):
         if not is_own(cfg.name):
             raise DataConfigError(
                 f"dataset {cfg.name!r} in {b.data_dir} is stored as {b.info.file_format.value}, which cannot be "
                 f"read by index; convert it once (needs tensorflow): python -m experiments data convert {cfg.name}")
         convert(cfg)  # an older TFRecord build of our own dataset
-        b = tfds.builder(cfg.name, data_dir=data_dir, **kwargs)
+        b = tfds.builder_from_directory(str(b.data_dir))
     return b
+
+
+def _load_builder(tfds, name: str, data_dir: str, **kwargs):
+    try:
+        return tfds.builder(name, data_dir=data_dir, **kwargs)
+    except Exception as e:  # tfds raises several types for unknown names/configs
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        close = difflib.get_close_matches(name.split("/")[0], tfds.list_builders(), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise DataConfigError(f"unknown tfds dataset {name!r} ({first_line}).{hint}") from None
 
 
 def _random_access(b) -> bool:
@@ -100,16 +107,39 @@ def _random_access(b) -> bool:
 
 
 def convert(cfg) -> str:
-    """Adds ArrayRecord files beside a prepared TFRecord dataset (tfds's converter; once, needs tensorflow)."""
-    _needs_tensorflow(f"converting {cfg.name!r} to ArrayRecord")
-    from tensorflow_datasets.scripts.cli import convert_format_utils
+    """Adds ArrayRecord copies of a prepared TFRecord dataset's shards beside them (once; needs tensorflow).
 
+    The records are the same serialized examples, so nothing is decoded; ``dataset_info.json``
+    then lists ``array_record`` among the dataset's file formats and tfds opens it by index.
+    """
+    _needs_tensorflow(f"converting {cfg.name!r} to ArrayRecord")
+    import json
+    import os
+
+    from tensorflow_datasets.core import file_adapters
+
+    tfds = _tfds()
     b = builder(cfg, prepare=False)
     if not b.is_prepared():
         raise DataConfigError(f"dataset {cfg.name!r} is not prepared in {resolve_data_dir(cfg.data_dir)}: nothing to convert")
-    if not _random_access(b):
-        convert_format_utils.convert_dataset(out_dir=None, out_file_format="array_record",
-                                             dataset_version_dir=str(b.data_dir), num_workers=1)
+    if _random_access(b) or _random_access(tfds.builder_from_directory(str(b.data_dir))):
+        return str(b.data_dir)
+    reader = file_adapters.ADAPTER_FOR_FORMAT[b.info.file_format]
+    writer = file_adapters.ADAPTER_FOR_FORMAT[file_adapters.FileFormat.ARRAY_RECORD]
+    suffix, new = f".{b.info.file_format.value}-", ".array_record-"
+    for split in b.info.splits.values():
+        for path in split.filepaths:
+            out = os.path.join(os.path.dirname(os.fspath(path)), os.path.basename(os.fspath(path)).replace(suffix, new))
+            records = ((i, r.numpy()) for i, r in enumerate(reader.make_tf_data(path)))
+            writer.write_examples(out + ".incomplete", records)
+            os.replace(out + ".incomplete", out)
+    info_path = os.path.join(os.fspath(b.data_dir), "dataset_info.json")
+    with open(info_path, encoding="utf-8") as f:
+        meta = json.load(f)
+    meta["alternativeFileFormats"] = sorted({*meta.get("alternativeFileFormats", []), "array_record"})
+    with open(info_path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=2)
+    os.replace(info_path + ".tmp", info_path)
     return str(b.data_dir)
 
 
