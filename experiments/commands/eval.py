@@ -74,7 +74,7 @@ def evaluate(config, workdir: str, *, which: str = "best", noise_levels: Sequenc
             raise CheckpointError(f"no checkpoint in {ckpt.directory}: train first")
         batches = analysis.collect(
             data_fn(config, split, global_batch_size=int(config.batch_size), seed=seed, train=False, start_step=0),
-            int(config.eval_steps) if config.get("eval_steps") else None)
+            int(config.eval_steps) if config.get("eval_steps") else None, image_norms=info.get("image_norms"))
         state = runner.place_restored(ckpt.restore(runner.abstract_state(batches[0], jax.random.PRNGKey(seed)), step,
                                                          config=config))
         host = runner.host_state(state)

@@ -41,13 +41,17 @@ def make_predict_fn(model, variables) -> Callable[[Mapping[str, Any]], np.ndarra
     return predict
 
 
-def collect(batches: Iterable[Mapping[str, Any]], max_batches: Optional[int] = None) -> List[Dict[str, Any]]:
-    """The eval batches as a list (with complete modality masks), so variants can re-run them."""
+def collect(batches: Iterable[Mapping[str, Any]], max_batches: Optional[int] = None,
+            image_norms: Optional[Mapping[str, Any]] = None) -> List[Dict[str, Any]]:
+    """The eval batches as a list (with complete modality masks and float32 images normalised by
+    ``image_norms``), so variants (masking, noise) can re-run them."""
+    from mmjax.data.normalize import normalize_images
+
     out = []
     for i, b in enumerate(batches):
         if max_batches and i >= max_batches:
             break
-        out.append(complete_masks(b))
+        out.append(complete_masks(normalize_images(b, image_norms or {})))
     if not out:
         raise ValueError("evaluation got no batches (check eval_split / eval_steps)")
     return out

@@ -28,6 +28,8 @@ class DatasetInfo:
     bad_examples: Dict[str, Dict[str, Any]] = dataclasses.field(default_factory=dict)
     data_dir: str = ""  # where the prepared dataset lives
     sample_rate: int = 0  # of the audio features, from the dataset's metadata (0: not recorded)
+    # image modality -> (mean, std) per channel: batches carry uint8 images, normalised where they land
+    image_norms: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)

@@ -23,7 +23,9 @@ Batches (numpy): ``{"inputs": {m: array}, "token_mask": {m: (B, L) bool}``
 (text and audio only) ``, "modality_mask": {m: (B,) bool}, "label": (B,) int32``
 (or (B, C) float32 multi-hot) ``}``; train batches also carry ``"weight"`` (B,)
 float32 (class weights, 0 for an example dropped by ``bad_examples``), eval
-batches ``"valid"``. A dropped or missing modality has zero inputs and
+batches ``"valid"``. Images are uint8 (B, H, W, C): the consumer normalises
+them with :func:`mmjax.data.normalize.normalize_images` (the training loop
+does it on device). A dropped or missing modality has zero inputs and
 ``modality_mask`` False; its token_mask is left as is.
 """
 from __future__ import annotations
@@ -44,6 +46,7 @@ from mmjax.data.config import base_config, validate
 from mmjax.data.draws import RowDraws
 from mmjax.data.errors import DataConfigError
 from mmjax.data.info import DatasetInfo
+from mmjax.data.normalize import image_norms
 
 
 def _prepared_config(data_config) -> ml_collections.ConfigDict:
@@ -65,6 +68,7 @@ def dataset_info(data_config) -> DatasetInfo:
     cfg = _prepared_config(data_config)
     info = source.info(cfg)
     info.bad_examples = bad_examples.reports_for(cfg.name)
+    info.image_norms = image_norms(cfg)
     return info
 
 
@@ -94,10 +98,10 @@ def _assemble(cfg, cols, draws, train: bool) -> Dict[str, Any]:
     for m in names:
         mc = cfg.modalities[m]
         x = cols[m]
-        if mc.kind == "image":
-            x = pp.normalize_images(x, mc.mean, mc.std)
+        if mc.kind == "image":  # stays uint8: normalised where it lands (mmjax.data.normalize)
             if train and (mc.augment_pad > 0 or mc.augment_flip):
-                x = pp.augment_images(x, draws, mc.augment_pad, mc.augment_flip)
+                fill = np.round(255.0 * np.asarray(mc.mean, np.float32)).astype(np.uint8)  # the mean: 0 once normalised
+                x = pp.augment_images(x, draws, mc.augment_pad, mc.augment_flip, fill=fill)
             # m__present exists only when bad_examples="missing" marked undecodable images.
             present.append(cols.get(m + "__present", np.ones(n, bool)))
         elif mc.kind == "text":
@@ -111,7 +115,7 @@ def _assemble(cfg, cols, draws, train: bool) -> Dict[str, Any]:
             present.append(lengths > 0)
         else:
             x = x.astype(np.float32)
-            present.append(np.ones(n, bool))
+            present.append(cols.get(m + "__present", np.ones(n, bool)))  # from the modality's ``present`` feature
         inputs[m] = x
     present = np.stack(present, 1)
     if train and cfg.modality_dropout:

@@ -1,8 +1,9 @@
 """Per-modality preprocessing in numpy: tokenising, padding, corruption, augmentation, dropout.
 
-Everything random here takes an explicit ``np.random.Generator`` and draws for
-the *global* batch, so a process's slice of the batch does not depend on how
-many processes there are, and a resumed iterator redraws the same numbers.
+Everything random here takes an explicit ``np.random.Generator``-like object
+with a leading batch dimension; the pipeline passes :class:`mmjax.data.draws.RowDraws`,
+whose rows draw from per-example generators, so an example's draws do not
+depend on the process count and a resumed iterator redraws the same numbers.
 """
 from __future__ import annotations
 
@@ -78,20 +79,17 @@ def add_noise_at_snr(waves: np.ndarray, lengths: np.ndarray, rng: np.random.Gene
     return np.where(mask, x + scale[:, None] * noise, 0.0).astype(np.float32)
 
 
-def normalize_images(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """uint8 (B, H, W, C) -> float32 ((x / 255) - mean) / std."""
-    x = images.astype(np.float32) / 255.0
-    return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-
-
-def augment_images(x: np.ndarray, rng: np.random.Generator, pad: int, flip: bool) -> np.ndarray:
-    """Random crop after zero padding by ``pad`` pixels and random horizontal flip. x: (B, H, W, C)."""
+def augment_images(x: np.ndarray, rng: np.random.Generator, pad: int, flip: bool, fill=0) -> np.ndarray:
+    """Random crop after padding by ``pad`` pixels of ``fill`` (a value or one per channel) and random
+    horizontal flip. x: (B, H, W, C), any dtype."""
     b, h, w = x.shape[:3]
     dy = rng.integers(0, 2 * pad + 1, size=b)
     dx = rng.integers(0, 2 * pad + 1, size=b)
     flips = rng.random(b) < 0.5
     if pad > 0:
-        padded = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+        padded = np.empty((b, h + 2 * pad, w + 2 * pad) + x.shape[3:], x.dtype)
+        padded[...] = np.asarray(fill, x.dtype)
+        padded[:, pad : pad + h, pad : pad + w] = x
         rows = dy[:, None] + np.arange(h)[None, :]
         cols = dx[:, None] + np.arange(w)[None, :]
         x = padded[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]

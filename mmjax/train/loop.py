@@ -30,10 +30,11 @@ from mmjax.train import logging as log_lib
 from mmjax.train.config_access import as_dict as _as_dict, get as _get
 from mmjax.train.checkpoint import Checkpointer, CheckpointError, load_params
 from mmjax.train.optim import OptimConfigError, make_optimizer
-from mmjax.train.parallel import Runner
+from mmjax.train.parallel import Runner, prefetch_to_device
 from mmjax.train.tasks import get_task
 
 DataFn = Callable[..., Iterator[Dict[str, Any]]]
+DEVICE_PREFETCH = 2  # batches on their way to the device while a step runs
 
 
 class TrainingDiverged(RuntimeError):
@@ -61,6 +62,7 @@ def build(config: Any, num_classes: int, info: Optional[Mapping[str, Any]] = Non
                          "nan_policy": train_cfg.get("nan_policy", "skip"), "task": task},
             mesh_cfg=_as_dict(_get(config.parallel, "mesh", {"data": -1})),
             rules=_get(config.parallel, "rules", None),
+            input_norm=(info or {}).get("image_norms"),
         )
         runner.task = task.attach(runner)
         return runner
@@ -82,6 +84,7 @@ def build(config: Any, num_classes: int, info: Optional[Mapping[str, Any]] = Non
         step_kwargs=step_kwargs, eval_kwargs=eval_kwargs,
         mesh_cfg=_as_dict(_get(config.parallel, "mesh", {"data": -1})),
         rules=_get(config.parallel, "rules", None),
+        input_norm=(info or {}).get("image_norms"),
     )
 
 
@@ -400,7 +403,7 @@ def _train(config, workdir, data_fn, info_fn, console, stop_at, guard) -> Dict[s
     batch_size = int(config.batch_size)
     train_cfg = _as_dict(_get(config, "train", {}))
     validate_mode = train_cfg.get("validate_batches", "every")
-    finite_mode = train_cfg.get("check_finite", "every")
+    finite_mode = train_cfg.get("check_finite", "first")
     for key, value in (("validate_batches", validate_mode), ("check_finite", finite_mode)):
         if value not in ("every", "first", "off"):
             raise BatchValidationError(f"train.{key} must be 'every', 'first' or 'off', got {value!r}")
@@ -443,6 +446,7 @@ def _train(config, workdir, data_fn, info_fn, console, stop_at, guard) -> Dict[s
             if state is None:
                 raise CheckpointError(f"no checkpoint in {ckpt.directory} could be read; move that directory "
                                       "away to start from scratch")
+            _check_data_position(ckpt, int(restored), config)
             if int(restored) != start:
                 start = int(restored)
                 example, train_iter = batches_from(start)
@@ -467,6 +471,18 @@ def _train(config, workdir, data_fn, info_fn, console, stop_at, guard) -> Dict[s
         ckpt.close()
         if writer is not None:
             writer.close()
+
+
+def _check_data_position(ckpt: Checkpointer, step: int, config: Any) -> None:
+    """The data position of a checkpoint is its step in units of the global batch it was written with:
+    resuming with another batch size would repeat or skip examples, so it is refused."""
+    saved = (ckpt.metadata(step).get("config") or {}).get("batch_size")
+    if saved is not None and int(saved) != int(config.batch_size):
+        raise CheckpointError(
+            f"checkpoint {step} in {ckpt.directory} was written with batch_size {saved}, this run has "
+            f"{int(config.batch_size)}: its data position (step {step} of {saved} examples) does not map to "
+            f"another batch size; resume with --config.batch_size={saved}, or train in a new workdir "
+            f"(--config.init_from.path=... keeps the weights)")
 
 
 def _first_trace(fn, example, rng):
@@ -518,21 +534,27 @@ def _loop(config, workdir, runner, state, ckpt, writer, say, data_fn, train_iter
     step = start
     eval_metrics: Optional[Dict[str, Any]] = None
     preempted = False
+    def checked(batches):
+        """Host-side checks of each batch, in step order, before it is put on the device."""
+        for k, batch in enumerate(batches):
+            s = start + k
+            where = f"train batch at step {s + 1}"
+            if validate_mode == "every" and s > start:
+                spec.validate(batch, check_finite=False, where=where)
+            if health.fault("batch", s + 1) == "nan":
+                batch = _poison(batch)
+            if finite_mode == "every" or (finite_mode == "first" and s == start):
+                try:
+                    spec.validate(batch, check_finite=True, where=where)
+                except validation.BatchValidationError as e:
+                    if nan_stop or "NaN/Inf" not in str(e):
+                        raise
+                    say(f"warning: {e}; the update of step {s + 1} will be skipped (train.nan_policy='skip')")
+            yield batch
+
+    device_batches = prefetch_to_device(checked(train_iter), runner.put_batch, size=DEVICE_PREFETCH)
     while step < last:
-        batch = next(train_iter)
-        where = f"train batch at step {step + 1}"
-        if validate_mode == "every" and step > start:
-            spec.validate(batch, check_finite=False, where=where)
-        if health.fault("batch", step + 1) == "nan":
-            batch = _poison(batch)
-        if finite_mode == "every" or (finite_mode == "first" and step == start):
-            try:
-                spec.validate(batch, check_finite=True, where=where)
-            except validation.BatchValidationError as e:
-                if nan_stop or "NaN/Inf" not in str(e):
-                    raise
-                say(f"warning: {e}; the update of step {step + 1} will be skipped (train.nan_policy='skip')")
-        state, m = runner.train_step(state, runner.put_batch(batch))
+        state, m = runner.train_step(state, next(device_batches))
         step += 1
         nonfinite = nonfinite + (1.0 - m["finite"].reshape(-1)[0])
         health.fault("after_step", step)

@@ -15,6 +15,10 @@ The step functions of :mod:`mmjax.train.step` are never rewritten; a
   ``mmjax.sharding.LOGICAL_RULES`` (or ``config.parallel.rules``); the batch
   is split over ("data", "fsdp"). The state is created already sharded.
 
+Batches arrive with uint8 images (``input_norm`` names their mean and std):
+:meth:`Runner.put_batch` moves the uint8 bytes and normalises them on device,
+so the steps see float32 images in every mode.
+
 Multi-host: every process calls the same code with its own share of the global
 batch (rows ``process_index`` of ``process_count`` equal parts); the sharded
 runner assembles global arrays with ``jax.make_array_from_process_local_data``.
@@ -30,6 +34,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from mmjax.data.normalize import normalize_images
 from mmjax.sharding import LOGICAL_RULES, MESH_AXES
 from mmjax.train import step as step_lib
 from mmjax.train.state import TrainState, _init_fn, create_train_state, example_inputs, state_shardings
@@ -110,6 +115,8 @@ class Runner:
       step_kwargs: keyword options of ``train_step`` (loss, grad_accum_steps, nan_policy...).
       eval_kwargs: keyword options of ``eval_step`` (num_classes, loss...).
       mesh_cfg / rules: the ``sharded`` mesh and logical rules.
+      input_norm: image modality -> (mean, std) per channel, for batches that carry uint8 images
+        (``DatasetInfo.image_norms``); None when no image needs it.
     """
 
     def __init__(
@@ -123,6 +130,7 @@ class Runner:
         mesh_cfg: Optional[Mapping[str, int]] = None,
         rules: Optional[Sequence[Sequence[Any]]] = None,
         devices: Optional[Sequence[Any]] = None,
+        input_norm: Optional[Mapping[str, Any]] = None,
     ):
         if mode not in MODES:
             raise ParallelConfigError(f"parallel.mode must be one of {MODES}, got {mode!r}")
@@ -153,6 +161,8 @@ class Runner:
         self._pmap_devices = None if devices is None else list(devices)
         self._train = None
         self._eval = None
+        self.input_norm = dict(input_norm or {})
+        self._normalize = jax.jit(functools.partial(normalize_images, norms=self.input_norm, xp=jax.numpy))
 
     # ------------------------------------------------------------------ context
     def context(self):
@@ -166,6 +176,7 @@ class Runner:
     # ------------------------------------------------------------------ state
     def create_state(self, example_batch: Mapping[str, Any], rng: jax.Array) -> TrainState:
         """The initial state, placed for this mode (sharded at creation for ``sharded``)."""
+        example_batch = normalize_images(example_batch, self.input_norm)
         with self.context():
             state, shardings = create_train_state(
                 self.model, self.make_tx, example_batch, rng, mesh=self.mesh, rules=self.rules
@@ -177,6 +188,7 @@ class Runner:
 
     def abstract_state(self, example_batch: Mapping[str, Any], rng: jax.Array) -> TrainState:
         """ShapeDtypeStructs carrying the target shardings, to restore a checkpoint into."""
+        example_batch = normalize_images(example_batch, self.input_norm)
         with self.context():
             abstract = jax.eval_shape(
                 lambda r: create_train_state(self.model, self.make_tx, example_batch, r)[0], rng
@@ -216,11 +228,18 @@ class Runner:
 
     # ------------------------------------------------------------------ batches
     def put_batch(self, batch: Mapping[str, Any]) -> PyTree:
-        """This process's numpy rows -> the step's input layout."""
+        """This process's numpy rows -> the step's input layout (uint8 images normalised on device).
+
+        The transfer is asynchronous: calling this a few batches ahead of the step overlaps
+        the copy with compute (see :func:`prefetch_to_device`)."""
         batch = dict(batch)
+        needs_norm = any(np.asarray(batch["inputs"][m]).dtype == np.uint8 for m in self.input_norm
+                         if m in batch.get("inputs", {}))
         if self.mode == "single":
-            return jax.device_put(batch, self.local_devices[0])
+            placed = jax.device_put(batch, self.local_devices[0])
+            return self._normalize(placed) if needs_norm else placed
         if self.mode == "pmap":
+            batch = normalize_images(batch, self.input_norm)  # pmap splits host arrays itself
             n = len(self.local_devices)
 
             def split(x):
@@ -242,7 +261,11 @@ class Runner:
                     "local (data x fsdp) shards"
                 )
             return jax.make_array_from_process_local_data(self.batch_sharding, x)
-        return jax.tree.map(to_global, batch)
+        placed = jax.tree.map(to_global, batch)
+        if not needs_norm:
+            return placed
+        with self.context():
+            return self._normalize(placed)
 
     # ------------------------------------------------------------------ steps
     def _compile(self):
@@ -306,3 +329,17 @@ class Runner:
         if self.mode == "pmap":
             m = jax.tree.map(lambda x: np.asarray(x)[0], m)
         return {k: np.asarray(v, np.float64) for k, v in m.items()}
+
+
+def prefetch_to_device(batches, put: Callable[[Any], PyTree], size: int = 2):
+    """Yields ``put(batch)`` for each host batch, ``size`` batches ahead: the transfers of the next
+    batches run while the current step computes (jax dispatches them asynchronously)."""
+    import collections
+    import itertools
+
+    it = iter(batches)
+    queue = collections.deque(put(b) for b in itertools.islice(it, max(size, 1)))
+    while queue:
+        ready = queue.popleft()
+        queue.extend(put(b) for b in itertools.islice(it, 1))  # refill first: `size` stay in flight
+        yield ready

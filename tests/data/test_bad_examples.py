@@ -186,8 +186,8 @@ def test_missing_through_make_iterator(exported):
     audio = np.concatenate([b["inputs"]["audio"] for b in batches])[valid]
     tm = np.concatenate([b["token_mask"]["audio"] for b in batches])[valid]
     assert not audio[2].any() and not tm[2].any()  # silent clip: zero inputs, no real samples
-    expected = _columns()["image"][0].astype(np.float32) / 255.0
-    np.testing.assert_allclose(batches[0]["inputs"]["image"][0], expected, rtol=1e-6)
+    np.testing.assert_array_equal(batches[0]["inputs"]["image"][0], _columns()["image"][0])  # uint8, as stored
+    assert not batches[0]["inputs"]["image"][1].any()  # the undecodable one
     info = pipeline.dataset_info(cfg)
     rep = info.bad_examples["train"]
     assert (rep["undecodable_image"], rep["no_modality_left"], rep["kept"], rep["policy"]) == (2, 1, 5, "missing")

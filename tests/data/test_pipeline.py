@@ -30,7 +30,7 @@ def test_info_and_batch_format(tiny_config):
     assert set(info.hashes) == {"train", "validation", "test"}
     assert info.sample_rate == 8000 and info.data_dir.startswith(tiny_config.data_dir)
     b = next(make_iterator(tiny_config, "train", global_batch_size=8, seed=0, train=True, process_index=0, process_count=1))
-    assert b["inputs"]["image"].shape == (8, 28, 28, 1) and b["inputs"]["image"].dtype == np.float32
+    assert b["inputs"]["image"].shape == (8, 28, 28, 1) and b["inputs"]["image"].dtype == np.uint8
     assert b["inputs"]["audio"].shape == (8, 8000) and b["inputs"]["audio"].dtype == np.float32
     assert b["token_mask"].keys() == {"audio"} and b["token_mask"]["audio"].dtype == bool
     assert b["label"].shape == (8,) and b["label"].dtype == np.int32

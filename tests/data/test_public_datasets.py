@@ -5,6 +5,7 @@ import pytest
 tfds = pytest.importorskip("tensorflow_datasets")
 
 from mmjax.data import dataset_info, default_config, make_iterator  # noqa: E402
+from mmjax.data.normalize import normalize_images  # noqa: E402
 
 
 def _it(cfg, split, train, bs=4):
@@ -20,8 +21,9 @@ def test_cifar10_mock(tmp_path):
         assert info.num_classes == 10 and len(info.class_names) == 10  # mock_data has no label names file
         assert info.modalities["image"].shape == (32, 32, 3)
         b = next(_it(cfg, "train", True))
-    assert b["inputs"]["image"].shape == (4, 32, 32, 3) and b["inputs"]["image"].dtype == np.float32
-    assert b["inputs"]["image"].min() >= -1.0 and b["inputs"]["image"].max() <= 1.0  # mean 0.5, std 0.5
+    assert b["inputs"]["image"].shape == (4, 32, 32, 3) and b["inputs"]["image"].dtype == np.uint8
+    x = normalize_images(b, info.image_norms)["inputs"]["image"]
+    assert x.dtype == np.float32 and x.min() >= -1.0 and x.max() <= 1.0  # mean 0.5, std 0.5
     assert b["label"].dtype == np.int32 and ((0 <= b["label"]) & (b["label"] < 10)).all()
     assert "token_mask" not in b
 

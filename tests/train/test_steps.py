@@ -169,8 +169,8 @@ def test_nan_stop_names_the_step(tmp_path):
             if train and i == 2:  # the batch of step 3
                 b["inputs"]["b"][:] = np.inf
             yield b
-    cfg = _config(**{"train.nan_policy": "stop"})
-    # Host validation sees the Inf inputs first and names the step and modality...
+    cfg = _config(**{"train.nan_policy": "stop", "train.check_finite": "every"})
+    # With the per-batch host scan on (off the hot path by default), host validation sees the Inf inputs first and names the step and modality...
     with pytest.raises(BatchValidationError, match=r"step 3\['inputs'\]\['b'\]: 32 NaN/Inf"):
         loop.train_and_evaluate(cfg, str(tmp_path / "checked"), data_fn=data_fn, info_fn=synthetic_config_info,
                                 console=None)
