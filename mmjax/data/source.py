@@ -3,8 +3,8 @@
 A split is opened with the builder's ``as_data_source`` (ArrayRecord files) and
 read in batches of indices, so a process reads and decodes only the examples it
 asks for and its memory does not grow with the split. mmjax's own builders
-(``av_digits``, ``stamps``) write ArrayRecord; a public dataset stored as
-TFRecord is converted once with :func:`convert` (``python -m experiments data
+(``av_digits``, ``stamps``, ``features3``) write ArrayRecord; a public dataset
+stored as TFRecord is converted once with :func:`convert` (``python -m experiments data
 convert NAME``). Image features are read as encoded bytes and decoded in
 :mod:`mmjax.data.decode`, one example at a time, so a damaged image makes an
 undecodable example rather than a failed split.
@@ -26,7 +26,7 @@ from mmjax.data.config import resolve_data_dir
 from mmjax.data.errors import DataConfigError, DataError
 from mmjax.data.info import DatasetInfo, ModalityInfo
 
-OWN_BUILDERS = ("av_digits", "stamps")
+OWN_BUILDERS = ("av_digits", "features3", "stamps")
 
 
 def _tfds():
@@ -235,6 +235,7 @@ class SplitReader:
         self.shapes = {m: tuple(_feature(b.info.features, mc.feature).shape or ())
                        for m, mc in cfg.modalities.items() if mc.kind == "image"}
         self.files = str(b.data_dir)
+        self.standardize = standardize_stats(cfg, b)
         self._batched = not _download_is_mocked(b)  # tfds's mock source has no working __getitems__
         # (the mock also decodes its random images itself, so it gets no decoders)
         decoders = _skip_image_decoding(cfg) if self._batched else None
@@ -253,14 +254,31 @@ class SplitReader:
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as e:  # a damaged or missing record file: name it, never hang or drop silently
-            raise DataError(f"{self.cfg.name} split {self.split!r}: reading examples {idx[0]}..{idx[-1]} from "
-                            f"{self.files} failed ({type(e).__name__}: {' '.join(str(e).split())[:300]})") from None
+            shown = ", ".join(map(str, idx[:4])) + (", ..." if len(idx) > 4 else "")
+            raise DataError(f"{self.cfg.name} split {self.split!r}: reading {len(idx)} example(s) ({shown}) from "
+                            f"{self.files} failed: {' '.join(str(e).split())[:300]}") from None
 
     def read(self, indices: Sequence[int]) -> Dict[str, np.ndarray]:
         """Decoded columns of the examples at ``indices`` (``index`` holds the indices)."""
-        cols = decode.columns(self.cfg, self.raw(indices), self.names, self.shapes)
+        cols = decode.columns(self.cfg, self.raw(indices), self.names, self.shapes, self.standardize)
         cols["index"] = np.asarray(indices, np.int64)
         return cols
+
+
+def standardize_stats(cfg, b) -> Dict[str, Any]:
+    """Vector modality with ``standardize`` -> (mean, std) float32 (D,), from the dataset
+    metadata's ``standardize[feature]`` (the builder's train-split statistics)."""
+    recorded = dict(b.info.metadata or {}).get("standardize") or {}
+    stats = {}
+    for m, mc in sorted(cfg.modalities.items()):
+        if mc.kind != "vector" or not mc.get("standardize"):
+            continue
+        if mc.feature not in recorded:
+            raise DataConfigError(f"{cfg.name}: modalities.{m}.standardize needs the dataset metadata's "
+                                  f"standardize[{mc.feature!r}] (mean, std), which {b.data_dir} does not record")
+        stats[m] = (np.asarray(recorded[mc.feature]["mean"], np.float32),
+                    np.asarray(recorded[mc.feature]["std"], np.float32))
+    return stats
 
 
 def _skip_image_decoding(cfg) -> Dict[str, Any]:
