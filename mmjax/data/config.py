@@ -16,6 +16,10 @@ Keys of a data config:
     audio: length (samples, crop/pad, mask over real samples); scale (divide int samples by it);
       snr_db: fixed per-example white noise at this SNR (None: clean);
       augment_gain_db, augment_shift, augment_noise (train only).
+    vector: a float feature (D,). present: feature path of a bool feature, or None; False marks the
+      example's modality missing (zero inputs, modality_mask False). standardize: z-score with the
+      dataset metadata's ``standardize[feature] = {"mean": [D], "std": [D]}`` (recorded by the
+      builder from its train split, e.g. features3), the same for every split.
   modality_dropout: modality name -> probability of dropping it at train time (never all of an example).
   class_weights: None, "balanced" (from the train split's label counts) or a list of C weights;
     adds "weight" (B,) float32 to batches.
@@ -47,7 +51,7 @@ def _modality(**kw) -> ml_collections.ConfigDict:
         "image": dict(size=None, mean=(0.5,), std=(0.5,), occlusion=0.0, noise_std=0.0, augment_pad=0, augment_flip=False),
         "text": dict(max_len=64, index=0),
         "audio": dict(length=16000, scale=32768.0, snr_db=None, augment_gain_db=0.0, augment_shift=0, augment_noise=0.0),
-        "vector": dict(),
+        "vector": dict(present=None, standardize=False),
     }[kw["kind"]]
     d = dict(defaults)
     d.update(kw)
@@ -103,6 +107,14 @@ def default_config(name: str) -> ml_collections.ConfigDict:
             text=_modality(kind="text", feature="description", max_len=96),
             audio=_modality(kind="audio", feature="speech", length=32000),
         )
+    elif base == "features3":
+        # Pretrained feature vectors of the stamps (mmjax.data.builders.features3), z-scored with
+        # the train split's statistics; a stamp without a recording has its audio missing.
+        cfg.modalities = dict(
+            audio=_modality(kind="vector", feature="audio", present="audio_present", standardize=True),
+            image=_modality(kind="vector", feature="image", standardize=True),
+            text=_modality(kind="vector", feature="text", standardize=True),
+        )
     return cfg
 
 
@@ -124,6 +136,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
             raise DataConfigError(f"data config: modalities.{m}.kind must be one of {KINDS}, got {mc.get('kind')!r}")
         if not mc.get("feature"):
             raise DataConfigError(f"data config: modalities.{m}.feature (a feature path) is required")
+        if mc.get("kind") != "vector" and (mc.get("present") or mc.get("standardize")):
+            raise DataConfigError(f"data config: modalities.{m}: 'present' and 'standardize' are keys of kind 'vector'")
     for m, p in (cfg.get("modality_dropout") or {}).items():
         if m not in cfg.modalities:
             raise DataConfigError(f"data config: modality_dropout names {m!r}, not among modalities {sorted(cfg.modalities)}")

@@ -3,8 +3,9 @@
 Columns: for each modality m, ``m`` (N, ...) (images uint8, text int32 ids,
 audio in its stored dtype, vectors float32) and, for text and audio,
 ``m__length`` (N,) int32, for images ``m__undecodable`` (N,) bool (bytes that
-failed to decode: a zero image); plus ``label``. What is done with bad
-examples is the pipeline's choice (:mod:`mmjax.data.bad_examples`).
+failed to decode: a zero image), for vectors with a ``present`` feature
+``m__present`` (N,) bool (False: a zero vector); plus ``label``. What is done
+with bad examples is the pipeline's choice (:mod:`mmjax.data.bad_examples`).
 """
 from __future__ import annotations
 
@@ -88,9 +89,21 @@ def _label(value: Any, kind: str, num_classes: int) -> np.ndarray:
     return np.asarray(value, np.int32)
 
 
+def _vector_column(values: List[Any], stats, present: Optional[np.ndarray]) -> np.ndarray:
+    x = np.stack([np.asarray(v, np.float32) for v in values])
+    if stats is not None:
+        x = (x - stats[0]) / stats[1]
+    if present is not None:  # an absent vector is zeros, standardised or not, as in the batches
+        x = np.where(present.reshape((-1,) + (1,) * (x.ndim - 1)), x, 0)
+    return x.astype(np.float32)
+
+
 def columns(cfg, raws: Sequence[Mapping[str, Any]], label_names: Sequence[str],
-            image_shapes: Mapping[str, Tuple[int, ...]]) -> Columns:
-    """The columns of ``raws`` (stored examples with encoded images), one row per example."""
+            image_shapes: Mapping[str, Tuple[int, ...]],
+            standardize: Optional[Mapping[str, Tuple[np.ndarray, np.ndarray]]] = None) -> Columns:
+    """The columns of ``raws`` (stored examples with encoded images), one row per example.
+
+    ``standardize``: vector modality -> (mean, std) float32 (D,), applied as (x - mean) / std."""
     cols: Columns = {}
     for m, mc in sorted(cfg.modalities.items()):
         values = [_get(ex, mc.feature) for ex in raws]
@@ -107,7 +120,10 @@ def columns(cfg, raws: Sequence[Mapping[str, Any]], label_names: Sequence[str],
             dtype = waves[0].dtype if waves else np.float32
             cols[m], cols[m + "__length"] = pp.pad_or_crop(waves, int(mc.length), dtype)
         else:
-            cols[m] = np.stack([np.asarray(v, np.float32) for v in values])
+            present = None
+            if mc.get("present"):
+                present = cols[m + "__present"] = np.array([bool(_get(ex, mc.present)) for ex in raws], bool)
+            cols[m] = _vector_column(values, (standardize or {}).get(m), present)
     if cfg.label:
         cols["label"] = np.stack([_label(_get(ex, cfg.label), cfg.label_kind, len(label_names)) for ex in raws])
     return cols

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import config_utils, data_factory
+from experiments import config_utils
+from mmjax.data import factory
 from mmjax.train import loop
 from mmjax.train.checkpoint import load_params
 
@@ -50,11 +51,11 @@ def test_eval_metrics_match_numpy_recall(run):
         assert 0.0 <= m[key] <= 1.0, key
     config = config_utils.load_config("synthetic_contrastive")
     config_utils.apply_overrides(config, [tuple(o[len("--config."):].split("=", 1)) for o in OVERRIDES])
-    info = data_factory.data_info(config)
+    info = factory.data_info(config)
     runner = loop.build(config, info["num_classes"], info)
     params = load_params(run)
     emb, labels = {}, []
-    for batch in data_factory.make_data(config, "test", global_batch_size=8, seed=0, train=False):
+    for batch in factory.make_data(config, "test", global_batch_size=8, seed=0, train=False):
         keep = batch["weight"] > 0
         out = runner.model.apply({"params": params}, jax.tree.map(jnp.asarray, batch))
         for k, v in out.items():
@@ -100,9 +101,9 @@ def _classifier_config(init_from_path: str):
 def test_classifier_fine_tunes_from_contrastive_towers(run):
     """init_from.path=<contrastive workdir> with no source/target copies encoders_<m> -> encoder_<m>_0."""
     c = _classifier_config(run)
-    info = data_factory.data_info(c)
+    info = factory.data_info(c)
     runner = loop.build(c, info["num_classes"], info)
-    batch = next(data_factory.make_data(c, "train", global_batch_size=8, seed=0, train=True))
+    batch = next(factory.make_data(c, "train", global_batch_size=8, seed=0, train=True))
     fresh = runner.create_state(batch, jax.random.PRNGKey(1))
     said = []
     state = loop.apply_init_from(runner, fresh, dict(c.init_from), say=said.append)
@@ -128,7 +129,8 @@ def test_classifier_fine_tunes_from_contrastive_towers(run):
 SHARDED_CHILD = r"""
 import json, sys
 import jax, numpy as np
-from experiments import config_utils, data_factory
+from experiments import config_utils
+from mmjax.data import factory
 from mmjax.train import loop
 assert jax.device_count() == 4
 out = {}
@@ -140,9 +142,9 @@ for mode in ("single", "sharded"):
     # A GRU text tower: the shared transformer layers' DenseGeneral kernels cannot be
     # initialised under a mesh yet (their 3-axis logical names meet the flat init shape).
     c.model.towers.text = {"encoder": "gru", "vocab_size": 16, "embed_dim": 16, "hidden_dim": 32}
-    info = data_factory.data_info(c)
+    info = factory.data_info(c)
     runner = loop.build(c, info["num_classes"], info)
-    it = data_factory.make_data(c, "train", global_batch_size=8, seed=0, train=True)
+    it = factory.make_data(c, "train", global_batch_size=8, seed=0, train=True)
     batch = next(it)
     state = runner.create_state(batch, jax.random.PRNGKey(0))
     losses = []
