@@ -120,9 +120,13 @@ def test_processes_read_disjoint_rows_that_make_the_global_batch(tiny_config, co
     one = run(0, 1, "train", True)
     one_rows = list(read.pop(0))
     parts = [run(p, count, "train", True) for p in range(count)]
+    rows = [list(read[p]) for p in range(count)]
     for step in range(3):  # augmentation and dropout included: the same rows, bit for bit
         assert _eq(one[step], _cat([parts[p][step] for p in range(count)]))
-    rows = [read[p] for p in range(count)]
+    # A run resumed at step 1 with this many processes continues the 1-process run exactly.
+    resumed = [_take(make_iterator(tiny_config, "train", global_batch_size=8, seed=5, train=True, start_step=1,
+                                   process_index=p, process_count=count), 2) for p in range(count)]
+    assert all(_eq(one[1 + k], _cat([resumed[p][k] for p in range(count)])) for k in range(2))
     assert all(not set(rows[p]) & set(rows[q]) for p in range(count) for q in range(p + 1, count))
     per = 8 // count
     merged = [r for step in range(3) for p in range(count) for r in rows[p][step * per : (step + 1) * per]]
