@@ -99,6 +99,7 @@ def train_step(
     grad_accum_steps: int = 1,
     nan_policy: str = "skip",
     grad_reduce: Callable[[PyTree], PyTree] = _identity,
+    replica_rng: Callable[[jax.Array], jax.Array] = _identity,
     task: Any = None,
 ) -> Tuple[TrainState, Metrics]:
     """One optimizer update on ``batch``.
@@ -115,6 +116,9 @@ def train_step(
         counter still advances, as the data did); "stop" applies nothing
         either and reports ``finite=0`` so the loop can stop.
       grad_reduce: mean over data-parallel replicas (``lax.pmean`` under pmap).
+      replica_rng: makes the step's key this replica's own (under pmap: folds in the device's
+        axis index, so each replica draws its own dropout masks for its own rows; single and
+        sharded draw one mask for the whole batch and keep the identity).
       task: a :class:`mmjax.train.tasks.Task` whose ``loss_terms`` replaces the
         classification loss; its aux sums are reported divided by the weight.
 
@@ -125,7 +129,7 @@ def train_step(
     """
     if nan_policy not in ("skip", "stop"):
         raise StepConfigError(f"train.nan_policy must be 'skip' or 'stop', got {nan_policy!r}")
-    step_rng = jax.random.fold_in(state.rng, state.step)
+    step_rng = replica_rng(jax.random.fold_in(state.rng, state.step))
     terms = functools.partial(
         loss_terms, state, loss=loss, label_smoothing=label_smoothing,
         class_weights=class_weights, train=True,

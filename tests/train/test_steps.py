@@ -196,3 +196,27 @@ def test_train_split_reaches_the_data_function(tmp_path):
     cfg = _config(**{"train_split": "train[:10%]", "total_steps": 1, "checkpoint_every": 0})
     loop.train_and_evaluate(cfg, str(tmp_path), data_fn=data_fn, info_fn=synthetic_config_info, console=None)
     assert ("train[:10%]", True) in seen and all(s != "train" for s, t in seen if t)
+
+
+def test_replicas_draw_their_own_dropout_masks():
+    """Under pmap each replica folds its axis index into the step key: replicas given the same rows
+    then draw different dropout masks (before, every replica reused one mask). vmap with an axis
+    name stands in for the devices."""
+    import functools
+
+    from mmjax.train import step as step_lib
+
+    cfg = _config(**{"model.dropout_rate": 0.5})
+    batch = _batches(1)[0]
+    runner, state = _state(cfg, batch)
+    copies = lambda x: jnp.broadcast_to(jnp.asarray(x), (4,) + jnp.shape(x))  # noqa: E731
+
+    def losses(replica_rng):
+        step = functools.partial(step_lib.train_step, replica_rng=replica_rng)
+        _, m = jax.vmap(step, axis_name="batch")(jax.tree.map(copies, state), jax.tree.map(copies, batch))
+        return np.asarray(m["loss"])
+
+    own = losses(lambda r: jax.random.fold_in(r, jax.lax.axis_index("batch")))
+    assert len(set(own.round(6).tolist())) == 4  # four replicas, four masks
+    shared = losses(lambda r: r)
+    assert np.allclose(shared, shared[0])  # the same key: the same mask on every replica
