@@ -104,6 +104,20 @@ class Head(nn.Module):
         return logits.astype(jnp.float32)
 
 
+def masked_inputs_zeroed(inputs: Mapping[str, Array], modality_mask: Mapping[str, Array]) -> Dict[str, Array]:
+    """Inputs with the rows of missing modalities set to zero before any encoder sees them.
+
+    A missing row may hold anything (NaN included); zeroing only the encoder's output would
+    keep the forward pass finite but not the gradient (0 * NaN in the encoder's backward pass).
+    """
+    out = dict(inputs)
+    for m, present in modality_mask.items():
+        x = out[m]
+        keep = jnp.reshape(jnp.asarray(present, bool), (-1,) + (1,) * (x.ndim - 1))
+        out[m] = jnp.where(keep, x, jnp.zeros((), x.dtype))
+    return out
+
+
 class Classifier(nn.Module):
     """Multimodal classifier: ``apply(variables, batch, train=...) -> logits (B, C)``.
 
@@ -180,6 +194,7 @@ class Classifier(nn.Module):
         inputs = self._check(batch)
         token_mask = dict(batch.get("token_mask") or {})
         modality_mask = {m: v for m, v in dict(batch.get("modality_mask") or {}).items() if m in inputs}
+        inputs = masked_inputs_zeroed(inputs, modality_mask)
         if self.placement == "early":
             return self._early(inputs, token_mask, modality_mask, train)
 
