@@ -53,7 +53,15 @@ class TorchPickleError(ValueError):
     """The file is not a PyTorch checkpoint we can read, or names a forbidden global."""
 
 
-class _StorageType:
+class _Sealed:
+    """A global the file may name: a fresh object per reference that a pickle's BUILD cannot alter,
+    so no file changes what a later load sees."""
+
+    def __setstate__(self, state: Any) -> None:
+        raise TorchPickleError(f"checkpoint tries to set the state of {self!r} (a BUILD on an allowed global)")
+
+
+class _StorageType(_Sealed):
     """Stands in for ``torch.FloatStorage`` & co.: only its dtype matters."""
 
     def __init__(self, name: str):
@@ -62,6 +70,19 @@ class _StorageType:
 
     def __repr__(self) -> str:
         return f"torch.{self.name}"
+
+
+class _Callable(_Sealed):
+    """An allowed constructor or rebuild function."""
+
+    def __init__(self, name: str, fn: Callable[..., Any]):
+        self.name, self.fn = name, fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return self.name
 
 
 class _Storage:
@@ -86,6 +107,12 @@ class _LazyTensor:
             raise TorchPickleError(f"tensor size {self.size} and stride {self.stride} differ in rank")
         if any(s == 0 for s in self.size):
             return np.zeros(self.size, flat.dtype)
+        if int(np.prod(self.size, dtype=np.float64)) > flat.size:
+            # Only a broadcast (stride 0) view holds more elements than its storage: a tiny file
+            # could otherwise ask for any amount of memory. State dicts never hold such views.
+            raise TorchPickleError(
+                f"tensor of size {self.size} claims more elements than its storage of {flat.size} holds"
+            )
         last = self.offset + sum((n - 1) * st for n, st in zip(self.size, self.stride))
         if self.offset < 0 or any(st < 0 for st in self.stride) or last >= flat.size:
             raise TorchPickleError(
@@ -116,14 +143,16 @@ def _rebuild_parameter_with_state(data, requires_grad=False, backward_hooks=None
     return data
 
 
-_ALLOWED: Dict[Tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter_with_state,
+# (module, name) -> a maker of the fresh stand-in the unpickler hands out for each reference.
+_ALLOWED: Dict[Tuple[str, str], Callable[[], Any]] = {
+    ("collections", "OrderedDict"): lambda: _Callable("collections.OrderedDict", collections.OrderedDict),
+    ("torch._utils", "_rebuild_tensor"): lambda: _Callable("torch._utils._rebuild_tensor", _rebuild_tensor),
+    ("torch._utils", "_rebuild_tensor_v2"): lambda: _Callable("torch._utils._rebuild_tensor_v2", _rebuild_tensor_v2),
+    ("torch._utils", "_rebuild_parameter"): lambda: _Callable("torch._utils._rebuild_parameter", _rebuild_parameter),
+    ("torch._utils", "_rebuild_parameter_with_state"): lambda: _Callable(
+        "torch._utils._rebuild_parameter_with_state", _rebuild_parameter_with_state),
 }
-_ALLOWED.update({("torch", name): _StorageType(name) for name in STORAGE_DTYPES})
+_ALLOWED.update({("torch", name): (lambda name=name: _StorageType(name)) for name in STORAGE_DTYPES})
 
 
 class _Unpickler(pickle.Unpickler):
@@ -133,12 +162,13 @@ class _Unpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         try:
-            return _ALLOWED[(module, name)]
+            make = _ALLOWED[(module, name)]
         except KeyError:
             raise TorchPickleError(
                 f"checkpoint refers to {module}.{name}, which this reader does not allow "
                 "(only state dicts of tensors are supported)"
             ) from None
+        return make()
 
     def persistent_load(self, pid: Any) -> Any:
         if not isinstance(pid, tuple) or not pid or _text(pid[0]) != "storage":

@@ -108,3 +108,37 @@ def test_efficientnet_checkpoint_matches_torch_load(torch):
         np.testing.assert_array_equal(ours[k], t.numpy(), err_msg=k)
     n = sum(v.size for k, v in ours.items() if not k.endswith("num_batches_tracked"))
     assert 4_600_000 < n < 4_700_000  # EfficientNet-Lite0: 4.65M weights + BN statistics
+
+
+def _one_tensor_file(tmp_path, offset_size_stride: bytes) -> str:
+    """A legacy file with one tensor ``w`` over a 12-float storage; the tensor's
+    offset, size and stride are given as pickle opcodes."""
+    storage = np.arange(12, dtype=np.float32)
+    body = (b"\x80\x02ccollections\nOrderedDict\n)R(X\x01\x00\x00\x00wctorch._utils\n_rebuild_tensor_v2\n("
+            b"(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x00kX\x03\x00\x00\x00cpuK\x0cNtQ"
+            + offset_size_stride + b"\x89ccollections\nOrderedDict\n)RtRu.")
+    data = _legacy_header() + body + pickle.dumps(["k"], protocol=2) + np.int64(12).tobytes() + storage.tobytes()
+    path = tmp_path / "one.pth"
+    path.write_bytes(data)
+    return str(path)
+
+
+def test_build_on_an_allowed_global_is_refused_and_changes_nothing(tmp_path):
+    # GLOBAL torch.FloatStorage, then BUILD {"dtype": "x"} on it: before, this rewrote the reader's
+    # shared stand-in, and every later load in the process failed.
+    evil = tmp_path / "build.pth"
+    evil.write_bytes(_legacy_header() + b"\x80\x02ctorch\nFloatStorage\n}(X\x05\x00\x00\x00dtypeX\x01\x00\x00\x00xub.")
+    with pytest.raises(TorchPickleError, match="BUILD"):
+        torch_pickle.load(str(evil))
+    evil.write_bytes(_legacy_header() + b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n}(X\x01\x00\x00\x00aK\x01ub.")
+    with pytest.raises(TorchPickleError, match="BUILD"):
+        torch_pickle.load(str(evil))
+    good = torch_pickle.load_state_dict(_one_tensor_file(tmp_path, b"K\x01K\x02K\x03\x86K\x01K\x04\x86"))
+    assert good["w"].shape == (2, 3) and good["w"].dtype == np.float32
+
+
+def test_an_array_cannot_claim_more_than_its_storage(tmp_path):
+    # size (2**28,) with stride 0 over a 12-float storage: a file of a few hundred bytes asking for 1 GiB.
+    path = _one_tensor_file(tmp_path, b"K\x00J\x00\x00\x00\x10\x85K\x00\x85")
+    with pytest.raises(TorchPickleError, match="more elements than its storage"):
+        torch_pickle.load(path)
