@@ -7,10 +7,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import List, Optional
 
-from experiments.errors import UserError
+# tensorflow (imported only to build or convert datasets) logs INFO lines about its CPU
+# kernels on import; nothing a user of these commands needs.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+from experiments.errors import UserError  # noqa: E402
 
 # Command name -> module in experiments.commands.
 COMMANDS = {

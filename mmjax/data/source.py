@@ -16,6 +16,7 @@ tensorflow. Building a dataset and converting one need tensorflow (the
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from typing import Any, Dict, List, Sequence
 
@@ -96,7 +97,12 @@ def _load_builder(tfds, name: str, data_dir: str, **kwargs):
         return tfds.builder(name, data_dir=data_dir, **kwargs)
     except Exception as e:  # tfds raises several types for unknown names/configs
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        close = difflib.get_close_matches(name.split("/")[0], tfds.list_builders(), n=3)
+        known = tfds.list_builders()
+        if name.split("/")[0] in known and ("JSON" in first_line or "json" in first_line):
+            raise DataConfigError(
+                f"dataset {name!r} in {data_dir}: its prepared files are damaged ({first_line}); move "
+                f"{os.path.join(data_dir, *name.split('/'))} away and build it again") from None
+        close = difflib.get_close_matches(name.split("/")[0], known, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise DataConfigError(f"unknown tfds dataset {name!r} ({first_line}).{hint}") from None
 
@@ -114,7 +120,6 @@ def convert(cfg) -> str:
     """
     _needs_tensorflow(f"converting {cfg.name!r} to ArrayRecord")
     import json
-    import os
 
     from tensorflow_datasets.core import file_adapters
 

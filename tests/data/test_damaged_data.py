@@ -52,3 +52,16 @@ def test_damaged_shard_is_a_one_line_error(tiny_dir, tmp_path):
     for line, data_dir, (_, says) in zip(lines, dirs, DAMAGES):
         assert line.startswith("DataError:") and "split 'train'" in line and says in line, line
         assert os.path.join(data_dir, os.path.dirname(SHARD)) in line
+
+
+def test_damaged_dataset_info_is_not_an_unknown_dataset(tiny_dir, tmp_path):
+    from mmjax.data import DataConfigError, dataset_info, default_config
+
+    data_dir = str(tmp_path / "tfds")
+    shutil.copytree(tiny_dir, data_dir)
+    with open(os.path.join(data_dir, "av_digits", "tiny", "1.0.0", "dataset_info.json"), "w") as f:
+        f.write("{bad json")
+    cfg = default_config("av_digits/tiny")
+    cfg.data_dir = data_dir
+    with pytest.raises(DataConfigError, match=r"prepared files are damaged .* move .*av_digits/tiny away"):
+        dataset_info(cfg)
