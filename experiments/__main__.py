@@ -7,15 +7,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 from typing import List, Optional
 
-# tensorflow (imported only to build or convert datasets) logs INFO lines about its CPU
-# kernels on import; nothing a user of these commands needs.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-
-from experiments.errors import UserError  # noqa: E402
+from experiments.errors import UserError
 
 # Command name -> module in experiments.commands.
 COMMANDS = {
