@@ -44,6 +44,9 @@ def check_sizes(constructor: Any, config: Mapping[str, Any], where: str) -> None
         low = 0 if "layer" in key else 1
         many = isinstance(value, (list, tuple))
         for i, v in enumerate(value if many else [value]):
+            if isinstance(v, (str, float)) and not isinstance(v, bool):
+                name = f"{where}{key}" + (f"[{i}]" if many else "")
+                raise BadSizeError(f"{name} must be an integer, got {v!r}")
             if isinstance(v, bool) or not isinstance(v, numbers.Integral):
                 continue  # None for Optional; other types are the constructor's to reject
             if v < low:

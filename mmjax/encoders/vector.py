@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax.encoders.common import EncoderInputError
 from mmjax.encoders.registry import register
 from mmjax.layers import dense
 from mmjax.sharding import EMBED, MLP
@@ -35,7 +36,13 @@ class MlpEncoder(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, mask: Optional[jax.Array] = None, *, train: bool = False) -> Encoded:
         if x.ndim not in (2, 3):
-            raise ValueError(f"mlp encoder: expected (B, D) or (B, T, D) features, got shape {x.shape}")
+            raise EncoderInputError(f"mlp encoder: expected (B, D) or (B, T, D) features, got shape {x.shape}")
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise EncoderInputError(
+                f"mlp encoder: expected float features, got {x.dtype} {tuple(x.shape)} (integer ids such as "
+                "tokens need a text encoder: transformer, lstm, gru, minilm)")
+        if x.shape[-1] == 0:
+            raise EncoderInputError(f"mlp encoder: features of width 0 {tuple(x.shape)}")
         squeeze = x.ndim == 2
         if squeeze:
             x = x[:, None, :]

@@ -83,6 +83,8 @@ def _as_parts(name: str, value: Any, block: str) -> Tuple[Optional[Array], Array
             f"{block}: modality {name!r}: features must be floating point, got {value.dtype} "
             "(integer inputs such as token ids go through an encoder first)"
         )
+    if value.ndim in (2, 3) and value.shape[-1] == 0:
+        raise FusionInputError(f"{block}: modality {name!r} has features of width 0 {tuple(value.shape)}")
     if value.ndim == 2:
         return value, value[:, None, :], jnp.ones(value.shape[:1] + (1,), bool)
     if value.ndim == 3:
@@ -115,6 +117,8 @@ def prepare(
     if len(set(sizes.values())) != 1:
         raise FusionInputError(f"{block}: modalities disagree on batch size: {sizes}")
     batch = sizes[names[0]]
+    if batch == 0:
+        raise FusionInputError(f"{block}: an empty batch (0 examples)")
 
     modality_mask = dict(modality_mask or {})
     unknown = sorted(set(modality_mask) - set(names))
@@ -128,9 +132,11 @@ def prepare(
         if m is None:
             present[n] = jnp.ones((batch,), bool)
             continue
-        if tuple(m.shape) != (batch,):
+        if not hasattr(m, "shape"):  # a list or tuple of flags
+            m = jnp.asarray(m)
+        if tuple(m.shape) != (batch,) or not (m.dtype == bool or jnp.issubdtype(m.dtype, jnp.integer)):
             raise FusionInputError(
-                f"{block}: modality_mask[{n!r}] must have shape ({batch},), got {tuple(m.shape)}"
+                f"{block}: modality_mask[{n!r}] must be ({batch},) bool, got {tuple(m.shape)} {m.dtype}"
             )
         present[n] = m.astype(bool)
 

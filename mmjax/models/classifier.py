@@ -20,6 +20,7 @@ placement a config choice:
 """
 from __future__ import annotations
 
+import numbers
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import flax.linen as nn
@@ -333,6 +334,8 @@ def build_classifier(model_config: Mapping[str, Any], num_classes: int) -> Class
         cfg["fusion_config"] = _plain(cfg["fusion_config"])
     if "head_hidden" in cfg:
         cfg["head_hidden"] = tuple(cfg["head_hidden"])
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
+        raise ModelConfigError(f"the classifier needs num_classes >= 1 (from the dataset), got {num_classes!r}")
     rate = cfg.get("dropout_rate", 0.0)
     if not 0 <= float(rate) < 1:
         raise ModelConfigError(f"model.dropout_rate must be in [0, 1), got {rate!r}")
