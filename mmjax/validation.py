@@ -221,6 +221,22 @@ def _hint(name: str, known: Sequence[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def check_sample_rates(encoders: Mapping[str, Any], info: Mapping[str, Any]) -> None:
+    """An audio encoder whose ``sample_rate`` is not the dataset's would read every clip at the
+    wrong speed (mel bands and time in the wrong place) without any error: refuse it."""
+    rate = int(info.get("sample_rate") or 0)
+    mods = info.get("modalities")  # the pipeline's: name -> {"kind", ...}; synthetic sources: a list
+    kinds = {m: v.get("kind") for m, v in mods.items() if isinstance(v, Mapping)} if isinstance(mods, Mapping) else {}
+    for m, spec in encoders.items():
+        spec = dict(spec or {})
+        if not rate or kinds.get(m) != "audio" or "sample_rate" not in spec:
+            continue
+        if int(spec["sample_rate"]) != rate:
+            raise BatchValidationError(
+                f"model.encoders.{m}.sample_rate is {spec['sample_rate']} but the dataset's audio is at {rate} Hz; "
+                f"set --config.model.encoders.{m}.sample_rate={rate} (or resample the dataset)")
+
+
 def spec_from_config(model_config: Mapping[str, Any], info: Mapping[str, Any], *, loss: str = "softmax_xent",
                      batch_size: Optional[int] = None, label: Optional[str] = None) -> BatchSpec:
     """The spec promised by ``config.model`` and the dataset ``info``.
@@ -234,6 +250,7 @@ def spec_from_config(model_config: Mapping[str, Any], info: Mapping[str, Any], *
     "multi") overrides the label kind the loss implies.
     """
     encoders = dict(model_config.get("encoders") or {})
+    check_sample_rates(encoders, info)
     names = set(encoders)
     optional: Tuple[str, ...] = ()
     if model_config.get("placement") == "early":

@@ -43,3 +43,14 @@ def test_integer_inputs_to_the_mlp_encoder():
     model = build_classifier(TWO, 3)
     with pytest.raises(EncoderInputError, match="mlp encoder: expected float features, got int32"):
         model.init(KEY, {"inputs": {"a": jnp.ones((2, 4), jnp.int32), "b": jnp.ones((2, 3))}})
+
+
+def test_audio_encoder_at_another_sample_rate_than_the_data():
+    from mmjax.validation import BatchValidationError, spec_from_config
+
+    info = {"num_classes": 10, "sample_rate": 8000, "modalities": {"audio": {"kind": "audio"}, "image": {"kind": "image"}}}
+    model = {"encoders": {"audio": {"name": "audio_cnn", "sample_rate": 16000}, "image": {"name": "cnn"}}}
+    with pytest.raises(BatchValidationError, match=r"model.encoders.audio.sample_rate is 16000 .* 8000 Hz"):
+        spec_from_config(model, info)
+    model["encoders"]["audio"]["sample_rate"] = 8000
+    spec_from_config(model, info)
