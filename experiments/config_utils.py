@@ -8,6 +8,7 @@ is a :class:`UserError` naming it and the closest existing key.
 from __future__ import annotations
 
 import ast
+import copy
 import difflib
 import importlib
 import importlib.util
@@ -168,10 +169,56 @@ def parse_override_args(argv: Sequence[str]) -> Tuple[List[Tuple[str, str]], Lis
     return overrides, rest
 
 
+def _fusion_options(name: str) -> List[str]:
+    """The options a fusion block takes (its dataclass fields), for keys added under model.fusion_config."""
+    import mmjax.fusion  # noqa: F401  (registers the blocks)
+    from mmjax.fusion.registry import FUSION
+
+    if name not in FUSION:
+        return []
+    fields = getattr(FUSION.get(name), "__dataclass_fields__", {})
+    return sorted(f for f in fields if f not in ("parent", "name"))
+
+
+def _add_fusion_option(config: ml_collections.ConfigDict, key: str, text: str) -> bool:
+    """``model.fusion_config.OPT`` that the config lacks: added when the block built takes OPT."""
+    parts = key.split(".")
+    if len(parts) != 3 or parts[:2] != ["model", "fusion_config"] or parts[2] in config.model.fusion_config:
+        return False
+    fusion = config.model.get("fusion")
+    options = _fusion_options(fusion)
+    if parts[2] not in options:
+        close = difflib.get_close_matches(parts[2], options, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise UserError(f"--config.{key}: fusion block {fusion!r} has no option {parts[2]!r}.{hint} "
+                        f"Its options: {', '.join(options)}")
+    with config.model.fusion_config.ignore_type():
+        config.model.fusion_config[parts[2]] = _literal(text)
+    return True
+
+
+def _bring_fusion_config(config: ml_collections.ConfigDict) -> None:
+    """``model.fusion`` chosen on the command line brings that block's ``fusion_configs`` entry."""
+    per_fusion = config.get("fusion_configs") or {}
+    fusion = config.model.get("fusion")
+    if fusion in per_fusion:
+        with config.model.ignore_type():
+            config.model.fusion_config = ml_collections.ConfigDict(copy.deepcopy(per_fusion[fusion].to_dict()))
+
+
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[Tuple[str, str]]) -> ml_collections.ConfigDict:
-    """Sets each dotted ``key`` to ``value`` cast to the existing type. Unknown keys are errors."""
+    """Sets each dotted ``key`` to ``value`` cast to the existing type. Unknown keys are errors.
+
+    ``model.fusion`` is applied first and brings ``fusion_configs[fusion]`` (the options the
+    experiment keeps for that block, as ``sweep`` uses them); ``model.fusion_config.OPT`` keys
+    then refine it, and may add an option the block takes that the config does not list.
+    """
+    overrides = list(overrides)
+    fusion_first = [o for o in overrides if o[0] == "model.fusion"] + [o for o in overrides if o[0] != "model.fusion"]
     keys = flat_keys(config)
-    for key, text in overrides:
+    for key, text in fusion_first:
+        if "model" in config and "fusion_config" in config.model and _add_fusion_option(config, key, text):
+            continue
         parts = key.split(".")
         node = config
         for j, p in enumerate(parts):
@@ -194,4 +241,6 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[Tuple
                 node[parts[-1]] = value
         except (TypeError, ValueError) as e:
             raise UserError(f"--config.{key}: {e}") from None
+        if key == "model.fusion":
+            _bring_fusion_config(config)
     return config

@@ -58,7 +58,7 @@ def get_config() -> ml_collections.ConfigDict:
         "audio": {"name": "audio_cnn", "sample_rate": 8000, "n_fft": 256, "hop_length": 128, "n_mels": 40,
                   "features": (16, 32), "convs_per_stage": 1, "out_dim": 64, "pool": "flatten"},
     })
-    c.fusion_configs = ml_collections.ConfigDict(FUSION_CONFIGS)  # per-fusion options for `sweep`
+    c.fusion_configs = ml_collections.ConfigDict(FUSION_CONFIGS)  # per-fusion options: `sweep` and --config.model.fusion=X use fusion_configs[X]
     c.model.fusion = DEFAULT_FUSION
     c.model.fusion_config = ml_collections.ConfigDict(FUSION_CONFIGS[DEFAULT_FUSION])
     c.model.head_hidden = (64,)

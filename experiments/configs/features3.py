@@ -49,7 +49,7 @@ def get_config() -> ml_collections.ConfigDict:
         "image": {"name": "mlp", "features": (128, 64), "dropout_rate": 0.2},
         "audio": {"name": "mlp", "features": (64, 64), "dropout_rate": 0.2},
     })
-    c.fusion_configs = ml_collections.ConfigDict(FUSION_CONFIGS)  # per-fusion options for `sweep`
+    c.fusion_configs = ml_collections.ConfigDict(FUSION_CONFIGS)  # per-fusion options: `sweep` and --config.model.fusion=X use fusion_configs[X]
     c.model.fusion = "concat"
     c.model.fusion_config = ml_collections.ConfigDict({"out_dim": 64})
     c.model.head_hidden = ()

@@ -45,6 +45,23 @@ def test_overrides_cast_types_and_reject_unknown_keys():
     assert {"synthetic", "av_digits"} <= set(config_utils.experiment_names())
 
 
+def test_fusion_on_the_command_line_brings_its_options():
+    from experiments.configs import av_digits
+
+    c = config_utils.load_config("av_digits")
+    # Whatever the order on the command line, model.fusion comes first, then its refinements.
+    config_utils.apply_overrides(c, [("model.fusion_config.out_dim", "32"), ("model.fusion", "cross_attention")])
+    assert c.model.fusion == "cross_attention"
+    assert c.model.fusion_config.to_dict() == {**av_digits.FUSION_CONFIGS["cross_attention"], "out_dim": 32}
+    # An option the block takes but the config does not list can be added...
+    c = config_utils.load_config("av_digits")
+    config_utils.apply_overrides(c, [("model.fusion", "perceiver"), ("model.fusion_config.num_latents", "4")])
+    assert c.model.fusion_config.num_latents == 4 and c.model.fusion_config.pooled_token is True
+    # ... and a typo lists the block's options.
+    with pytest.raises(UserError, match="fusion block 'perceiver' has no option 'num_latent'.*'num_latents'"):
+        config_utils.apply_overrides(c, [("model.fusion_config.num_latent", "4")])
+
+
 def test_unknown_config_key_exits_2_with_one_line(tmp_path):
     p = _cli("train", "synthetic", "--workdir", str(tmp_path), "--config.optim.lerning_rate=0.1")
     assert p.returncode == 2, p.stderr
