@@ -61,17 +61,16 @@ def corrupt_images(images: np.ndarray, rng: np.random.Generator, occlusion: floa
             (cols >= left[:, None, None]) & (cols < left[:, None, None] + side_w)
         )
         x = np.where(box[..., None], 0.0, x)
-    noise = rng.standard_normal(x.shape, dtype=np.float32)
     if noise_std > 0:
-        x = x + noise_std * noise
+        x = x + noise_std * rng.standard_normal(x.shape, dtype=np.float32)
     return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
 
 
 def add_noise_at_snr(waves: np.ndarray, lengths: np.ndarray, rng: np.random.Generator, snr_db: Optional[float]) -> np.ndarray:
     """Adds white noise to the valid part of each wave (N, L) at ``snr_db`` (None disables)."""
-    noise = rng.standard_normal(waves.shape).astype(np.float32)
     if snr_db is None:
         return waves
+    noise = rng.standard_normal(waves.shape, dtype=np.float32)  # float32 draws: half the cost of float64
     mask = length_mask(lengths, waves.shape[1])
     x = waves.astype(np.float32)
     power = (np.where(mask, x, 0) ** 2).sum(1) / np.maximum(lengths, 1)
