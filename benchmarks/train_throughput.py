@@ -201,13 +201,16 @@ def cases(quick: bool, tiny: bool = False, dtype: str = "float32", batch_size: O
     return out
 
 
-def measure_mode(case: Mapping[str, Any], mode: str, *, peak: Optional[float], repeats: int, steps_per_repeat: int,
-                 shared_cores: bool) -> Dict[str, Any]:
-    """Compile + steady-state timing of one configuration's train step in one parallel mode."""
+def compiled_step(case: Mapping[str, Any], mode: str) -> Dict[str, Any]:
+    """One configuration's Runner (``mmjax.train.loop.build``) and its train step compiled for ``mode``.
+
+    Returns runner, host_batch (random, the real shapes), state, batch (on
+    device), compiled (the Runner's own jit / pmap / sharded wrapper),
+    compile_s and batch_size.
+    """
     import jax
 
     from mmjax.train.loop import build
-    from benchmarks.common import memory_bytes, xla_flops
 
     config = case["config"]
     config.parallel.mode = mode
@@ -217,10 +220,23 @@ def measure_mode(case: Mapping[str, Any], mode: str, *, peak: Optional[float], r
                                  vocab_size=case.get("vocab_size", 1000))
     state = runner.create_state(host_batch, jax.random.PRNGKey(0))
     batch = runner.put_batch(host_batch)
-    num_params = int(sum(np.size(x) for x in jax.tree.leaves(runner.host_state(state).params)))
     t0 = time.perf_counter()
-    compiled = runner.compile_train_step(state, batch)  # the Runner's own jit / pmap / sharded wrapper
-    compile_s = time.perf_counter() - t0
+    compiled = runner.compile_train_step(state, batch)
+    return {"runner": runner, "host_batch": host_batch, "state": state, "batch": batch, "compiled": compiled,
+            "compile_s": time.perf_counter() - t0, "batch_size": batch_size}
+
+
+def measure_mode(case: Mapping[str, Any], mode: str, *, peak: Optional[float], repeats: int, steps_per_repeat: int,
+                 shared_cores: bool) -> Dict[str, Any]:
+    """Compile + steady-state timing of one configuration's train step in one parallel mode."""
+    import jax
+
+    from benchmarks.common import memory_bytes, xla_flops
+
+    step = compiled_step(case, mode)
+    runner, host_batch, state, batch = step["runner"], step["host_batch"], step["state"], step["batch"]
+    compiled, compile_s, batch_size = step["compiled"], step["compile_s"], step["batch_size"]
+    num_params = int(sum(np.size(x) for x in jax.tree.leaves(runner.host_state(state).params)))
     n_dev = 1 if mode == "single" else (len(runner.local_devices) if mode == "pmap" else runner.mesh.size)
     flops = xla_flops(compiled)
     # pmap compiles one per-device program; sharded jit one SPMD program per device too: both count

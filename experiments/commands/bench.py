@@ -1,8 +1,9 @@
-"""``python -m experiments bench {fusion,train}``: throughput benchmarks.
+"""``python -m experiments bench {fusion,train,input}``: throughput benchmarks.
 
     python -m experiments bench fusion [--quick] [--out DIR] [--blocks a,b] [--dtype float32|bfloat16]
                                        [--torch-compile | --no-torch-compile] [--runs N]
     python -m experiments bench train [--quick] [--out DIR] [--dtype float32|bfloat16] [--batch-size N]
+    python -m experiments bench input [--quick] [--out DIR] [--data_dir DIR] [--cache_dir DIR]
 
 ``bench fusion`` writes DIR/fusion.json, DIR/fusion.md, DIR/throughput.png and
 DIR/scaling.png (see ``benchmarks/fusion_throughput.py``); with ``--runs N``
@@ -12,6 +13,11 @@ writes DIR/train.json and DIR/train.md: per configuration (av_digits, a ViT +
 text transformer + cross-attention model) and parallel mode (single, pmap,
 sharded) the compile time, steady examples/s and MFU of the real train step on
 random inputs of the real shapes (see ``benchmarks/train_throughput.py``).
+``bench input`` writes DIR/input.json and DIR/input.md: for P = 1, 2, 4 real
+processes each reading its rows of the same global batches, examples/s and
+peak resident memory per process, on av_digits (next to its train step) and
+on a 224x224 JPEG dataset it builds into DIR/cache (see
+``benchmarks/input_bench.py``).
 """
 from __future__ import annotations
 
@@ -33,7 +39,7 @@ def _blocks(value: Optional[str]) -> Optional[List[str]]:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("bench", help="throughput benchmarks (fusion blocks, training step)",
+    p = subparsers.add_parser("bench", help="throughput benchmarks (fusion blocks, training step, input pipeline)",
                               description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="bench_target", metavar="TARGET", required=True)
 
@@ -60,6 +66,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="compute dtype of the models (params stay float32); bfloat16 is the GPU setting")
     t.add_argument("--batch-size", type=int, default=None,
                    help="batch of the larger ViT + text model (default 16 with --quick, else 32)")
+
+    i = sub.add_parser("input", help="input pipeline per process for P = 1, 2, 4 processes: examples/s, memory")
+    i.add_argument("--quick", action="store_true",
+                   help="JPEG datasets of 2k and 10k examples (default 20k and 100k), fewer batches")
+    i.add_argument("--out", default="bench_out")
+    i.add_argument("--data_dir", default=None,
+                   help="tfds data dir of av_digits (default $MMJAX_DATA_DIR or ~/tensorflow_datasets); "
+                        "built on first use")
+    i.add_argument("--cache_dir", default=None,
+                   help="where the JPEG datasets are built once and reused (default OUT/cache)")
     return p
 
 
@@ -98,4 +114,14 @@ def run(args: argparse.Namespace) -> int:
         except (tt.TrainSystemUnavailable, BenchmarkConfigError) as e:
             raise UserError(str(e)) from None
         return 0
-    raise UserError(f"unknown bench target {args.bench_target!r}; use 'fusion' or 'train'")
+    if args.bench_target == "input":
+        import shlex
+        import sys
+
+        from benchmarks import input_bench as ib
+
+        command = "python -m experiments " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        ib.run(args.out, plan=ib.QUICK if args.quick else ib.FULL, data_dir=args.data_dir, cache_dir=args.cache_dir,
+               command=command if sys.argv[1:2] == ["bench"] else None)
+        return 0
+    raise UserError(f"unknown bench target {args.bench_target!r}; use 'fusion', 'train' or 'input'")
