@@ -4,8 +4,9 @@ Trains an experiment (a name from ``python -m experiments list`` or a config
 file path), resuming from DIR's checkpoints when there are any. Writes
 DIR/metrics.jsonl, DIR/tensorboard/, DIR/checkpoints/ and DIR/results.json.
 Multi-host: add ``--coordinator HOST:PORT --num_processes N --process_id I``
-on every process, or ``--distributed`` on TPU pods / SLURM
-(see :mod:`mmjax.train.distributed`).
+on every process; under SLURM (``srun``), Open MPI or on TPU pods the flags
+can be left out: the environment is detected and ``jax.distributed.initialize()``
+called (``--no-distributed`` turns that off; see :mod:`mmjax.train.distributed`).
 """
 from __future__ import annotations
 
@@ -31,8 +32,9 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--coordinator", default=None, help="HOST:PORT of process 0 (multi-process)")
     p.add_argument("--num_processes", type=int, default=None)
     p.add_argument("--process_id", type=int, default=None)
-    p.add_argument("--distributed", action="store_true",
-                   help="jax.distributed.initialize() with auto-detection (TPU pods, SLURM)")
+    p.add_argument("--distributed", action=argparse.BooleanOptionalAction, default=None,
+                   help="jax.distributed.initialize() with JAX's auto-detection; default: when the environment "
+                        "is multi-process (SLURM srun, Open MPI, TPU pods); --no-distributed: never")
 
 
 def make_subparser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:

@@ -59,6 +59,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.parallel = ml_collections.ConfigDict()
     c.parallel.mode = "auto"       # auto | single | pmap | sharded
     c.parallel.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    # Slices each mesh axis spans (TPU multislice, GPU nodes over the data-center network), e.g.
+    # {data: 2}: parallel.mesh is the whole mesh, data and fsdp may cross slices, tensor may not.
+    c.parallel.dcn_mesh = ml_collections.ConfigDict({"data": 1, "fsdp": 1, "tensor": 1})
     c.parallel.rules = ()          # () = mmjax.sharding.LOGICAL_RULES
 
     c.checkpoint = ml_collections.ConfigDict()

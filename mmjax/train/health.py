@@ -138,7 +138,9 @@ class PreemptionGuard:
     ``jax.experimental.multihost_utils.reached_preemption_sync_point(step)``
     (available when ``jax.distributed.initialize`` started the preemption
     service); the local flag is not used there, because a signal that reaches
-    one process but not the others would make them disagree.
+    one process but not the others would make them disagree. No Python handler
+    is installed then: it would replace the runtime's own SIGTERM handler, the
+    one that tells the other processes.
     """
 
     def __init__(self, signals: Tuple[int, ...] = (signal.SIGTERM,)):
@@ -155,7 +157,7 @@ class PreemptionGuard:
     def __enter__(self) -> "PreemptionGuard":
         import jax
         self._multihost = jax.process_count() > 1
-        if threading.current_thread() is threading.main_thread():
+        if not self._multihost and threading.current_thread() is threading.main_thread():
             for s in self.signals:
                 self._previous[s] = signal.signal(s, self._handler)
         global _ACTIVE_GUARD

@@ -63,6 +63,7 @@ def build(config: Any, num_classes: int, info: Optional[Mapping[str, Any]] = Non
             mesh_cfg=_as_dict(_get(config.parallel, "mesh", {"data": -1})),
             rules=_get(config.parallel, "rules", None),
             input_norm=(info or {}).get("image_norms"),
+            dcn_cfg=_as_dict(_get(config.parallel, "dcn_mesh", {})),
         )
         runner.task = task.attach(runner)
         return runner
@@ -85,6 +86,7 @@ def build(config: Any, num_classes: int, info: Optional[Mapping[str, Any]] = Non
         mesh_cfg=_as_dict(_get(config.parallel, "mesh", {"data": -1})),
         rules=_get(config.parallel, "rules", None),
         input_norm=(info or {}).get("image_norms"),
+        dcn_cfg=_as_dict(_get(config.parallel, "dcn_mesh", {})),
     )
 
 

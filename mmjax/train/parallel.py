@@ -19,9 +19,14 @@ Batches arrive with uint8 images (``input_norm`` names their mean and std):
 :meth:`Runner.put_batch` moves the uint8 bytes and normalises them on device,
 so the steps see float32 images in every mode.
 
+The mesh is laid out from the topology (``config.parallel.dcn_mesh`` for
+several slices; see :mod:`mmjax.train.mesh`).
+
 Multi-host: every process calls the same code with its own share of the global
 batch (rows ``process_index`` of ``process_count`` equal parts); the sharded
-runner assembles global arrays with ``jax.make_array_from_process_local_data``.
+runner assembles global arrays with ``jax.make_array_from_process_local_data``,
+and moves the rows on device when the mesh wants them elsewhere (a ``tensor``
+axis across processes: see :meth:`Runner._to_global`).
 """
 from __future__ import annotations
 
@@ -37,6 +42,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from mmjax.data.normalize import normalize_images
 from mmjax.sharding import LOGICAL_RULES, MESH_AXES
 from mmjax.train import step as step_lib
+from mmjax.train.mesh import ParallelConfigError, device_grid, mesh_shape, rows_follow_processes  # noqa: F401
 from mmjax.train.state import TrainState, _init_fn, create_train_state, example_inputs, state_shardings
 
 PyTree = Any
@@ -44,46 +50,12 @@ MODES = ("single", "pmap", "sharded")
 PMAP_AXIS = "batch"
 
 
-class ParallelConfigError(ValueError):
-    """Bad ``config.parallel`` value (mode, mesh shape, rules) or a batch that does not fit it."""
-
-
-def mesh_shape(mesh_cfg: Mapping[str, int], num_devices: int) -> Tuple[int, ...]:
-    """{data, fsdp, tensor} with at most one -1 -> sizes in MESH_AXES order, product = num_devices."""
-    cfg = dict(mesh_cfg or {})
-    unknown = sorted(set(cfg) - set(MESH_AXES))
-    if unknown:
-        raise ParallelConfigError(f"parallel.mesh: unknown axes {unknown}; the axes are {list(MESH_AXES)}")
-    sizes = [int(cfg.get(a, 1)) for a in MESH_AXES]
-    if sizes.count(-1) > 1:
-        raise ParallelConfigError(f"parallel.mesh: at most one axis may be -1, got {cfg}")
-    if any(s == 0 or s < -1 for s in sizes):
-        raise ParallelConfigError(f"parallel.mesh: sizes must be positive or -1, got {cfg}")
-    known = int(np.prod([s for s in sizes if s != -1]))
-    if -1 in sizes:
-        if num_devices % known:
-            raise ParallelConfigError(
-                f"parallel.mesh {cfg}: the fixed axes ({known}) do not divide the {num_devices} devices"
-            )
-        sizes[sizes.index(-1)] = num_devices // known
-    if int(np.prod(sizes)) != num_devices:
-        raise ParallelConfigError(
-            f"parallel.mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, "
-            f"but {num_devices} are available"
-        )
-    return tuple(sizes)
-
-
-def make_mesh(mesh_cfg: Mapping[str, int], devices: Optional[Sequence[Any]] = None) -> Mesh:
-    """A Mesh over ``devices`` (default: all, every process) with axes ("data", "fsdp", "tensor").
-
-    Devices are laid out in ``jax.devices()`` order, which groups each
-    process's devices together along the leading ("data") axis, so a process's
-    batch rows land on its own devices.
-    """
+def make_mesh(mesh_cfg: Mapping[str, int], devices: Optional[Sequence[Any]] = None,
+              dcn_cfg: Optional[Mapping[str, int]] = None) -> Mesh:
+    """A Mesh over ``devices`` (default: all, every process) with axes ("data", "fsdp", "tensor"),
+    laid out from the topology (``dcn_cfg``: slices per axis, see :mod:`mmjax.train.mesh`)."""
     devices = list(jax.devices() if devices is None else devices)
-    shape = mesh_shape(mesh_cfg, len(devices))
-    return Mesh(np.asarray(devices, dtype=object).reshape(shape), MESH_AXES)
+    return Mesh(device_grid(mesh_cfg, devices, dcn_cfg), MESH_AXES)
 
 
 def parse_rules(rules: Optional[Sequence[Sequence[Any]]]) -> Tuple[Tuple[str, Any], ...]:
@@ -114,7 +86,8 @@ class Runner:
       model: the linen model; make_tx: abstract params -> optax transformation.
       step_kwargs: keyword options of ``train_step`` (loss, grad_accum_steps, nan_policy...).
       eval_kwargs: keyword options of ``eval_step`` (num_classes, loss...).
-      mesh_cfg / rules: the ``sharded`` mesh and logical rules.
+      mesh_cfg / rules: the ``sharded`` mesh and logical rules; dcn_cfg: how many slices each mesh
+        axis spans (``config.parallel.dcn_mesh``, default one slice).
       input_norm: image modality -> (mean, std) per channel, for batches that carry uint8 images
         (``DatasetInfo.image_norms``); None when no image needs it.
     """
@@ -131,6 +104,7 @@ class Runner:
         rules: Optional[Sequence[Sequence[Any]]] = None,
         devices: Optional[Sequence[Any]] = None,
         input_norm: Optional[Mapping[str, Any]] = None,
+        dcn_cfg: Optional[Mapping[str, int]] = None,
     ):
         if mode not in MODES:
             raise ParallelConfigError(f"parallel.mode must be one of {MODES}, got {mode!r}")
@@ -152,8 +126,9 @@ class Runner:
         self.state_shardings: Optional[TrainState] = None
         self.batch_sharding: Optional[NamedSharding] = None
         if mode == "sharded":
-            self.mesh = make_mesh(mesh_cfg or {"data": -1}, devices)
+            self.mesh = make_mesh(mesh_cfg or {"data": -1}, devices, dcn_cfg)
             self.batch_sharding = NamedSharding(self.mesh, P(("data", "fsdp")))
+        self._rows_direct: Dict[int, bool] = {}  # global rows -> whether processes' rows are their devices'
         self.local_devices = jax.local_devices() if devices is None else [
             d for d in devices if d.process_index == jax.process_index()
         ]
@@ -250,22 +225,52 @@ class Runner:
                     )
                 return x.reshape((n, x.shape[0] // n) + x.shape[1:])
             return jax.tree.map(split, batch)
-        n_shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
-        local_shards = n_shards // jax.process_count()
-
-        def to_global(x):
-            x = np.asarray(x)
-            if x.shape[0] % max(local_shards, 1):
-                raise ParallelConfigError(
-                    f"sharded: per-process batch {x.shape[0]} is not divisible by the {local_shards} "
-                    "local (data x fsdp) shards"
-                )
-            return jax.make_array_from_process_local_data(self.batch_sharding, x)
-        placed = jax.tree.map(to_global, batch)
+        placed = self._to_global(batch)
         if not needs_norm:
             return placed
         with self.context():
             return self._normalize(placed)
+
+    def _to_global(self, batch: PyTree) -> PyTree:
+        """Each process's rows [p*B/P, (p+1)*B/P) -> global arrays of B rows on ``batch_sharding``.
+
+        When every process's devices hold exactly its own rows (data / fsdp over processes in
+        process order) the rows go straight to them. Otherwise (``tensor`` across processes: the
+        replicas of a row live on several processes; or a topology-ordered mesh that puts the
+        processes in another order) the rows are first placed on their own process's devices
+        and then moved on device to where the sharding wants them (``jax.device_put``, a
+        collective that every process runs with the same decision)."""
+        processes = jax.process_count()
+        rows = int(np.shape(jax.tree.leaves(batch)[0])[0]) * processes
+        shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        if rows % shards:
+            raise ParallelConfigError(
+                f"sharded: the global batch of {rows} rows is not divisible by the {shards} (data x fsdp) "
+                "shards of parallel.mesh"
+            )
+        if rows not in self._rows_direct:
+            indices = self.batch_sharding.devices_indices_map((rows,))
+            self._rows_direct[rows] = rows_follow_processes(indices, rows, processes)
+
+        def shape(x):
+            return (rows,) + np.shape(x)[1:]
+        if self._rows_direct[rows]:
+            return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
+                self.batch_sharding, np.asarray(x), shape(x)), batch)
+        own = self._process_sharding()
+        placed = jax.tree.map(lambda x: jax.make_array_from_process_local_data(own, np.asarray(x), shape(x)), batch)
+        return jax.device_put(placed, self.batch_sharding)
+
+    def _process_sharding(self) -> NamedSharding:
+        """Rows split over processes in process order, replicated over each process's devices."""
+        devices = sorted(self.mesh.devices.flat, key=lambda d: (d.process_index, d.id))
+        processes = jax.process_count()
+        if len(devices) % processes:
+            raise ParallelConfigError(
+                f"sharded: {len(devices)} devices are not split evenly over {processes} processes"
+            )
+        grid = np.asarray(devices, dtype=object).reshape(processes, len(devices) // processes)
+        return NamedSharding(Mesh(grid, ("process", "local")), P("process"))
 
     # ------------------------------------------------------------------ steps
     def _compile(self):
@@ -276,7 +281,9 @@ class Runner:
             self._eval = jax.jit(evaluate)
         elif self.mode == "pmap":
             reduce = functools.partial(jax.lax.pmean, axis_name=PMAP_AXIS)
-            self._train = jax.pmap(functools.partial(train, grad_reduce=reduce), axis_name=PMAP_AXIS,
+            own_rng = lambda r: jax.random.fold_in(r, jax.lax.axis_index(PMAP_AXIS))  # noqa: E731
+            self._train = jax.pmap(functools.partial(train, grad_reduce=reduce, replica_rng=own_rng),
+                                   axis_name=PMAP_AXIS,
                                    donate_argnums=0, devices=self._pmap_devices)
             summed = lambda s, b: jax.lax.psum(evaluate(s, b), PMAP_AXIS)  # noqa: E731
             self._eval = jax.pmap(summed, axis_name=PMAP_AXIS, devices=self._pmap_devices)

@@ -45,6 +45,8 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path, cache_dir):
         "unknown fusion": (base + ["--config.model.fusion=concatt"], "Did you mean 'concat'?"),
         "impossible mesh": (base + ["--config.parallel.mode=sharded", "--config.parallel.mesh={'data': 3}"],
                             "needs 3 devices, but 4 are available"),
+        "tensor across slices": (base + ["--config.parallel.mode=sharded", "--config.parallel.dcn_mesh.tensor=2"],
+                                 "parallel.dcn_mesh.tensor must be 1"),
         "batch vs devices": (["train", "synthetic", "--workdir", wd, "--config.batch_size=6",
                               "--config.parallel.mode=sharded"], "batch_size 6 is not divisible by the 4"),
         "workdir is a file": (["train", "synthetic", "--workdir", str(a_file)], "is a file, not a directory"),

@@ -5,6 +5,9 @@ Modes:
            parameter shard shapes, and a sharded checkpoint save/restore.
   multiproc: one of N processes (gloo collectives) training the sharded model;
              process 0 prints its losses.
+  tensor2: the sharded model on mesh {data: -1, tensor: 2}, in 1 process or (with
+           --coordinator) one of N; process 0 prints its losses, the global batch's rows
+           and whether the rows went straight to their devices.
 """
 import argparse
 import json
@@ -24,7 +27,7 @@ os.environ["JAX_PLATFORMS"] = "cpu"
 
 import jax  # noqa: E402
 
-if args.mode == "multiproc":
+if args.coordinator:
     from mmjax.train import distributed
     distributed.initialize(args.coordinator, args.num_processes, args.process_id)
 
@@ -102,8 +105,19 @@ def multiproc():
                                       "devices": jax.device_count()}))
 
 
+def tensor2():
+    r = runner("sharded", {"data": -1, "tensor": 2})
+    _, losses, first = train(r)
+    rows = int(r.put_batch(first)["label"].shape[0])
+    if jax.process_index() == 0:
+        print("RESULT " + json.dumps({"losses": losses, "processes": jax.process_count(), "rows": rows,
+                                      "mesh": dict(r.mesh.shape), "direct": r._rows_direct[rows]}))
+
+
 if args.mode == "compare":
     compare()
+elif args.mode == "tensor2":
+    tensor2()
 elif args.mode == "single4":
     r = runner("sharded", {"data": -1})
     print("RESULT " + json.dumps({"losses": train(r)[1], "devices": jax.device_count()}))

@@ -78,28 +78,45 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_processes_match_one_process():
-    single = _run("single4", "--devices", "4")
+def _run_processes(mode, devices, n=2, timeout=400):
+    """``n`` child processes of ``mode`` joined by jax.distributed (gloo) -> process 0's RESULT."""
     port = _free_port()
     procs = [
         subprocess.Popen(
-            [sys.executable, CHILD, "multiproc", "--devices", "2", "--coordinator", f"127.0.0.1:{port}",
-             "--num_processes", "2", "--process_id", str(i)],
+            [sys.executable, CHILD, mode, "--devices", str(devices), "--coordinator", f"127.0.0.1:{port}",
+             "--num_processes", str(n), "--process_id", str(i)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT,
         )
-        for i in range(2)
+        for i in range(n)
     ]
     outs = []
     try:
         for p in procs:
-            out, err = p.communicate(timeout=400)
+            out, err = p.communicate(timeout=timeout)
             assert p.returncode == 0, out[-3000:] + err[-3000:]
             outs.append(out)
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    multi = _result(outs[0])
+    return _result(outs[0])
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process():
+    single = _run("single4", "--devices", "4")
+    multi = _run_processes("multiproc", devices=2)
     assert multi["processes"] == 2 and multi["devices"] == 4
+    np.testing.assert_allclose(multi["losses"], single["losses"], rtol=RTOL)
+
+
+@pytest.mark.slow
+def test_tensor_axis_across_two_processes_matches_one_process():
+    # Mesh data=-1, tensor=2: in 1 process x 2 devices both devices hold all 16 rows; with
+    # 2 processes x 1 device each process reads 8 rows, and both tensor replicas need all 16.
+    single = _run("tensor2", "--devices", "2")
+    multi = _run_processes("tensor2", devices=1)
+    assert single["mesh"] == multi["mesh"] == {"data": 1, "fsdp": 1, "tensor": 2}
+    assert single["direct"] and not multi["direct"]   # the rows are moved between the processes
+    assert single["rows"] == multi["rows"] == 16
     np.testing.assert_allclose(multi["losses"], single["losses"], rtol=RTOL)
