@@ -19,6 +19,7 @@ from typing import Any, Dict, Optional, Sequence
 from experiments import modalities
 from experiments.commands import train as train_cmd
 from experiments.errors import UserError
+from mmjax.train import files
 from mmjax.train import logging as log_lib
 
 
@@ -60,7 +61,7 @@ def evaluate(config, workdir: str, *, which: str = "best", noise_levels: Sequenc
         # Contrastive / captioning runs have their own metrics (retrieval, BLEU, samples.md).
         out = loop.evaluate(config, workdir, which=which, data_fn=data_fn, info_fn=info_fn)
         if console is not None:
-            print(f"wrote {os.path.join(workdir, 'eval')}/metrics.json", file=console)
+            print(f"wrote {files.path(workdir) / 'eval'}/metrics.json", file=console)
         return out
     num_classes = int(info["num_classes"])
     class_names = list(info.get("class_names") or []) or None
@@ -69,7 +70,7 @@ def evaluate(config, workdir: str, *, which: str = "best", noise_levels: Sequenc
     seed = int(config.get("seed", 0))
     split = config.get("eval_split", "test")
     try:
-        step = ckpt.best_step() if which == "best" else ckpt.latest_step()
+        step = ckpt.agreed(ckpt.best_step() if which == "best" else ckpt.latest_step())
         if step is None:
             raise CheckpointError(f"no checkpoint in {ckpt.directory}: train first")
         batches = analysis.collect(
@@ -90,10 +91,9 @@ def evaluate(config, workdir: str, *, which: str = "best", noise_levels: Sequenc
     out["robustness"] = analysis.robustness(predict, batches, noise_levels, seed=seed)
     if jax.process_index() != 0:
         return out
-    eval_dir = os.path.join(workdir, "eval")
-    os.makedirs(eval_dir, exist_ok=True)
-    with open(os.path.join(eval_dir, "metrics.json"), "w", encoding="utf-8") as f:
-        json.dump(out, f, indent=2, default=lambda x: np.asarray(x).tolist())
+    eval_dir = os.fspath(files.path(workdir) / "eval")  # local or gs://, written through mmjax.train.files
+    files.write_text(os.path.join(eval_dir, "metrics.json"),
+                     json.dumps(out, indent=2, default=lambda x: np.asarray(x).tolist()))
     if plots:
         from experiments.reports import plots as plots_lib
 

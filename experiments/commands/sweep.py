@@ -28,6 +28,7 @@ import numpy as np
 from experiments import config_utils, modalities
 from experiments.commands import train as train_cmd
 from experiments.errors import UserError
+from mmjax.train import files
 
 
 def add_parser(subparsers):
@@ -94,14 +95,13 @@ def param_count(config, data_fn, info_fn) -> int:
 
 def _train_speed(workdir: str) -> float:
     """Median examples/s over the logged training records (the first one includes compilation)."""
-    path = os.path.join(workdir, "metrics.jsonl")
+    path = files.path(workdir) / "metrics.jsonl"  # local or gs://
     speeds = []
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                rec = json.loads(line)
-                if "examples_per_sec" in rec:
-                    speeds.append(float(rec["examples_per_sec"]))
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            rec = json.loads(line)
+            if "examples_per_sec" in rec:
+                speeds.append(float(rec["examples_per_sec"]))
     if len(speeds) > 1:
         speeds = speeds[1:]
     return float(np.median(speeds)) if speeds else float("nan")
@@ -122,18 +122,17 @@ def run_variant(name: str, config, workdir: str, seeds: int, *, data_fn=None, in
         c = copy.deepcopy(config)
         c.seed = base_seed + k
         wd = os.path.join(workdir, "runs", name, f"seed_{k}")
-        done = os.path.join(wd, "results.json")
+        done = files.path(wd) / "results.json"
         t0 = time.perf_counter()
-        if os.path.exists(done):
-            with open(done, encoding="utf-8") as f:
-                res = json.load(f)
+        if done.exists():
+            res = json.loads(done.read_text(encoding="utf-8"))
             wall = float(res.get("wall_time_sec", float("nan")))
         else:
             res = loop.train_and_evaluate(c, wd, data_fn=data_fn, info_fn=info_fn, console=console)
             wall = time.perf_counter() - t0
             res = dict(res, wall_time_sec=wall)
-            with open(done, "w", encoding="utf-8") as f:
-                json.dump({k2: v for k2, v in res.items() if k2 != "confusion_matrix"}, f, indent=2, default=float)
+            files.write_text(done, json.dumps({k2: v for k2, v in res.items() if k2 != "confusion_matrix"}, indent=2,
+                                              default=float))
         row["seeds"].append({"seed": c.seed, "accuracy": float(res["accuracy"]),
                              "macro_f1": float(res.get("macro_f1", float("nan"))),
                              "examples_per_sec": _train_speed(wd), "wall_time_sec": wall})
@@ -173,7 +172,7 @@ def sweep(config, workdir: str, fusions: List[str], seeds: int, *, baselines: bo
     _compilation_cache(workdir)
     if seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {seeds}")
-    os.makedirs(workdir, exist_ok=True)
+    files.makedirs(workdir)
     rows = []
     todo = variants(config, fusions, baselines)
     for i, (name, c) in enumerate(todo.items()):
@@ -194,7 +193,7 @@ def _compilation_cache(workdir: str) -> None:
     """Seeds of a row compile the same programs: a persistent cache lets the 2nd..Nth reuse them."""
     import jax
 
-    if not jax.config.jax_compilation_cache_dir:
+    if not jax.config.jax_compilation_cache_dir and not files.is_remote(workdir):
         jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, ".jax_cache"))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
@@ -202,11 +201,10 @@ def _compilation_cache(workdir: str) -> None:
 def _write(rows, workdir, title, command):
     from experiments.reports import plots
 
-    with open(os.path.join(workdir, "sweep.json"), "w", encoding="utf-8") as f:
-        json.dump({"experiment": title, "command": command, "rows": rows}, f, indent=2)
-    with open(os.path.join(workdir, "sweep.md"), "w", encoding="utf-8") as f:
-        f.write(markdown(rows, title, command))
-    plots.sweep_plot(rows, os.path.join(workdir, "sweep.png"), title=title)
+    root = files.path(workdir)  # local or gs://
+    files.write_text(root / "sweep.json", json.dumps({"experiment": title, "command": command, "rows": rows}, indent=2))
+    files.write_text(root / "sweep.md", markdown(rows, title, command))
+    plots.sweep_plot(rows, os.fspath(root / "sweep.png"), title=title)
 
 
 def run(args) -> int:

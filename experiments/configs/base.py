@@ -15,6 +15,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.train_split = "train"      # a tfds split string: "train[:10%]" trains on a labelled subset
     c.checkpoint_every = 500
     c.tensorboard = True
+    # gs:// workdirs: seconds the run's lease lives without renewal; a run killed with kill -9 leaves
+    # its lease, and another run may take the workdir over this long after the last renewal.
+    c.workdir_lease_s = 120.0
 
     c.data = ml_collections.ConfigDict({"name": ""})
 
@@ -68,7 +71,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.checkpoint.keep = 2
     c.checkpoint.best_metric = "accuracy"
     c.checkpoint.best_mode = "max"
-    c.checkpoint.async_save = False
+    # Orbax writes in a background thread while training goes on; the loop waits for the last save
+    # before it exits (and on SIGTERM). False: every save blocks the step loop until committed.
+    c.checkpoint.async_save = True
 
     # Initialise part of the model from a checkpoint (path) or offline pretrained weights
     # (pretrained: "minilm" | "efficientnet_lite0"; target e.g. "encoder_text_0").

@@ -26,8 +26,15 @@ def _plt():
 
 
 def _save(fig, path: str) -> str:
+    """Writes ``fig`` as PNG to ``path`` (a local path or an object-store URL, through mmjax.train.files)."""
+    import io
+
+    from mmjax.train import files
+
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=100, format="png")
+    files.write_bytes(path, buffer.getvalue())
     import matplotlib.pyplot as plt
 
     plt.close(fig)

@@ -5,19 +5,27 @@ TrainState as a state dict (params, batch_stats, opt_state, step, rng) and
 ``meta`` is JSON: the step (= data pipeline position), the config and the
 metrics of that step. A run pointed at a workdir with checkpoints restores the
 latest one and continues from its step.
+
+``directory`` may be local or an object-store URL (``gs://bucket/run/checkpoints``):
+paths go through :mod:`mmjax.train.files` (``etils.epath``, as in Orbax).
+With several processes the steps to try and the fate of a damaged checkpoint
+are decided by process 0 (:mod:`mmjax.train.agreement`).
 """
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import serialization
 from orbax.checkpoint._src.checkpoint_managers import preservation_policy as pp
 
+from mmjax.train import agreement as agreement_lib
+from mmjax.train import files
+from mmjax.train import health
 from mmjax.train.state import TrainState
 
 PyTree = Any
@@ -44,16 +52,21 @@ class Checkpointer:
       best_metric: eval metric that ranks checkpoints ("accuracy", "loss"...);
         the best one is kept besides the last ``keep``. None: recency only.
       best_mode: "max" or "min".
-      async_save: write in a background thread (the step loop goes on).
+      async_save: write in a background thread (the step loop goes on; :meth:`wait`
+        and :meth:`close` block until the last save is committed).
+      agreement: how processes agree on restores (default: :class:`agreement.Agreement`).
     """
 
     def __init__(self, directory: str, *, keep: int = 2, best_metric: Optional[str] = None,
-                 best_mode: str = "max", async_save: bool = False):
+                 best_mode: str = "max", async_save: bool = False,
+                 agreement: Optional[agreement_lib.Agreement] = None):
         if best_mode not in ("max", "min"):
             raise CheckpointError(f"checkpoint.best_mode must be 'max' or 'min', got {best_mode!r}")
         if keep < 1:
             raise CheckpointError(f"checkpoint.keep must be >= 1, got {keep}")
-        self.directory = os.path.abspath(directory)
+        self.directory = files.display(directory)
+        self.agreement = agreement or agreement_lib.Agreement()
+        self._probe: Optional[ocp.CheckpointManager] = None  # see _reader
         self.best_metric = best_metric
         policies = [pp.LatestN(n=keep)]
         best_fn = None
@@ -70,7 +83,7 @@ class Checkpointer:
         )
         # Handlers named up front so item_metadata can read a step before any save or restore.
         self.manager = ocp.CheckpointManager(
-            self.directory, options=options,
+            files.path(self.directory), options=options,
             item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
         )
 
@@ -84,6 +97,15 @@ class Checkpointer:
 
     def all_steps(self):
         return list(self.manager.all_steps())
+
+    def agreed_steps(self) -> list:
+        """The checkpointed steps, oldest first, as process 0 sees them (the same list on every process)."""
+        return self.agreement.share(sorted(self.all_steps()))
+
+    def agreed(self, step: Optional[int]) -> Optional[int]:
+        """Process 0's ``step`` (None: no checkpoint) on every process, e.g. ``agreed(best_step())``."""
+        value = self.agreement.decision(-1 if step is None else int(step))
+        return None if value < 0 else value
 
     def save(self, step: int, state: TrainState, *, config: Optional[Mapping[str, Any]] = None,
              metrics: Optional[Mapping[str, float]] = None, force: bool = False) -> bool:
@@ -185,23 +207,79 @@ class Checkpointer:
         A readable checkpoint of another model or optimizer is not damage: it
         raises :class:`CheckpointMismatchError` (naming the arrays, and with
         ``config`` the config keys, that differ) and nothing is moved.
+
+        Several processes (:mod:`mmjax.train.agreement`): the steps tried are
+        process 0's; process 0 alone reads each candidate back whole (through a
+        manager of its own, so no other process is waited for) and broadcasts
+        its verdict; all then restore the step it found good, or all raise.
+        Process 0 holds one host copy of the state while it checks.
         """
         say = say or (lambda line: None)
-        for step in sorted(self.all_steps(), reverse=True):
-            try:
-                on_disk = self.array_shapes(step)
-            except Exception as e:  # noqa: BLE001 - any read failure means "do not trust this step"
-                self._set_aside(step, e, say)
+        agree = self.agreement
+        for step in agree.share(sorted(self.all_steps(), reverse=True)):
+            verdict, state, error = agreement_lib.OK, None, None
+            if agree.is_main:
+                verdict, state, error = self._try_restore(abstract_state, step, config)
+            verdict = agree.decision(verdict)
+            if verdict == agreement_lib.MISMATCH:
+                raise error or CheckpointMismatchError(
+                    f"checkpoint {step} in {self.directory} does not fit this model (found by process 0)")
+            if verdict == agreement_lib.DAMAGED:
+                self._set_aside(step, error or CheckpointError("unreadable for process 0"), say)
                 continue
-            self._check_shapes(on_disk, abstract_state, step, config)
-            try:
+            if state is None:  # several processes: every one restores the step process 0 read back
                 state = self._restore(abstract_state, step)
-                self.metadata(step)
-            except Exception as e:  # noqa: BLE001
-                self._set_aside(step, e, say)
-                continue
             return state, step
         return None, None
+
+    def _try_restore(self, abstract_state: TrainState, step: int, config: Optional[Mapping[str, Any]]):
+        """Reads ``step`` back whole: -> (verdict, state or None, error or None).
+
+        One process: restores it (the state is returned). Several (process 0
+        only): reads every array into host memory through :meth:`_reader`,
+        and returns no state. ``MMJAX_FAULT=restore@N:damaged`` makes step N
+        unreadable (tests).
+        """
+        if health.fault("restore", step) == "damaged":
+            return agreement_lib.DAMAGED, None, CheckpointError("unreadable (MMJAX_FAULT restore:damaged)")
+        reader = self._reader()
+        try:
+            tree = reader.item_metadata(step)["state"]
+            if tree is None:
+                raise CheckpointError(f"checkpoint {step} in {self.directory} has no readable state metadata")
+            on_disk = _shapes(tree)
+        except Exception as e:  # noqa: BLE001 - any read failure means "do not trust this step"
+            return agreement_lib.DAMAGED, None, e
+        try:
+            self._check_shapes(on_disk, abstract_state, step, config)
+        except CheckpointMismatchError as e:
+            return agreement_lib.MISMATCH, None, e
+        try:
+            state = None
+            if reader is self.manager:
+                state = self._restore(abstract_state, step)
+            else:
+                host = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), serialization.to_state_dict(abstract_state))
+                reader.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(host)))
+            reader.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        except Exception as e:  # noqa: BLE001
+            return agreement_lib.DAMAGED, None, e
+        return agreement_lib.OK, state, None
+
+    def _reader(self) -> ocp.CheckpointManager:
+        """The manager process 0 checks candidates with: the run's own with one process; with
+        several, a read-only one whose only active process is 0 (its reads wait for no one)."""
+        if self.agreement.count == 1:
+            return self.manager
+        if self._probe is None:
+            options = ocp.CheckpointManagerOptions(
+                read_only=True, multiprocessing_options=ocp.options.MultiprocessingOptions(
+                    primary_host=0, active_processes={0}))
+            self._probe = ocp.CheckpointManager(
+                files.path(self.directory), options=options,
+                item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
+        self._probe.reload()
+        return self._probe
 
     def _set_aside(self, step: int, error: Exception, say: Callable[[str], None]) -> None:
         reason = " ".join(str(error).split())[:300] or type(error).__name__
@@ -210,18 +288,15 @@ class Checkpointer:
             f"moved to {moved}, trying an older one")
 
     def quarantine(self, step: int) -> str:
-        """Moves step ``step`` out of the checkpoint directory; returns where it went."""
+        """Moves step ``step`` out of the checkpoint directory (process 0 only); returns where it went."""
         self.manager.wait_until_finished()
-        dest_dir = self.directory.rstrip(os.sep) + "_corrupt"
-        os.makedirs(dest_dir, exist_ok=True)
-        dest = os.path.join(dest_dir, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
-        if jax.process_index() == 0:
-            shutil.move(os.path.join(self.directory, str(step)), dest)
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-            multihost_utils.sync_global_devices(f"mmjax_quarantine_{step}")
+        dest = files.path(self.directory.rstrip("/" + os.sep) + "_corrupt") / (
+            f"{step}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+        if self.agreement.is_main:
+            files.move_tree(files.path(self.directory) / str(step), dest)
+        self.agreement.barrier(f"mmjax_quarantine_{step}")
         self.manager.reload()
-        return dest
+        return os.fspath(dest)
 
     def metadata(self, step: Optional[int] = None) -> Dict[str, Any]:
         step = self.latest_step() if step is None else step
@@ -233,6 +308,8 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+        if self._probe is not None:
+            self._probe.close()
 
 
 def load_params(path: str, step: Optional[int] = None) -> PyTree:
@@ -241,10 +318,10 @@ def load_params(path: str, step: Optional[int] = None) -> PyTree:
     ``path`` is a run's checkpoint directory (``WORKDIR/checkpoints``) or a
     workdir; the latest step is used unless ``step`` is given.
     """
-    path = os.path.abspath(path)
-    if os.path.isdir(os.path.join(path, "checkpoints")):
-        path = os.path.join(path, "checkpoints")
-    if not os.path.isdir(path):
+    path = files.path(path)
+    if (path / "checkpoints").is_dir():
+        path = path / "checkpoints"
+    if not path.is_dir():
         raise CheckpointError(f"init_from: no checkpoint directory at {path}")
     with ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(read_only=True)) as mgr:
         step = mgr.latest_step() if step is None else step

@@ -3,7 +3,10 @@
 * :class:`WorkdirLock` keeps two runs from writing the same workdir. The lock
   file ``WORKDIR/run.lock`` holds the owner's pid, host and start time; a lock
   whose pid is dead on this host (a run killed with ``kill -9``) is stale and is
-  taken over with a message.
+  taken over with a message. On an object store (``gs://`` workdir) there is
+  no such file lock: :func:`workdir_lock` returns a
+  :class:`mmjax.train.lease.WorkdirLease` instead (claim objects renewed by a
+  thread, taken over ``workdir_lease_s`` seconds after a dead run's last renewal).
 * :class:`PreemptionGuard` turns SIGTERM (the usual preemption notice) into a
   flag that the loop reads at each step boundary; the loop then saves a
   checkpoint and exits cleanly. With several processes the flag is ignored and
@@ -69,6 +72,10 @@ class WorkdirLock:
         self.path = os.path.join(os.path.abspath(workdir), self.NAME)
         self.say = say or (lambda line: print(line, file=sys.stderr, flush=True))
         self.held = False
+        self.lost: Optional[str] = None  # a local lock cannot be taken over while its pid lives
+
+    def check(self) -> None:
+        """Nothing to check for a local lock (same interface as the object-store lease)."""
 
     def _read(self) -> Dict[str, Any]:
         try:
@@ -126,6 +133,19 @@ class WorkdirLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def workdir_lock(workdir: str, say: Optional[Callable[[str], None]] = None, lease_s: Optional[float] = None):
+    """The lock for ``workdir``: :class:`WorkdirLock` for a local directory, a lease on an object store.
+
+    ``lease_s``: seconds an object-store lease lives without renewal (default
+    :data:`mmjax.train.lease.DEFAULT_TTL_S`).
+    """
+    from mmjax.train import files
+    if not files.is_remote(workdir):
+        return WorkdirLock(workdir, say=say)
+    from mmjax.train.lease import DEFAULT_TTL_S, WorkdirLease
+    return WorkdirLease(workdir, ttl_s=DEFAULT_TTL_S if lease_s is None else float(lease_s), say=say)
 
 
 # --------------------------------------------------------------------------- preemption
@@ -206,7 +226,7 @@ def fault(point: str, step: Optional[int] = None) -> Optional[str]:
     Actions: ``sleep`` (announce, then wait up to 10 min or until SIGTERM, so a
     test can kill the process inside this window), ``sigterm`` (send SIGTERM to
     this process), ``exit`` (``os._exit(3)``, a crash with no clean-up); any
-    other action (e.g. ``nan``) is returned for the caller to apply. The
+    other action (``nan`` at ``batch``, ``damaged`` at ``restore``) is returned for the caller to apply. The
     announcement is a line on stderr and, when ``MMJAX_FAULT_MARKER`` is set,
     that file created with the point's name.
     """

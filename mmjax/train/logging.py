@@ -3,15 +3,31 @@
 TensorBoard files are written by ``tensorboardX`` (no tensorflow needed);
 when it is not installed the TensorBoard writer is skipped with a notice.
 Only process 0 writes; the others get a :class:`MetricWriter` that does nothing.
+
+Object-store workdirs (``gs://``): objects cannot be appended to, and
+tensorboardX's own ``gs://`` writer needs ``google-cloud-storage`` and its
+credentials beside the ones gcsfs uses. So ``metrics.jsonl`` is kept in memory
+and the TensorBoard events are written to a local temporary directory; both
+are uploaded through :mod:`mmjax.train.files` by :meth:`MetricWriter.sync`:
+at most every ``SYNC_EVERY_S`` seconds, before every checkpoint (so the stored
+``metrics.jsonl`` holds every record up to the latest checkpoint) and at close.
+A run killed in between loses the records after its last checkpoint, which a
+resume replays anyway.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
-from typing import Any, Dict, Mapping, Optional, TextIO
+from typing import Any, Dict, List, Mapping, Optional, TextIO
+
+from mmjax.train import files
+
+SYNC_EVERY_S = 30.0  # object-store workdirs: the longest time between uploads of the logs
 
 
 class _Stdout:
@@ -69,17 +85,29 @@ class MetricWriter:
         self.console = resolve_console(console) if enabled else None
         self._jsonl = None
         self._tb = None
+        self._remote = files.is_remote(workdir)
+        self._root = files.path(workdir)
+        self._lines: List[str] = []   # object stores: metrics.jsonl as it will be uploaded
+        self._staging: Optional[str] = None
+        self._synced = time.monotonic()
         if not enabled:
             return
-        os.makedirs(workdir, exist_ok=True)
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+        tb_dir = os.path.join(os.fspath(self._root), "tensorboard")
+        if self._remote:
+            jsonl = self._root / "metrics.jsonl"
+            self._lines = jsonl.read_text(encoding="utf-8").splitlines() if jsonl.exists() else []
+            self._staging = tempfile.mkdtemp(prefix="mmjax-tensorboard-")
+            tb_dir = self._staging
+        else:
+            os.makedirs(workdir, exist_ok=True)
+            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
         if tensorboard:
             try:
                 from tensorboardX import SummaryWriter
             except ImportError:
                 self._print("tensorboardX is not installed: no TensorBoard events (pip install tensorboardX)")
             else:
-                self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+                self._tb = SummaryWriter(tb_dir)
 
     def _print(self, line: str) -> None:
         if self.console is not None:
@@ -91,17 +119,42 @@ class MetricWriter:
             return
         record = {"step": int(step)}
         record.update({(prefix.rstrip("/") + "_" + k if prefix else k): _json_value(v) for k, v in metrics.items()})
-        self._jsonl.write(json.dumps(record) + "\n")
-        self._jsonl.flush()
+        if self._remote:
+            self._lines.append(json.dumps(record))
+        else:
+            self._jsonl.write(json.dumps(record) + "\n")
+            self._jsonl.flush()
         if self._tb is not None:
             for k, v in _flat(metrics, prefix).items():
                 self._tb.add_scalar(k, v, step)
+        if self._remote and time.monotonic() - self._synced > SYNC_EVERY_S:
+            self.sync()
+
+    def sync(self) -> None:
+        """Object-store workdirs: uploads metrics.jsonl and the TensorBoard events (local files need nothing)."""
+        if not (self.enabled and self._remote):
+            return
+        if self._tb is not None:
+            self._tb.flush()
+        self._upload()
+
+    def _upload(self) -> None:
+        files.write_text(self._root / "metrics.jsonl", "".join(line + "\n" for line in self._lines))
+        for name in sorted(os.listdir(self._staging)):
+            if os.path.isfile(os.path.join(self._staging, name)):
+                files.upload(os.path.join(self._staging, name), self._root / "tensorboard" / name)
+        self._synced = time.monotonic()
 
     def close(self) -> None:
         if self._jsonl is not None:
             self._jsonl.close()
         if self._tb is not None:
             self._tb.close()
+            self._tb = None
+        if self._remote and self.enabled:
+            self._upload()
+            shutil.rmtree(self._staging, ignore_errors=True)
+            self.enabled = False
 
 
 class Progress:

@@ -9,6 +9,9 @@ A workdir that already holds checkpoints is resumed from its latest one: the
 state (params, optimizer, step, RNG) is restored and the data pipeline
 restarts at the saved step, so an interrupted run continues exactly where it
 stopped (on CPU it reproduces the uninterrupted run's losses bit for bit).
+
+``workdir`` may be local or an object-store URL (``gs://bucket/run``): every
+file of the run goes through :mod:`mmjax.train.files` (``etils.epath``).
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from mmjax import validation
 from mmjax.validation import BatchValidationError
 from mmjax.fusion.attention import AttentionConfigError
 from mmjax.models.classifier import ModelConfigError, build_classifier
+from mmjax.train import files
 from mmjax.train import health
 from mmjax.train import logging as log_lib
 from mmjax.train.config_access import as_dict as _as_dict, get as _get
@@ -35,6 +39,8 @@ from mmjax.train.tasks import get_task
 
 DataFn = Callable[..., Iterator[Dict[str, Any]]]
 DEVICE_PREFETCH = 2  # batches on their way to the device while a step runs
+# checkpoint.async_save for configs that do not set it; experiments/configs/base.py sets the same.
+ASYNC_SAVE = True
 
 
 class TrainingDiverged(RuntimeError):
@@ -106,12 +112,12 @@ def open_checkpoints(config: Any, workdir: str, *, for_eval: bool = False) -> Ch
     error and nothing is created there.
     """
     ck_cfg = _as_dict(_get(config, "checkpoint", {}))
-    directory = os.path.join(workdir, "checkpoints")
-    if for_eval and not os.path.isdir(directory):
-        raise CheckpointError(f"no checkpoints in {os.path.abspath(workdir)} (no {directory}): train first")
-    return Checkpointer(directory, keep=int(ck_cfg.get("keep", 2)), best_metric=ck_cfg.get("best_metric") or None,
-                        best_mode=ck_cfg.get("best_mode", "max"),
-                        async_save=bool(ck_cfg.get("async_save", False)) and not for_eval)
+    directory = files.path(workdir) / "checkpoints"
+    if for_eval and not directory.is_dir():
+        raise CheckpointError(f"no checkpoints in {files.display(workdir)} (no {directory}): train first")
+    return Checkpointer(os.fspath(directory), keep=int(ck_cfg.get("keep", 2)),
+                        best_metric=ck_cfg.get("best_metric") or None, best_mode=ck_cfg.get("best_mode", "max"),
+                        async_save=bool(ck_cfg.get("async_save", ASYNC_SAVE)) and not for_eval)
 
 
 def _graft(tree: Any, target: Sequence[str], loaded: Any, what: str) -> Any:
@@ -267,7 +273,19 @@ class WorkdirError(ValueError):
 
 
 def check_workdir(workdir: str) -> None:
-    """Raises :class:`WorkdirError` unless ``workdir`` is (or can become) a writable directory."""
+    """Raises :class:`WorkdirError` unless ``workdir`` is (or can become) a writable directory.
+
+    An object-store URL needs its fsspec backend (gcsfs for ``gs://``) and must not name an object;
+    whether it is writable shows at the first write (the lock).
+    """
+    if files.is_remote(workdir):
+        try:
+            root = files.path(workdir)
+        except files.PathError as e:
+            raise WorkdirError(f"--workdir {workdir}: {e}") from None
+        if root.exists() and not root.is_dir():
+            raise WorkdirError(f"--workdir {workdir} is a file, not a directory")
+        return
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise WorkdirError(f"--workdir {workdir} is a file, not a directory")
     try:
@@ -320,12 +338,12 @@ def check_config(config: Any) -> None:
         )
 
 
-def _truncate_metrics(path: str, step: int) -> int:
-    """Drops the records of ``path`` (metrics.jsonl) after ``step`` and any torn last line; -> how many."""
-    if not os.path.exists(path):
+def _truncate_metrics(path, step: int) -> int:
+    """Drops the records of ``path`` (metrics.jsonl, local or gs://) after ``step`` and a torn last line; -> count."""
+    path = files.path(path)
+    if not path.exists():
         return 0
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
+    lines = path.read_text(encoding="utf-8").splitlines()
     keep = []
     for line in lines:
         try:
@@ -336,10 +354,7 @@ def _truncate_metrics(path: str, step: int) -> int:
             keep.append(line)
     dropped = len(lines) - len(keep)
     if dropped:
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write("".join(l + "\n" for l in keep))
-        os.replace(tmp, path)
+        files.write_text(path, "".join(l + "\n" for l in keep))
     return dropped
 
 
@@ -387,17 +402,18 @@ def train_and_evaluate(config: Any, workdir: str, *, data_fn: Optional[DataFn] =
     check_config(config)
     is_main = jax.process_index() == 0
     console = log_lib.resolve_console(console)
-    lock = health.WorkdirLock(workdir, say=lambda line: console and print(line, file=console, flush=True))
+    lock = health.workdir_lock(workdir, say=lambda line: console and print(line, file=console, flush=True),
+                               lease_s=_get(config, "workdir_lease_s", None))
     if is_main:
         lock.acquire()
     try:
         with health.PreemptionGuard() as guard:
-            return _train(config, workdir, data_fn, info_fn, console, stop_at, guard)
+            return _train(config, workdir, data_fn, info_fn, console, stop_at, guard, lock)
     finally:
         lock.release()
 
 
-def _train(config, workdir, data_fn, info_fn, console, stop_at, guard) -> Dict[str, Any]:
+def _train(config, workdir, data_fn, info_fn, console, stop_at, guard, lock) -> Dict[str, Any]:
     health.install_checkpoint_fault()
     info = info_fn(config)
     num_classes = int(info["num_classes"])
@@ -439,10 +455,11 @@ def _train(config, workdir, data_fn, info_fn, console, stop_at, guard) -> Dict[s
             spec.validate(first, check_finite=finite_mode != "off", where=f"train batch at step {step + 1}")
             return first, it
 
-        start = int(ckpt.latest_step() or 0)
+        steps = ckpt.agreed_steps()  # process 0's list on every process
+        start = int(steps[-1]) if steps else 0
         example, train_iter = batches_from(start)
         state = None
-        if ckpt.all_steps():
+        if steps:
             state, restored = ckpt.restore_latest_good(_first_trace(runner.abstract_state, example, rng), say,
                                                        config=config)
             if state is None:
@@ -454,7 +471,7 @@ def _train(config, workdir, data_fn, info_fn, console, stop_at, guard) -> Dict[s
                 example, train_iter = batches_from(start)
             state = runner.place_restored(state)
         if is_main:
-            dropped = _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), start)
+            dropped = _truncate_metrics(files.path(workdir) / "metrics.jsonl", start)
             if dropped:
                 say(f"metrics.jsonl: dropped {dropped} records after step {start} (they will be replayed)")
         writer = log_lib.MetricWriter(workdir, enabled=is_main, tensorboard=bool(_get(config, "tensorboard", True)),
@@ -468,11 +485,23 @@ def _train(config, workdir, data_fn, info_fn, console, stop_at, guard) -> Dict[s
             if init_from.get("path") or init_from.get("pretrained") or init_from.get("params") is not None:
                 state = apply_init_from(runner, state, init_from, say=say)
         return _loop(config, workdir, runner, state, ckpt, writer, say, data_fn, train_iter, spec, start,
-                     num_classes, stop_at, guard, nan_stop, validate_mode, finite_mode)
+                     num_classes, stop_at, guard, nan_stop, validate_mode, finite_mode, lock)
     finally:
         ckpt.close()
         if writer is not None:
             writer.close()
+
+
+def _check_lease(lock, ckpt: Checkpointer) -> None:
+    """Stops every process (WorkdirBusyError) when process 0 lost the workdir lease to another run."""
+    if isinstance(lock, health.WorkdirLock):
+        return  # a local lock cannot be lost
+    lost = int(bool(lock.lost)) if jax.process_index() == 0 else 0
+    if jax.process_count() > 1:
+        lost = ckpt.agreement.decision(lost)
+    if lost:
+        lock.check()
+        raise health.WorkdirBusyError("process 0 lost the workdir lease to another run; stopping without saving")
 
 
 def _check_data_position(ckpt: Checkpointer, step: int, config: Any) -> None:
@@ -505,7 +534,7 @@ def _first_trace(fn, example, rng):
 
 
 def _loop(config, workdir, runner, state, ckpt, writer, say, data_fn, train_iter, spec, start, num_classes,
-          stop_at, guard, nan_stop, validate_mode, finite_mode) -> Dict[str, Any]:
+          stop_at, guard, nan_stop, validate_mode, finite_mode, lock) -> Dict[str, Any]:
     total_steps = int(config.total_steps)
     batch_size = int(config.batch_size)
     seed = int(_get(config, "seed", 0))
@@ -586,6 +615,8 @@ def _loop(config, workdir, runner, state, ckpt, writer, say, data_fn, train_iter
         if evaluated:
             eval_metrics = do_eval(step, state)
         if (ckpt_every and step % ckpt_every == 0) or step == last or preempted:
+            _check_lease(lock, ckpt)
+            writer.sync()  # object stores: the logs up to this step are stored before its checkpoint
             ckpt.save(step, runner.host_state(state), config=cfg_dict,
                       metrics=_scalars(eval_metrics) if evaluated and eval_metrics else None,
                       force=True)
@@ -602,10 +633,7 @@ def _loop(config, workdir, runner, state, ckpt, writer, say, data_fn, train_iter
             eval_metrics = do_eval(step, state)
         results = {"step": step, "eval_split": eval_split, **eval_metrics}
         if is_main:
-            tmp = os.path.join(workdir, "results.json.tmp")
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(log_lib._json_value(results), f, indent=2)
-            os.replace(tmp, os.path.join(workdir, "results.json"))
+            files.write_text(files.path(workdir) / "results.json", json.dumps(log_lib._json_value(results), indent=2))
         return results
     return {"step": step, "stopped_at": step}
 
@@ -626,7 +654,7 @@ def evaluate(config: Any, workdir: str, *, which: str = "best", data_fn: Optiona
     runner = build(config, num_classes, info)
     ckpt = open_checkpoints(config, workdir, for_eval=True)
     try:
-        step = ckpt.best_step() if which == "best" else ckpt.latest_step()
+        step = ckpt.agreed(ckpt.best_step() if which == "best" else ckpt.latest_step())
         if step is None:
             raise CheckpointError(f"no checkpoint in {ckpt.directory}: train first")
         seed = int(_get(config, "seed", 0))
@@ -636,14 +664,12 @@ def evaluate(config: Any, workdir: str, *, which: str = "best", data_fn: Optiona
         example, it = _peek(iter(it))
         state = runner.place_restored(ckpt.restore(runner.abstract_state(example, jax.random.PRNGKey(seed)), step,
                                                          config=config))
-        ev = evaluate_split(runner, state, config, data_fn, num_classes, os.path.join(workdir, "eval"))
+        ev = evaluate_split(runner, state, config, data_fn, num_classes, os.fspath(files.path(workdir) / "eval"))
     finally:
         ckpt.close()
     out = {"step": int(step), "checkpoint": which, "eval_split": split, **ev}
     if jax.process_index() == 0:
-        os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
-        with open(os.path.join(workdir, "eval", "metrics.json"), "w", encoding="utf-8") as f:
-            json.dump(log_lib._json_value(out), f, indent=2)
+        files.write_text(files.path(workdir) / "eval" / "metrics.json", json.dumps(log_lib._json_value(out), indent=2))
         if console is not None:
             print(f"eval of step {step} ({which}): " + ", ".join(f"{k} {v:.4f}" for k, v in _scalars(ev).items()),
                   file=console)

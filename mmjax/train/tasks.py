@@ -47,6 +47,7 @@ from mmjax import caption_metrics
 from mmjax.models import retrieval
 from mmjax.models.captioner import Captioner, generate, strip_bos
 from mmjax.models.contrastive import ContrastiveModel
+from mmjax.train import files
 from mmjax.train.config_access import as_dict as _as_dict, get as _get
 
 PyTree = Any
@@ -399,8 +400,7 @@ class _Applier:
 
 def write_samples(path: str, hyps: Sequence[str], refs: Sequence[Sequence[str]], scores: Sequence[float],
                   n: int, metrics: Mapping[str, Any]) -> None:
-    """Markdown table of the first ``n`` generated captions next to their references."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    """Markdown table of the first ``n`` generated captions next to their references (``path`` local or gs://)."""
     esc = lambda s: s.replace("|", "\\|") or "(empty)"  # noqa: E731
     lines = ["# Sample captions", "",
              f"Decoding: {metrics.get('decoding')}; BLEU-4 {metrics['bleu4']:.2f}, CIDEr-D {metrics['cider_d']:.3f} "
@@ -408,8 +408,7 @@ def write_samples(path: str, hyps: Sequence[str], refs: Sequence[Sequence[str]],
              "| # | generated | references | CIDEr-D |", "|---|---|---|---|"]
     for i in range(min(n, len(hyps))):
         lines.append(f"| {i} | {esc(hyps[i])} | {' / '.join(esc(r) for r in refs[i])} | {float(scores[i]):.3f} |")
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
+    files.write_text(path, "\n".join(lines) + "\n")
 
 
 REGISTRY = {"classification": ClassificationTask, "contrastive": ContrastiveTask, "captioning": CaptioningTask}
