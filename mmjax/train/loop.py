@@ -279,11 +279,18 @@ def check_workdir(workdir: str) -> None:
     whether it is writable shows at the first write (the lock).
     """
     if files.is_remote(workdir):
+        bucket = "/".join(os.fspath(workdir).split("/")[:3])  # gs://bucket
         try:
             root = files.path(workdir)
+            found = files.path(bucket).exists()
+            is_file = found and root.exists() and not root.is_dir()
         except files.PathError as e:
             raise WorkdirError(f"--workdir {workdir}: {e}") from None
-        if root.exists() and not root.is_dir():
+        except OSError as e:
+            raise WorkdirError(f"--workdir {workdir}: cannot reach {bucket} ({type(e).__name__}: {e})") from None
+        if not found:
+            raise WorkdirError(f"--workdir {workdir}: bucket {bucket} does not exist (or these credentials cannot see it)")
+        if is_file:
             raise WorkdirError(f"--workdir {workdir} is a file, not a directory")
         return
     if os.path.exists(workdir) and not os.path.isdir(workdir):

@@ -93,6 +93,7 @@ def gcs_env(gcs, monkeypatch):
     import gcsfs
     for key, value in gcs.env.items():
         monkeypatch.setenv(key, value)
+    monkeypatch.setenv("EPATH_USE_TF", "false")  # what mmjax.train.files would set, undone afterwards
     gcsfs.GCSFileSystem.clear_instance_cache()
     yield gcs
     gcsfs.GCSFileSystem.clear_instance_cache()

@@ -131,6 +131,12 @@ def test_lease_busy_stale_takeover_race_and_lost(gcs_env):
         WorkdirLease(url, ttl_s=1.0).acquire()
     c.release()
 
+    # A bucket that does not exist is a one-line error before anything is written.
+    from mmjax.train.loop import WorkdirError, check_workdir
+    with pytest.raises(WorkdirError, match="bucket gs://nobucket does not exist"):
+        check_workdir("gs://nobucket/run")
+    check_workdir(url)
+
     # Starters at the same moment: exactly one wins each time.
     for k in range(3):
         leases = [WorkdirLease(f"{url}-race{k}", ttl_s=5.0) for _ in range(3)]
