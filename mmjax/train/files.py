@@ -53,10 +53,11 @@ def _use_fsspec(kind: str) -> None:
             raise PathError(f"{kind}:// paths need {module} (pip install {module}, or mmjax[cloud])") from None
     if "EPATH_USE_TF" not in os.environ:
         os.environ["EPATH_USE_TF"] = "false"
+    if os.environ["EPATH_USE_TF"].lower() in ("false", "no", "f", "0"):
         from etils.epath import gpath
         cached = getattr(gpath, "_is_tf_installed", None)
         if hasattr(cached, "cache_clear"):
-            cached.cache_clear()  # an earlier gs:// path may have cached the tensorflow choice
+            cached.cache_clear()  # an earlier object-store path may have cached the tensorflow choice
 
 
 def path(p: PathLike) -> epath.Path:
