@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
@@ -47,7 +47,9 @@ log = logging.getLogger("mmjax.data")
 
 # (dataset name, split) -> {reason: count, "examples": N read, "kept": N not dropped, "policy": ...}
 REPORTS: Dict[Tuple[str, str], Dict] = {}
-_SEEN: Dict[Tuple[str, str], Dict[str, set]] = {}  # the example indices behind REPORTS
+# The example indices behind REPORTS: a bitmap of the examples read (1 byte per example of the
+# split, updated in O(batch) per step) and sets of the bad ones only (few).
+_SEEN: Dict[Tuple[str, str], Dict[str, Any]] = {}
 _LOCK = threading.Lock()  # batches are read by several threads
 
 
@@ -147,8 +149,13 @@ def _record(name: str, split: str, policy: str, index: np.ndarray, bad, dropped:
     index = np.asarray(index)
     new_reasons = []
     with _LOCK:
-        seen = _SEEN.setdefault((name, split), {"examples": set(), "dropped": set()})
-        seen["examples"].update(index.tolist())
+        seen = _SEEN.setdefault((name, split), {"read": np.zeros(0, bool), "count": 0, "dropped": set()})
+        if index.size and int(index.max()) >= seen["read"].size:
+            grown = np.zeros(max(int(index.max()) + 1, 2 * seen["read"].size), bool)
+            grown[: seen["read"].size] = seen["read"]
+            seen["read"] = grown
+        seen["count"] += int(np.unique(index[~seen["read"][index]]).size)
+        seen["read"][index] = True
         seen["dropped"].update(index[dropped].tolist())
         for found in bad.values():
             for r, b in found.items():
@@ -156,8 +163,7 @@ def _record(name: str, split: str, policy: str, index: np.ndarray, bad, dropped:
                 if not ids and b.any():
                     new_reasons.append((r, int(index[b][0])))
                 ids.update(index[b].tolist())
-        report = {"examples": len(seen["examples"]), "policy": policy,
-                  "kept": len(seen["examples"]) - len(seen["dropped"])}
+        report = {"examples": seen["count"], "policy": policy, "kept": seen["count"] - len(seen["dropped"])}
         report.update({r: len(seen[r]) for r in REASONS if seen.get(r)})
         if policy == "missing" and seen["dropped"]:
             report["no_modality_left"] = len(seen["dropped"])

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import threading
 import zlib
 from typing import Any, Dict, Iterator, Optional
@@ -183,7 +184,7 @@ def _batch(step: int, *, cfg, reader, order: _Order, lo: int, hi: int, seed: int
 @functools.lru_cache(maxsize=8)
 def _train_labels(cfg_json: str, split: str) -> np.ndarray:
     """The integer labels of a whole split, read once per process (for ``class_weights="balanced"``)."""
-    cfg = ml_collections.ConfigDict(__import__("json").loads(cfg_json))
+    cfg = ml_collections.ConfigDict(json.loads(cfg_json))
     reader = source.SplitReader(cfg, split)
     chunks = [reader.read(np.arange(i, min(i + 1024, len(reader))))["label"] for i in range(0, len(reader), 1024)]
     return np.concatenate(chunks) if chunks else np.zeros((0,), np.int32)
