@@ -10,7 +10,7 @@ from mmjax.data.factory import data_info, make_data
 from mmjax.data.global_batch import to_global
 from mmjax.data.pipeline import dataset_info, make_iterator, split_columns
 from mmjax.data.info import DatasetInfo, ModalityInfo
-from mmjax.data.source import convert
+from mmjax.data.convert import convert
 
 __all__ = [
     "DataConfigError", "DataError", "DatasetInfo", "ModalityInfo", "base_config", "data_info", "dataset_info",

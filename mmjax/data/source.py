@@ -4,8 +4,8 @@ A split is opened with the builder's ``as_data_source`` (ArrayRecord files) and
 read in batches of indices, so a process reads and decodes only the examples it
 asks for and its memory does not grow with the split. mmjax's own builders
 (``av_digits``, ``stamps``, ``features3``) write ArrayRecord; a public dataset
-stored as TFRecord is converted once with :func:`convert` (``python -m experiments data
-convert NAME``). Image features are read as encoded bytes and decoded in
+stored as TFRecord is converted once with :func:`mmjax.data.convert.convert` (``python -m
+experiments data convert NAME``). Image features are read as encoded bytes and decoded in
 :mod:`mmjax.data.decode`, one example at a time, so a damaged image makes an
 undecodable example rather than a failed split.
 
@@ -87,6 +87,8 @@ def builder(cfg, *, prepare: bool = True):
             raise DataConfigError(
                 f"dataset {cfg.name!r} in {b.data_dir} is stored as {b.info.file_format.value}, which cannot be "
                 f"read by index; convert it once (needs tensorflow): python -m experiments data convert {cfg.name}")
+        from mmjax.data.convert import convert
+
         convert(cfg)  # an older TFRecord build of our own dataset
         b = tfds.builder_from_directory(str(b.data_dir))
     return b
@@ -110,42 +112,6 @@ def _load_builder(tfds, name: str, data_dir: str, **kwargs):
 def _random_access(b) -> bool:
     formats = {b.info.file_format, *getattr(b.info, "alternative_file_formats", ())}
     return any(getattr(f, "value", f) == "array_record" for f in formats)
-
-
-def convert(cfg) -> str:
-    """Adds ArrayRecord copies of a prepared TFRecord dataset's shards beside them (once; needs tensorflow).
-
-    The records are the same serialized examples, so nothing is decoded; ``dataset_info.json``
-    then lists ``array_record`` among the dataset's file formats and tfds opens it by index.
-    """
-    _needs_tensorflow(f"converting {cfg.name!r} to ArrayRecord")
-    import json
-
-    from tensorflow_datasets.core import file_adapters
-
-    tfds = _tfds()
-    b = builder(cfg, prepare=False)
-    if not b.is_prepared():
-        raise DataConfigError(f"dataset {cfg.name!r} is not prepared in {resolve_data_dir(cfg.data_dir)}: nothing to convert")
-    if _random_access(b) or _random_access(tfds.builder_from_directory(str(b.data_dir))):
-        return str(b.data_dir)
-    reader = file_adapters.ADAPTER_FOR_FORMAT[b.info.file_format]
-    writer = file_adapters.ADAPTER_FOR_FORMAT[file_adapters.FileFormat.ARRAY_RECORD]
-    suffix, new = f".{b.info.file_format.value}-", ".array_record-"
-    for split in b.info.splits.values():
-        for path in split.filepaths:
-            out = os.path.join(os.path.dirname(os.fspath(path)), os.path.basename(os.fspath(path)).replace(suffix, new))
-            records = ((i, r.numpy()) for i, r in enumerate(reader.make_tf_data(path)))
-            writer.write_examples(out + ".incomplete", records)
-            os.replace(out + ".incomplete", out)
-    info_path = os.path.join(os.fspath(b.data_dir), "dataset_info.json")
-    with open(info_path, encoding="utf-8") as f:
-        meta = json.load(f)
-    meta["alternativeFileFormats"] = sorted({*meta.get("alternativeFileFormats", []), "array_record"})
-    with open(info_path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=2)
-    os.replace(info_path + ".tmp", info_path)
-    return str(b.data_dir)
 
 
 def _feature(features, path: str):
