@@ -6,7 +6,7 @@ metrics)`` step, compiled once (compile time reported separately), then run
 in steady state with the state threaded through, as a real loop does.
 
 :func:`run` (``python -m experiments bench train [--quick] [--out DIR]``)
-builds each configuration with ``mmjax.train.loop.build`` (the same Runner a
+builds each configuration with ``mmjax.train.builder.build`` (the same Runner a
 training run uses), compiles its train step ahead of time for the
 ``single``, ``pmap`` and ``sharded`` modes, and reports per configuration and
 mode: compile seconds, steady-state examples/s (batch already on device, and
@@ -202,7 +202,7 @@ def cases(quick: bool, tiny: bool = False, dtype: str = "float32", batch_size: O
 
 
 def compiled_step(case: Mapping[str, Any], mode: str) -> Dict[str, Any]:
-    """One configuration's Runner (``mmjax.train.loop.build``) and its train step compiled for ``mode``.
+    """One configuration's Runner (``mmjax.train.builder.build``) and its train step compiled for ``mode``.
 
     Returns runner, host_batch (random, the real shapes), state, batch (on
     device), compiled (the Runner's own jit / pmap / sharded wrapper),
@@ -210,7 +210,7 @@ def compiled_step(case: Mapping[str, Any], mode: str) -> Dict[str, Any]:
     """
     import jax
 
-    from mmjax.train.loop import build
+    from mmjax.train.builder import build
 
     config = case["config"]
     config.parallel.mode = mode

@@ -1,7 +1,9 @@
-"""``python -m experiments eval EXPERIMENT --workdir DIR [--latest] [--noise_levels ...] [--config.KEY=VALUE ...]``.
+"""``python -m experiments eval --workdir DIR [--latest] [--split S] [--noise_levels ...] [--config.KEY=VALUE ...]``.
 
-Restores DIR's best checkpoint (by ``checkpoint.best_metric``; ``--latest``
-for the most recent), evaluates it on ``config.eval_split`` and writes to DIR/eval/:
+Reads the run's config from DIR/config.json (``--config`` flags override it),
+restores DIR's best checkpoint (selected on ``config.eval_split`` by
+``checkpoint.best_metric``; ``--latest`` for the most recent), evaluates it on
+``config.test_split`` (``--split`` for another) and writes to DIR/eval/:
 
 * metrics.json: loss, accuracy, macro-F1, per-class precision/recall/F1,
   confusion matrix, ROC-AUC one-vs-rest (macro and per class), and the
@@ -29,6 +31,7 @@ def add_parser(subparsers):
     p.add_argument("--noise_levels", default="0,0.25,0.5,1,2",
                    help="comma-separated noise stds relative to each input's std (robustness analysis)")
     p.add_argument("--no_plots", action="store_true", help="metrics.json only")
+    p.add_argument("--split", default=None, help="split to evaluate (default: config.test_split, else eval_split)")
     return p
 
 
@@ -43,7 +46,8 @@ def _levels(text: str):
 
 
 def evaluate(config, workdir: str, *, which: str = "best", noise_levels: Sequence[float] = (0.0, 0.25, 0.5, 1.0, 2.0),
-             plots: bool = True, data_fn=None, info_fn=None, console=log_lib.STDOUT) -> Dict[str, Any]:
+             plots: bool = True, data_fn=None, info_fn=None, console=log_lib.STDOUT,
+             split: Optional[str] = None) -> Dict[str, Any]:
     """Full evaluation of WORKDIR's checkpoint; writes WORKDIR/eval/ and returns the metrics dict."""
     console = log_lib.resolve_console(console)
     import jax
@@ -51,34 +55,30 @@ def evaluate(config, workdir: str, *, which: str = "best", noise_levels: Sequenc
 
     from experiments.reports import analysis
     from mmjax.data import factory
-    from mmjax.train import loop
-    from mmjax.train.checkpoint import CheckpointError
+    from mmjax.train import builder, evaluation, selection
 
     data_fn = data_fn or factory.make_data
     info_fn = info_fn or factory.data_info
     info = info_fn(config)
     if str(config.get("task", "classification")) != "classification":
         # Contrastive / captioning runs have their own metrics (retrieval, BLEU, samples.md).
-        out = loop.evaluate(config, workdir, which=which, data_fn=data_fn, info_fn=info_fn)
+        out = evaluation.evaluate(config, workdir, which=which, split=split, data_fn=data_fn, info_fn=info_fn)
         if console is not None:
             print(f"wrote {files.path(workdir) / 'eval'}/metrics.json", file=console)
         return out
     num_classes = int(info["num_classes"])
+    config, _ = selection.resolve(config, info)  # "validation" held out of train where the dataset has none
     class_names = list(info.get("class_names") or []) or None
-    runner = loop.build(config, num_classes, info)
-    ckpt = loop.open_checkpoints(config, workdir, for_eval=True)
+    runner = builder.build(config, num_classes, info)
+    ckpt = builder.open_checkpoints(config, workdir, for_eval=True)
     seed = int(config.get("seed", 0))
-    split = config.get("eval_split", "test")
+    split = split or config.get("test_split") or config.get("eval_split", "test")
     try:
-        step = ckpt.agreed(ckpt.best_step() if which == "best" else ckpt.latest_step())
-        if step is None:
-            raise CheckpointError(f"no checkpoint in {ckpt.directory}: train first")
+        step = evaluation.selected_step(ckpt, which)
         batches = analysis.collect(
             data_fn(config, split, global_batch_size=int(config.batch_size), seed=seed, train=False, start_step=0),
             int(config.eval_steps) if config.get("eval_steps") else None, image_norms=info.get("image_norms"))
-        state = runner.place_restored(ckpt.restore(runner.abstract_state(batches[0], jax.random.PRNGKey(seed)), step,
-                                                         config=config))
-        host = runner.host_state(state)
+        host = runner.host_state(evaluation.restore(runner, ckpt, step, batches[0], config))
     finally:
         ckpt.close()
     variables = {"params": host.params}
@@ -121,7 +121,7 @@ def run(args) -> int:
     levels = _levels(args.noise_levels)
     try:
         evaluate(config, args.workdir, which="latest" if args.latest else "best", noise_levels=levels,
-                 plots=not args.no_plots)
+                 plots=not args.no_plots, split=args.split)
     except train_cmd._user_errors() as e:
         raise UserError(str(e)) from None
     return 0

@@ -81,9 +81,9 @@ def param_count(config, data_fn, info_fn) -> int:
     """Number of parameters of the experiment's model (shapes only: no compute)."""
     import jax
 
-    from mmjax.train import loop
+    from mmjax.models.classifier import build_classifier
 
-    model = loop.build_classifier(config.model.to_dict(), int(info_fn(config)["num_classes"]))
+    model = build_classifier(config.model.to_dict(), int(info_fn(config)["num_classes"]))
     example = next(iter(data_fn(config, "train", global_batch_size=int(config.batch_size), seed=0,
                                 train=True, start_step=0)))
     shapes = jax.eval_shape(lambda b: model.init({"params": jax.random.PRNGKey(0),
@@ -133,8 +133,10 @@ def run_variant(name: str, config, workdir: str, seeds: int, *, data_fn=None, in
             res = dict(res, wall_time_sec=wall)
             files.write_text(done, json.dumps({k2: v for k2, v in res.items() if k2 != "confusion_matrix"}, indent=2,
                                               default=float))
-        row["seeds"].append({"seed": c.seed, "accuracy": float(res["accuracy"]),
-                             "macro_f1": float(res.get("macro_f1", float("nan"))),
+        test = res.get("test") or res  # the selected checkpoint on the test split (older runs: the eval split)
+        row["seeds"].append({"seed": c.seed, "accuracy": float(test["accuracy"]),
+                             "validation_accuracy": float(res["accuracy"]),
+                             "macro_f1": float(test.get("macro_f1", float("nan"))),
                              "examples_per_sec": _train_speed(wd), "wall_time_sec": wall})
     acc = np.array([s["accuracy"] for s in row["seeds"]])
     f1 = np.array([s["macro_f1"] for s in row["seeds"]])

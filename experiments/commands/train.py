@@ -2,7 +2,10 @@
 
 Trains an experiment (a name from ``python -m experiments list`` or a config
 file path), resuming from DIR's checkpoints when there are any. Writes
-DIR/metrics.jsonl, DIR/tensorboard/, DIR/checkpoints/ and DIR/results.json.
+DIR/config.json (the run's config: resume, ``eval``, ``predict`` and ``export``
+read it), DIR/metrics.jsonl, DIR/tensorboard/, DIR/checkpoints/ and DIR/results.json.
+A resume whose ``--config`` overrides change the saved config is refused,
+listing the changes, unless ``--allow_config_change`` is given.
 Multi-host: add ``--coordinator HOST:PORT --num_processes N --process_id I``
 on every process; under SLURM (``srun``), Open MPI or on TPU pods the flags
 can be left out: the environment is detected and ``jax.distributed.initialize()``
@@ -11,6 +14,7 @@ called (``--no-distributed`` turns that off; see :mod:`mmjax.train.distributed`)
 from __future__ import annotations
 
 import argparse
+import os
 
 from experiments import config_utils
 from experiments.errors import UserError
@@ -27,7 +31,9 @@ class _OverrideParser(argparse.ArgumentParser):
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("experiment", help="experiment name (see `list`) or path to a config .py file")
+    p.add_argument("experiment", nargs="?", default=None,
+                   help="experiment name (see `list`) or path to a config .py file; may be left out when the "
+                        "workdir holds a run (its config.json is used)")
     p.add_argument("--workdir", required=True, help="run directory (checkpoints, logs, results)")
     p.add_argument("--coordinator", default=None, help="HOST:PORT of process 0 (multi-process)")
     p.add_argument("--num_processes", type=int, default=None)
@@ -50,7 +56,31 @@ def make_subparser(subparsers, name: str, help_text: str) -> argparse.ArgumentPa
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    return make_subparser(subparsers, "train", "train an experiment (resumes from the workdir's checkpoints)")
+    p = make_subparser(subparsers, "train", "train an experiment (resumes from the workdir's checkpoints)")
+    p.add_argument("--allow_config_change", action="store_true",
+                   help="resume although --config overrides change the saved config (the changes are printed)")
+    return p
+
+
+def base_config(args):
+    """The config a command starts from: the workdir's saved run config when there is one (the
+    experiment named, if any, must be the one it was trained with), else the named experiment."""
+    from mmjax.train import run_record
+
+    try:
+        record = run_record.read(args.workdir) if os.path.isdir(args.workdir) or "://" in args.workdir else None
+    except run_record.ConfigChangedError as e:
+        raise UserError(str(e)) from None
+    if record is None:
+        if not args.experiment:
+            raise UserError(f"--workdir {args.workdir} holds no run ({run_record.FILE}): name the experiment, "
+                            f"e.g. `{args.command} av_digits --workdir {args.workdir}`")
+        return config_utils.load_config(args.experiment), args.experiment
+    if args.experiment and record.experiment and args.experiment != record.experiment:
+        raise UserError(f"--workdir {args.workdir} was trained with experiment {record.experiment!r}, not "
+                        f"{args.experiment!r}; leave the experiment out to use the run's own config, or use "
+                        "another --workdir")
+    return config_utils.add_defaults(record.config), record.experiment
 
 
 def prepare(args):
@@ -60,10 +90,9 @@ def prepare(args):
         distributed.initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
     except distributed.DistributedConfigError as e:
         raise UserError(str(e)) from None
-    import os
     if os.path.exists(args.workdir) and not os.path.isdir(args.workdir):
         raise UserError(f"--workdir {args.workdir} is a file, not a directory")
-    config = config_utils.load_config(args.experiment)
+    config, args.experiment = base_config(args)
     config_utils.apply_overrides(config, getattr(args, "overrides", []))
     from experiments import modalities
     modalities.restrict(config)  # the ``modalities`` switch (unimodal baselines)
@@ -86,19 +115,22 @@ def _user_errors():
     from mmjax.fusion.attention import AttentionConfigError
     from mmjax.fusion.base import FusionInputError
     from mmjax.train.health import WorkdirBusyError
+    from mmjax.train.run_record import ConfigChangedError
+    from mmjax.train.selection import SelectionSplitError
     from mmjax.train.loop import WorkdirError
     from mmjax.train.step import StepConfigError
     from mmjax.validation import BatchValidationError
     return (ModelConfigError, UnknownNameError, CheckpointError, OptimConfigError, ParallelConfigError,
             StepConfigError, BatchValidationError, FusionInputError, AttentionConfigError, WorkdirError,
-            WorkdirBusyError, DataConfigError)
+            WorkdirBusyError, DataConfigError, ConfigChangedError, SelectionSplitError)
 
 
 def run(args) -> int:
     config = prepare(args)
     from mmjax.train import loop
     try:
-        loop.train_and_evaluate(config, args.workdir)  # data: mmjax.data.factory, the loop's default
+        loop.train_and_evaluate(config, args.workdir, allow_config_change=args.allow_config_change,
+                                experiment=args.experiment)  # data: mmjax.data.factory, the loop's default
     except _user_errors() as e:
         raise UserError(str(e)) from None
     except loop.TrainingDiverged as e:

@@ -11,7 +11,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.log_every = 50
     c.eval_every = 500           # 0: only at the end
     c.eval_steps = 0             # 0: the whole eval split
-    c.eval_split = "test"
+    c.eval_split = "validation"  # train-time evals and the "best" checkpoint (held out of train when absent)
+    c.test_split = "test"        # evaluated once, from the selected checkpoint ("" : never)
     c.train_split = "train"      # a tfds split string: "train[:10%]" trains on a labelled subset
     c.checkpoint_every = 500
     c.tensorboard = True

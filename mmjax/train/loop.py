@@ -18,82 +18,30 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, TextIO, Tuple
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, TextIO
 
 import jax
 import numpy as np
 
-from mmjax import metrics as metrics_lib
 from mmjax import validation
 from mmjax.validation import BatchValidationError
 from mmjax.fusion.attention import AttentionConfigError
-from mmjax.models.classifier import ModelConfigError, build_classifier
-from mmjax.train import files
+from mmjax.models.classifier import ModelConfigError
+from mmjax.train import builder, evaluation, files, run_record, selection
 from mmjax.train import health
+from mmjax.train import init_from as init_from_lib
 from mmjax.train import logging as log_lib
 from mmjax.train.config_access import as_dict as _as_dict, get as _get
-from mmjax.train.checkpoint import Checkpointer, CheckpointError, load_params
-from mmjax.train.optim import OptimConfigError, make_optimizer
-from mmjax.train.parallel import Runner, prefetch_to_device
-from mmjax.train.tasks import get_task
+from mmjax.train.checkpoint import Checkpointer, CheckpointError
+from mmjax.train.optim import OptimConfigError
+from mmjax.train.parallel import prefetch_to_device
 
 DataFn = Callable[..., Iterator[Dict[str, Any]]]
 DEVICE_PREFETCH = 2  # batches on their way to the device while a step runs
-# checkpoint.async_save for configs that do not set it; experiments/configs/base.py sets the same.
-ASYNC_SAVE = True
 
 
 class TrainingDiverged(RuntimeError):
     """The loss or gradient norm became NaN/Inf with ``train.nan_policy = "stop"``."""
-
-
-def parallel_mode(config: Any) -> str:
-    """config.parallel.mode, where "auto" is "single" on one device and "sharded" otherwise."""
-    mode = _get(config.parallel, "mode", "auto")
-    if mode == "auto":
-        return "single" if jax.device_count() == 1 else "sharded"
-    return mode
-
-
-def build(config: Any, num_classes: int, info: Optional[Mapping[str, Any]] = None) -> Runner:
-    """Model, optimizer and the parallel runner from ``config`` (``config.task`` picks the
-    model family, see :mod:`mmjax.train.tasks`; the runner keeps it as ``runner.task``)."""
-    task = get_task(config, info or {"num_classes": num_classes})
-    if task.name != "classification":
-        train_cfg = _as_dict(_get(config, "train", {}))
-        runner = Runner(
-            parallel_mode(config), task.build_model(),
-            lambda p: make_optimizer(_as_dict(config.optim), p, int(config.total_steps)),
-            step_kwargs={"grad_accum_steps": int(train_cfg.get("grad_accum_steps", 1)),
-                         "nan_policy": train_cfg.get("nan_policy", "skip"), "task": task},
-            mesh_cfg=_as_dict(_get(config.parallel, "mesh", {"data": -1})),
-            rules=_get(config.parallel, "rules", None),
-            input_norm=(info or {}).get("image_norms"),
-            dcn_cfg=_as_dict(_get(config.parallel, "dcn_mesh", {})),
-        )
-        runner.task = task.attach(runner)
-        return runner
-    model = build_classifier(_as_dict(config.model), num_classes)
-    total = int(config.total_steps)
-    optim_cfg = _as_dict(config.optim)
-    loss_cfg = _as_dict(_get(config, "loss", {}))
-    loss_kwargs = {
-        "loss": loss_cfg.get("name", "softmax_xent"),
-        "label_smoothing": float(loss_cfg.get("label_smoothing", 0.0)),
-        "class_weights": tuple(loss_cfg["class_weights"]) if loss_cfg.get("class_weights") else None,
-    }
-    train_cfg = _as_dict(_get(config, "train", {}))
-    step_kwargs = dict(loss_kwargs, grad_accum_steps=int(train_cfg.get("grad_accum_steps", 1)),
-                       nan_policy=train_cfg.get("nan_policy", "skip"))
-    eval_kwargs = dict(loss_kwargs, num_classes=num_classes)
-    return Runner(
-        parallel_mode(config), model, lambda p: make_optimizer(optim_cfg, p, total),
-        step_kwargs=step_kwargs, eval_kwargs=eval_kwargs,
-        mesh_cfg=_as_dict(_get(config.parallel, "mesh", {"data": -1})),
-        rules=_get(config.parallel, "rules", None),
-        input_norm=(info or {}).get("image_norms"),
-        dcn_cfg=_as_dict(_get(config.parallel, "dcn_mesh", {})),
-    )
 
 
 def _peek(it: Iterator) -> tuple:
@@ -103,169 +51,6 @@ def _peek(it: Iterator) -> tuple:
         yield first
         yield from it
     return first, chained()
-
-
-def open_checkpoints(config: Any, workdir: str, *, for_eval: bool = False) -> Checkpointer:
-    """The run's :class:`Checkpointer` (``WORKDIR/checkpoints``, options from ``config.checkpoint``).
-
-    ``for_eval``: the directory must already hold checkpoints; a wrong workdir is an
-    error and nothing is created there.
-    """
-    ck_cfg = _as_dict(_get(config, "checkpoint", {}))
-    directory = files.path(workdir) / "checkpoints"
-    if for_eval and not directory.is_dir():
-        raise CheckpointError(f"no checkpoints in {files.display(workdir)} (no {directory}): train first")
-    return Checkpointer(os.fspath(directory), keep=int(ck_cfg.get("keep", 2)),
-                        best_metric=ck_cfg.get("best_metric") or None, best_mode=ck_cfg.get("best_mode", "max"),
-                        async_save=bool(ck_cfg.get("async_save", ASYNC_SAVE)) and not for_eval)
-
-
-def _graft(tree: Any, target: Sequence[str], loaded: Any, what: str) -> Any:
-    """A copy of ``tree`` with the subtree at path ``target`` replaced by ``loaded`` (same structure/shapes)."""
-    tree = jax.tree.map(lambda x: x, tree)  # a copy we may edit in place
-    node = tree
-    for p in target[:-1]:
-        if not isinstance(node, Mapping) or p not in node:
-            raise CheckpointError(f"init_from.target: no {p!r} in the model's {what} (has {sorted(node)})")
-        node = node[p]
-    if target and (not isinstance(node, Mapping) or target[-1] not in node):
-        raise CheckpointError(f"init_from.target: no {target[-1]!r} in the model's {what} (has {sorted(node)})")
-    current = node[target[-1]] if target else tree
-    if jax.tree.structure(current) != jax.tree.structure(jax.tree.map(lambda x: x, loaded)):
-        raise CheckpointError(f"init_from: the loaded {what} do not match the model's {what} at "
-                              f"{'/'.join(target) or '(root)'!r}")
-
-    def place(old, new):
-        new = np.asarray(new)
-        if new.shape != old.shape:
-            raise CheckpointError(f"init_from: shape {new.shape} does not match model {what} {old.shape}")
-        return jax.device_put(new.astype(old.dtype), old.sharding)
-
-    replaced = jax.tree.map(place, current, loaded)
-    if not target:
-        return replaced
-    node[target[-1]] = replaced
-    return tree
-
-
-def _tower_mapping(loaded: Mapping[str, Any], params: Mapping[str, Any]) -> List[Tuple[str, str]]:
-    """Contrastive tower encoders ``encoders_<m>`` -> classifier encoders ``encoder_<m>_0``."""
-    return [(k, f"encoder_{k[len('encoders_'):]}_0") for k in sorted(loaded)
-            if k.startswith("encoders_") and f"encoder_{k[len('encoders_'):]}_0" in params]
-
-
-def _init_pairs(spec: Mapping[str, Any], loaded: Any, params: Any) -> List[Tuple[str, str]]:
-    """(source, target) path pairs: comma-separated lists in ``source``/``target``; with neither
-    given, a contrastive checkpoint loaded into a classifier maps its towers automatically."""
-    sources = [s.strip() for s in str(spec.get("source") or "").split(",") if s.strip()]
-    targets = [s.strip() for s in str(spec.get("target") or "").split(",") if s.strip()]
-    if not sources and not targets and isinstance(loaded, Mapping):
-        towers = _tower_mapping(loaded, params)
-        if towers and set(loaded) != set(params):
-            return towers
-    if not targets:
-        targets = sources
-    if not sources:
-        sources = [""] * len(targets) if targets else [""]
-        targets = targets or [""]
-    if len(sources) != len(targets):
-        raise CheckpointError(f"init_from: source lists {len(sources)} paths ({sources}) but target lists "
-                              f"{len(targets)} ({targets}); give one target per source")
-    return list(zip(sources, targets))
-
-
-def _subtree(loaded: Any, path: str) -> Any:
-    for p in [p for p in path.split("/") if p]:
-        if not isinstance(loaded, Mapping) or p not in loaded:
-            raise CheckpointError(f"init_from.source: no {p!r} in the loaded params (has {sorted(loaded)})")
-        loaded = loaded[p]
-    return loaded
-
-
-def apply_init_from(runner: Runner, state, spec: Mapping[str, Any], say: Optional[Callable[[str], None]] = None):
-    """Copies params subtrees from a checkpoint, a given pytree or a pretrained encoder into ``state``.
-
-    ``spec``: ``path`` (a workdir / checkpoint dir), ``params`` (a pytree) or
-    ``pretrained`` (a name from ``mmjax.encoders.pretrained.pretrained_names()``,
-    e.g. "minilm": its offline weights, and BatchNorm statistics where it has
-    them); ``source`` (path inside the loaded params, "" = all) and ``target``
-    (path in the model's params, default = source), both "a/b/c", or
-    comma-separated lists of as many paths each. For a classifier the encoder
-    of modality ``m`` lives at ``encoder_<m>_0``; a contrastive checkpoint's
-    tower ``encoders_<m>`` goes there by default when neither path is given.
-    ``say`` (optional) is told which subtrees were copied from where.
-    """
-    loaded_stats = None
-    if spec.get("pretrained"):
-        from mmjax.encoders.pretrained import pretrained_variables
-
-        if not spec.get("target"):
-            raise CheckpointError("init_from.pretrained needs init_from.target (e.g. 'encoder_text_0')")
-        variables = pretrained_variables(str(spec["pretrained"]))
-        loaded, loaded_stats = variables["params"], variables.get("batch_stats")
-    else:
-        loaded = spec.get("params")
-        if loaded is None:
-            loaded = load_params(spec["path"], spec.get("step"))
-    host = runner.host_state(state)
-    params = host.params
-    pairs = _init_pairs(spec, loaded, params)
-    for source, target in pairs:
-        params = _graft(params, [p for p in target.split("/") if p], _subtree(loaded, source), "params")
-    host = host.replace(params=params)
-    if loaded_stats:
-        if not host.batch_stats:
-            raise CheckpointError(f"init_from.pretrained {spec['pretrained']!r} has BatchNorm statistics but "
-                                  "the model has no batch_stats")
-        stats = host.batch_stats
-        for source, target in pairs:
-            stats = _graft(stats, [p for p in target.split("/") if p], _subtree(loaded_stats, source),
-                           "batch_stats")
-        host = host.replace(batch_stats=stats)
-    if say is not None:
-        origin = spec.get("path") or (spec.get("pretrained") and f"pretrained {spec['pretrained']}") or "a pytree"
-        what = ", ".join(f"{t or 'all params'} <- {s or '(root)'}" if s != t else (t or "all params")
-                         for s, t in pairs)
-        say(f"initialised {what} from {origin}")
-    return runner.place_restored(host)
-
-
-def run_eval(runner: Runner, state, batches: Iterator[Dict[str, Any]], num_classes: int,
-             max_batches: Optional[int] = None) -> Dict[str, Any]:
-    """Sums eval_step over ``batches`` -> loss, accuracy, macro-F1, per-class P/R/F1, confusion."""
-    total: Dict[str, np.ndarray] = {}
-    for i, batch in enumerate(batches):
-        if max_batches and i >= max_batches:
-            break
-        sums = runner.eval_sums(runner.eval_step(state, runner.put_batch(batch)))
-        for k, v in sums.items():
-            total[k] = total.get(k, 0) + v
-    if not total:
-        raise ValueError("evaluation got no batches (check eval_split / eval_steps)")
-    if "confusion" in total:
-        return metrics_lib.summarize(total["confusion"], float(total["loss_sum"]), float(total["weight_sum"]))
-    return {"loss": float(total["loss_sum"] / max(total["weight_sum"], 1e-12)),
-            "num_examples": float(total["weight_sum"])}
-
-
-def evaluate_split(runner: Runner, state, config: Any, data_fn: DataFn, num_classes: int,
-                   out_dir: Optional[str] = None) -> Dict[str, Any]:
-    """The eval metrics of ``state`` on ``config.eval_split``: the task's own evaluation,
-    or :func:`run_eval` for classification."""
-    seed, batch_size = int(_get(config, "seed", 0)), int(config.batch_size)
-
-    def batches(split):
-        return data_fn(config, split, global_batch_size=batch_size, seed=seed, train=False, start_step=0)
-    task = getattr(runner, "task", None)
-    if task is not None and task.name != "classification":
-        return task.evaluate(runner, state, batches, out_dir)
-    eval_steps = _get(config, "eval_steps", None)
-    return run_eval(runner, state, batches(_get(config, "eval_split", "test")), num_classes,
-                    int(eval_steps) if eval_steps else None)
-
-
-def _scalars(m: Mapping[str, Any]) -> Dict[str, float]:
-    return {k: float(v) for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 class WorkdirError(ValueError):
@@ -329,7 +114,7 @@ def check_config(config: Any) -> None:
     batch = int(config.batch_size)
     if batch < 1:
         raise ParallelConfigError(f"batch_size must be >= 1, got {batch}")
-    mode = parallel_mode(config)
+    mode = builder.parallel_mode(config)
     n = jax.device_count()
     if mode == "sharded":
         sizes = dict(zip(("data", "fsdp", "tensor"), mesh_shape(_as_dict(_get(config.parallel, "mesh", {})), n)))
@@ -379,7 +164,8 @@ def _poison(batch: Dict[str, Any]) -> Dict[str, Any]:
 
 def train_and_evaluate(config: Any, workdir: str, *, data_fn: Optional[DataFn] = None,
                        info_fn: Optional[Callable[[Any], Dict[str, Any]]] = None,
-                       console: Optional[TextIO] = log_lib.STDOUT, stop_at: Optional[int] = None) -> Dict[str, Any]:
+                       console: Optional[TextIO] = log_lib.STDOUT, stop_at: Optional[int] = None,
+                       allow_config_change: bool = False, experiment: str = "") -> Dict[str, Any]:
     """Trains ``config`` in ``workdir`` (resuming from its checkpoints) and returns the final eval metrics.
 
     Args:
@@ -389,6 +175,14 @@ def train_and_evaluate(config: Any, workdir: str, *, data_fn: Optional[DataFn] =
       info_fn: config -> {"num_classes": C, ...} (default: :func:`mmjax.data.factory.data_info`).
       stop_at: leave the loop after this step (with a checkpoint), as a
         preempted job would; a later call on the same workdir resumes.
+      allow_config_change: resume although ``config`` differs from the one
+        the workdir was trained with (``WORKDIR/config.json``, see
+        :mod:`mmjax.train.run_record`); the differences are printed either way.
+      experiment: the experiment name or file, kept in the run record.
+
+    Model selection (see :mod:`mmjax.train.selection`): train-time evals and the
+    best checkpoint use ``config.eval_split``; at the end the selected
+    checkpoint is evaluated once on ``config.test_split`` (``results["test"]``).
 
     Reliability (see RELIABILITY.md): the workdir is locked against a second
     run; the first batch is validated on the host against the spec of the
@@ -398,8 +192,8 @@ def train_and_evaluate(config: Any, workdir: str, *, data_fn: Optional[DataFn] =
     SIGTERM saves a checkpoint at the next step boundary and returns
     ``{"step", "stopped_at", "preempted": True}``.
 
-    Writes WORKDIR/metrics.jsonl, WORKDIR/tensorboard/, WORKDIR/checkpoints/ and
-    (when training finished) WORKDIR/results.json.
+    Writes WORKDIR/config.json, WORKDIR/metrics.jsonl, WORKDIR/tensorboard/,
+    WORKDIR/checkpoints/ and (when training finished) WORKDIR/results.json.
     """
     if data_fn is None or info_fn is None:
         from mmjax.data import factory  # imported on use: importing the loop does not load the dataset readers
@@ -415,16 +209,18 @@ def train_and_evaluate(config: Any, workdir: str, *, data_fn: Optional[DataFn] =
         lock.acquire()
     try:
         with health.PreemptionGuard() as guard:
-            return _train(config, workdir, data_fn, info_fn, console, stop_at, guard, lock)
+            return _train(config, workdir, data_fn, info_fn, console, stop_at, guard, lock,
+                          (allow_config_change, experiment))
     finally:
         lock.release()
 
 
-def _train(config, workdir, data_fn, info_fn, console, stop_at, guard, lock) -> Dict[str, Any]:
+def _train(config, workdir, data_fn, info_fn, console, stop_at, guard, lock, record_opts) -> Dict[str, Any]:
     health.install_checkpoint_fault()
     info = info_fn(config)
+    saved_config = config  # as given: what the run record keeps and compares
+    config, held_out = selection.resolve(config, info)
     num_classes = int(info["num_classes"])
-    total_steps = int(config.total_steps)
     batch_size = int(config.batch_size)
     train_cfg = _as_dict(_get(config, "train", {}))
     validate_mode = train_cfg.get("validate_batches", "every")
@@ -434,7 +230,7 @@ def _train(config, workdir, data_fn, info_fn, console, stop_at, guard, lock) -> 
             raise BatchValidationError(f"train.{key} must be 'every', 'first' or 'off', got {value!r}")
     nan_stop = train_cfg.get("nan_policy", "skip") == "stop"
     loss_name = _as_dict(_get(config, "loss", {})).get("name", "softmax_xent")
-    runner = build(config, num_classes, info)
+    runner = builder.build(config, num_classes, info)
     model_cfg = _as_dict(config.model)
     task = getattr(runner, "task", None)
     label_kind = None
@@ -447,7 +243,7 @@ def _train(config, workdir, data_fn, info_fn, console, stop_at, guard, lock) -> 
         label_kind = "multi" if multi else "int"
     spec = validation.spec_from_config(model_cfg, info, loss=loss_name,
                                        batch_size=batch_size // jax.process_count(), label=label_kind)
-    ckpt = open_checkpoints(config, workdir)
+    ckpt = builder.open_checkpoints(config, workdir)
     is_main = jax.process_index() == 0
     writer = None
     try:
@@ -463,6 +259,9 @@ def _train(config, workdir, data_fn, info_fn, console, stop_at, guard, lock) -> 
             return first, it
 
         steps = ckpt.agreed_steps()  # process 0's list on every process
+        _keep_record(workdir, saved_config, info, bool(steps), record_opts, say)
+        if held_out:
+            say(held_out)
         start = int(steps[-1]) if steps else 0
         example, train_iter = batches_from(start)
         state = None
@@ -490,13 +289,28 @@ def _train(config, workdir, data_fn, info_fn, console, stop_at, guard, lock) -> 
             state = _first_trace(runner.create_state, example, rng)
             init_from = _as_dict(_get(config, "init_from", {}))
             if init_from.get("path") or init_from.get("pretrained") or init_from.get("params") is not None:
-                state = apply_init_from(runner, state, init_from, say=say)
+                state = init_from_lib.apply_init_from(runner, state, init_from, say=say)
         return _loop(config, workdir, runner, state, ckpt, writer, say, data_fn, train_iter, spec, start,
                      num_classes, stop_at, guard, nan_stop, validate_mode, finite_mode, lock)
     finally:
         ckpt.close()
         if writer is not None:
             writer.close()
+
+
+def _keep_record(workdir, config, info, resuming: bool, record_opts, say) -> None:
+    """Writes the run record on a fresh start; on resume, compares ``config`` with it first."""
+    allow, experiment = record_opts
+    saved = run_record.read(workdir)
+    if saved is not None and resuming:
+        changed = run_record.check_resume(saved, config, allow_change=allow)
+        if not changed:
+            return
+        say(f"config changes since {run_record.FILE} ({'allowed' if allow else 'logging only'}): "
+            + "; ".join(changed))
+        experiment = experiment or saved.experiment
+    if jax.process_index() == 0:
+        run_record.write(workdir, config, info, experiment)
 
 
 def _check_lease(lock, ckpt: Checkpointer) -> None:
@@ -544,12 +358,10 @@ def _loop(config, workdir, runner, state, ckpt, writer, say, data_fn, train_iter
           stop_at, guard, nan_stop, validate_mode, finite_mode, lock) -> Dict[str, Any]:
     total_steps = int(config.total_steps)
     batch_size = int(config.batch_size)
-    seed = int(_get(config, "seed", 0))
     is_main = jax.process_index() == 0
     log_every = int(_get(config, "log_every", 50))
     eval_every = int(_get(config, "eval_every", 0))
     ckpt_every = int(_get(config, "checkpoint_every", 0))
-    eval_steps = _get(config, "eval_steps", None)
     eval_split = _get(config, "eval_split", "test")
     cfg_dict = _as_dict(config)
     progress = log_lib.Progress(total_steps, batch_size, start)
@@ -558,12 +370,12 @@ def _loop(config, workdir, runner, state, ckpt, writer, say, data_fn, train_iter
 
     def do_eval(step, state):
         health.fault("during_eval", step)
-        ev = evaluate_split(runner, state, config, data_fn, num_classes)
+        ev = evaluation.evaluate_split(runner, state, config, data_fn, num_classes)
         classification = getattr(runner, "task", None) is None
         writer.write(step, {k: v for k, v in ev.items()
                             if k in ("loss", "accuracy", "macro_f1", "per_class") or not classification and
-                            k in _scalars(ev)}, prefix="eval/")
-        say(f"eval @ {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in _scalars(ev).items()))
+                            k in evaluation.scalars(ev)}, prefix="eval/")
+        say(f"eval @ {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in evaluation.scalars(ev).items()))
         return ev
 
     # Non-finite steps are counted on device (no host sync per step) and read when logging.
@@ -625,7 +437,7 @@ def _loop(config, workdir, runner, state, ckpt, writer, say, data_fn, train_iter
             _check_lease(lock, ckpt)
             writer.sync()  # object stores: the logs up to this step are stored before its checkpoint
             ckpt.save(step, runner.host_state(state), config=cfg_dict,
-                      metrics=_scalars(eval_metrics) if evaluated and eval_metrics else None,
+                      metrics=evaluation.scalars(eval_metrics) if evaluated and eval_metrics else None,
                       force=True)
             health.fault("after_save", step)
         progress.exclude(time.perf_counter() - t0)
@@ -639,45 +451,14 @@ def _loop(config, workdir, runner, state, ckpt, writer, say, data_fn, train_iter
         if eval_metrics is None:
             eval_metrics = do_eval(step, state)
         results = {"step": step, "eval_split": eval_split, **eval_metrics}
+        test = evaluation.test_of_selected(runner, state, step, ckpt, config, data_fn, num_classes)
+        if test is not None:
+            results["test"] = test
+            say(f"test ({test['split']}, checkpoint {test['step']} selected on {eval_split}): "
+                + ", ".join(f"{k} {v:.4f}" for k, v in evaluation.scalars(test).items() if k != "step"))
         if is_main:
             files.write_text(files.path(workdir) / "results.json", json.dumps(log_lib._json_value(results), indent=2))
         return results
     return {"step": step, "stopped_at": step}
 
 
-def evaluate(config: Any, workdir: str, *, which: str = "best", data_fn: Optional[DataFn] = None,
-             info_fn: Optional[Callable[[Any], Dict[str, Any]]] = None,
-             console: Optional[TextIO] = log_lib.STDOUT) -> Dict[str, Any]:
-    """Restores the best (or latest) checkpoint of ``workdir``, evaluates it, writes WORKDIR/eval/metrics.json."""
-    console = log_lib.resolve_console(console)
-    if data_fn is None or info_fn is None:
-        from mmjax.data import factory  # imported on use: importing the loop does not load the dataset readers
-        data_fn = data_fn or factory.make_data
-        info_fn = info_fn or factory.data_info
-    if which not in ("best", "latest"):
-        raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
-    info = info_fn(config)
-    num_classes = int(info["num_classes"])
-    runner = build(config, num_classes, info)
-    ckpt = open_checkpoints(config, workdir, for_eval=True)
-    try:
-        step = ckpt.agreed(ckpt.best_step() if which == "best" else ckpt.latest_step())
-        if step is None:
-            raise CheckpointError(f"no checkpoint in {ckpt.directory}: train first")
-        seed = int(_get(config, "seed", 0))
-        batch_size = int(config.batch_size)
-        split = _get(config, "eval_split", "test")
-        it = data_fn(config, split, global_batch_size=batch_size, seed=seed, train=False, start_step=0)
-        example, it = _peek(iter(it))
-        state = runner.place_restored(ckpt.restore(runner.abstract_state(example, jax.random.PRNGKey(seed)), step,
-                                                         config=config))
-        ev = evaluate_split(runner, state, config, data_fn, num_classes, os.fspath(files.path(workdir) / "eval"))
-    finally:
-        ckpt.close()
-    out = {"step": int(step), "checkpoint": which, "eval_split": split, **ev}
-    if jax.process_index() == 0:
-        files.write_text(files.path(workdir) / "eval" / "metrics.json", json.dumps(log_lib._json_value(out), indent=2))
-        if console is not None:
-            print(f"eval of step {step} ({which}): " + ", ".join(f"{k} {v:.4f}" for k, v in _scalars(ev).items()),
-                  file=console)
-    return out

@@ -8,7 +8,8 @@ parallel runner, checkpoints and logs stay the same:
   ``(loss_sum, (weight_sum, aux_sums, new_batch_stats))``, the contract of
   :func:`mmjax.train.step.train_step` (which divides sums by the global
   weight, so the reported loss is the exact global mean in every parallel mode);
-* ``evaluate(runner, state, batches, out_dir=None)`` -> metrics over the whole eval split.
+* ``evaluate(runner, state, batches, out_dir=None, split=None)`` -> metrics over the whole split
+  (default ``config.eval_split``).
 
 Families:
 
@@ -139,7 +140,8 @@ class Task:
     def loss_terms(self, state, params, batch_stats, batch, rng, *, train: bool):
         raise NotImplementedError
 
-    def evaluate(self, runner, state, batches: Batches, out_dir: Optional[str] = None) -> Dict[str, Any]:
+    def evaluate(self, runner, state, batches: Batches, out_dir: Optional[str] = None,
+                 split: Optional[str] = None) -> Dict[str, Any]:
         raise NotImplementedError
 
     # Helpers for evaluation: params on the host layout, batches on the runner's layout.
@@ -244,8 +246,9 @@ class ContrastiveTask(Task):
                 variables, jnp.asarray(ids), jnp.asarray(mask))
         return np.asarray(emb).reshape(len(names), len(prompts), -1)
 
-    def evaluate(self, runner, state, batches: Batches, out_dir: Optional[str] = None) -> Dict[str, Any]:
-        split = _get(self.config, "eval_split", "test")
+    def evaluate(self, runner, state, batches: Batches, out_dir: Optional[str] = None,
+                 split: Optional[str] = None) -> Dict[str, Any]:
+        split = split or _get(self.config, "eval_split", "test")
         eval_steps = int(_get(self.config, "eval_steps", 0) or 0)
         bs = int(self.config.batch_size)
         emb, labels = self.embed_split(runner, state, batches(split), eval_steps * bs or None)
@@ -331,8 +334,9 @@ class CaptioningTask(Task):
         correct = ((jnp.argmax(logp, -1) == targets) * mask).sum()
         return (nll * mask).sum(), (mask.sum(), {"token_accuracy": correct}, new_stats)
 
-    def evaluate(self, runner, state, batches: Batches, out_dir: Optional[str] = None) -> Dict[str, Any]:
-        split = _get(self.config, "eval_split", "test")
+    def evaluate(self, runner, state, batches: Batches, out_dir: Optional[str] = None,
+                 split: Optional[str] = None) -> Dict[str, Any]:
+        split = split or _get(self.config, "eval_split", "test")
         eval_steps = int(_get(self.config, "eval_steps", 0) or 0)
         tok = _tokenizer(self.info)
         model: Captioner = runner.model

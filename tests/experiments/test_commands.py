@@ -68,10 +68,10 @@ def test_same_seed_same_numbers(sweep_dir, tmp_path):
 
 def test_eval_writes_metrics_and_plots(sweep_dir):
     wd = os.path.join(sweep_dir, "runs", "concat", "seed_0")
-    assert main(["eval", "synthetic", "--workdir", wd, "--noise_levels", "0,1", *TINY]) == 0
+    assert main(["eval", "--workdir", wd, "--noise_levels", "0,1"]) == 0  # the run's own config.json
     m = json.load(open(os.path.join(wd, "eval", "metrics.json")))
     results = json.load(open(os.path.join(wd, "results.json")))
-    assert m["accuracy"] == pytest.approx(results["accuracy"])  # same checkpoint, same test set
+    assert m["accuracy"] == pytest.approx(results["test"]["accuracy"])  # same checkpoint, same test set
     assert m["num_examples"] == 20
     cm = np.asarray(m["confusion_matrix"])
     assert cm.shape == (3, 3) and cm.sum() == 20

@@ -12,8 +12,8 @@ import pytest
 
 from experiments import config_utils
 from mmjax.data import factory
-from mmjax.train import loop
-from mmjax.train.checkpoint import load_params
+from mmjax.train import builder, init_from
+from mmjax.train.checkpoint import CheckpointError, load_params
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _cli_helper import run_cli  # noqa: E402
@@ -52,7 +52,7 @@ def test_eval_metrics_match_numpy_recall(run):
     config = config_utils.load_config("synthetic_contrastive")
     config_utils.apply_overrides(config, [tuple(o[len("--config."):].split("=", 1)) for o in OVERRIDES])
     info = factory.data_info(config)
-    runner = loop.build(config, info["num_classes"], info)
+    runner = builder.build(config, info["num_classes"], info)
     params = load_params(run)
     emb, labels = {}, []
     for batch in factory.make_data(config, "test", global_batch_size=8, seed=0, train=False):
@@ -102,11 +102,11 @@ def test_classifier_fine_tunes_from_contrastive_towers(run):
     """init_from.path=<contrastive workdir> with no source/target copies encoders_<m> -> encoder_<m>_0."""
     c = _classifier_config(run)
     info = factory.data_info(c)
-    runner = loop.build(c, info["num_classes"], info)
+    runner = builder.build(c, info["num_classes"], info)
     batch = next(factory.make_data(c, "train", global_batch_size=8, seed=0, train=True))
     fresh = runner.create_state(batch, jax.random.PRNGKey(1))
     said = []
-    state = loop.apply_init_from(runner, fresh, dict(c.init_from), say=said.append)
+    state = init_from.apply_init_from(runner, fresh, dict(c.init_from), say=said.append)
     loaded = load_params(run)
     for m in ("image", "text"):
         jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, state.params[f"encoder_{m}_0"]),
@@ -116,13 +116,13 @@ def test_classifier_fine_tunes_from_contrastive_towers(run):
     np.testing.assert_array_equal(np.asarray(state.params["head"]["out"]["kernel"]),
                                   np.asarray(fresh.params["head"]["out"]["kernel"]))
     # explicit comma-separated lists do the same for one tower, and a length mismatch is named
-    one = loop.apply_init_from(runner, fresh, {"path": run, "source": "encoders_text", "target": "encoder_text_0"})
+    one = init_from.apply_init_from(runner, fresh, {"path": run, "source": "encoders_text", "target": "encoder_text_0"})
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, one.params["encoder_text_0"]),
                  loaded["encoders_text"])
     assert not np.array_equal(np.asarray(one.params["encoder_image_0"]["dense_0"]["kernel"]),
                               loaded["encoders_image"]["dense_0"]["kernel"])
-    with pytest.raises(loop.CheckpointError, match="one target per source"):
-        loop.apply_init_from(runner, fresh, {"path": run, "source": "encoders_text,encoders_image",
+    with pytest.raises(CheckpointError, match="one target per source"):
+        init_from.apply_init_from(runner, fresh, {"path": run, "source": "encoders_text,encoders_image",
                                              "target": "encoder_text_0"})
 
 
@@ -131,7 +131,7 @@ import json, sys
 import jax, numpy as np
 from experiments import config_utils
 from mmjax.data import factory
-from mmjax.train import loop
+from mmjax.train import builder
 assert jax.device_count() == 4
 out = {}
 for mode in ("single", "sharded"):
@@ -143,7 +143,7 @@ for mode in ("single", "sharded"):
     # initialised under a mesh yet (their 3-axis logical names meet the flat init shape).
     c.model.towers.text = {"encoder": "gru", "vocab_size": 16, "embed_dim": 16, "hidden_dim": 32}
     info = factory.data_info(c)
-    runner = loop.build(c, info["num_classes"], info)
+    runner = builder.build(c, info["num_classes"], info)
     it = factory.make_data(c, "train", global_batch_size=8, seed=0, train=True)
     batch = next(it)
     state = runner.create_state(batch, jax.random.PRNGKey(0))

@@ -87,8 +87,15 @@ def test_train_then_eval_synthetic(tmp_path):
     assert sum(map(sum, results["confusion_matrix"])) == 16
     assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["3", "6"]
     assert any(f.startswith("events") for f in os.listdir(os.path.join(wd, "tensorboard")))
-    p = _cli("eval", "synthetic", "--workdir", wd, "--config.batch_size=8", "--config.data.eval_examples=16",
-             "--config.parallel.mode=single", "--latest")
+    # eval reads the run's config.json: no experiment, no retyped overrides; the best checkpoint
+    # (selected on validation) on the test split is what training reported as its test result.
+    p = _cli("eval", "--workdir", wd, "--no_plots")
+    assert p.returncode == 0, p.stderr[-2000:]
+    with open(os.path.join(wd, "eval", "metrics.json")) as f:
+        ev = json.load(f)
+    assert ev["eval_split"] == "test" and ev["step"] == results["test"]["step"]
+    assert ev["accuracy"] == pytest.approx(results["test"]["accuracy"])
+    p = _cli("eval", "--workdir", wd, "--latest", "--split", "validation", "--no_plots")
     assert p.returncode == 0, p.stderr[-2000:]
     with open(os.path.join(wd, "eval", "metrics.json")) as f:
         ev = json.load(f)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import synthetic as synthetic_config
-from mmjax.train import loop
+from mmjax.train import builder, init_from
 from mmjax.train.checkpoint import CheckpointError
 
 pretrained = pytest.importorskip("mmjax.encoders.pretrained")
@@ -29,9 +29,9 @@ def test_classifier_text_encoder_starts_from_minilm():
         "modality_mask": {"a": np.ones(2, bool), "text": np.ones(2, bool)},
         "label": np.zeros(2, np.int32),
     }
-    runner = loop.build(c, 3)
+    runner = builder.build(c, 3)
     state = runner.create_state(batch, jax.random.PRNGKey(0))
-    state = loop.apply_init_from(runner, state, {"pretrained": "minilm", "target": "encoder_text_0"})
+    state = init_from.apply_init_from(runner, state, {"pretrained": "minilm", "target": "encoder_text_0"})
     got = runner.host_state(state).params["encoder_text_0"]
     flat_got = jax.tree_util.tree_flatten_with_path(got)[0]
     flat_want = dict(jax.tree_util.tree_flatten_with_path(want)[0])
@@ -42,6 +42,6 @@ def test_classifier_text_encoder_starts_from_minilm():
     assert "encoder_a_0" in runner.host_state(state).params
 
     with pytest.raises(CheckpointError, match="needs init_from.target"):
-        loop.apply_init_from(runner, state, {"pretrained": "minilm"})
+        init_from.apply_init_from(runner, state, {"pretrained": "minilm"})
     with pytest.raises(CheckpointError, match="no 'encoder_txt_0'"):
-        loop.apply_init_from(runner, state, {"pretrained": "minilm", "target": "encoder_txt_0"})
+        init_from.apply_init_from(runner, state, {"pretrained": "minilm", "target": "encoder_txt_0"})

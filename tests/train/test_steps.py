@@ -10,7 +10,7 @@ import pytest
 
 from mmjax.data import synthetic
 from experiments.configs import synthetic as synthetic_config
-from mmjax.train import loop
+from mmjax.train import builder, init_from, loop
 from mmjax.train.optim import OptimConfigError, decay_mask, freeze_labels, make_optimizer
 from mmjax.validation import BatchValidationError
 
@@ -47,7 +47,7 @@ def _batches(n, b=8, start=0):
 
 
 def _state(config, batch):
-    runner = loop.build(config, 3)
+    runner = builder.build(config, 3)
     return runner, runner.create_state(batch, jax.random.PRNGKey(0))
 
 
@@ -153,9 +153,9 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     from mmjax.train.checkpoint import load_params
     cfg2 = _config(**{"init_from.path": str(tmp_path / "full"), "init_from.source": "encoder_a_0",
                       "total_steps": 1})
-    runner = loop.build(cfg2, 3)
+    runner = builder.build(cfg2, 3)
     state = runner.create_state(_batches(1)[0], jax.random.PRNGKey(5))
-    state = loop.apply_init_from(runner, state, dict(cfg2.init_from))
+    state = init_from.apply_init_from(runner, state, dict(cfg2.init_from))
     want = load_params(str(tmp_path / "full"))
     jax.tree.map(np.testing.assert_array_equal, _np(state.params["encoder_a_0"]), _np(want["encoder_a_0"]))
     assert not np.array_equal(np.asarray(state.params["head"]["out"]["kernel"]), want["head"]["out"]["kernel"])

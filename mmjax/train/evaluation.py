@@ -1,0 +1,146 @@
+"""Evaluating a state or a run's checkpoint on a split.
+
+Train-time evals and the choice of the "best" checkpoint use
+``config.eval_split`` (a validation split; see :mod:`mmjax.train.selection`);
+the test split (``config.test_split``) is evaluated once, from the selected
+checkpoint, at the end of training and by :func:`evaluate`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, TextIO, Tuple
+
+import jax
+import numpy as np
+
+from mmjax import metrics as metrics_lib
+from mmjax.train import builder, files, selection
+from mmjax.train import logging as log_lib
+from mmjax.train.checkpoint import Checkpointer, CheckpointError
+from mmjax.train.config_access import get as _get
+from mmjax.train.parallel import Runner
+
+DataFn = Callable[..., Iterator[Dict[str, Any]]]
+
+
+def run_eval(runner: Runner, state, batches: Iterator[Dict[str, Any]], num_classes: int,
+             max_batches: Optional[int] = None) -> Dict[str, Any]:
+    """Sums eval_step over ``batches`` -> loss, accuracy, macro-F1, per-class P/R/F1, confusion."""
+    total: Dict[str, np.ndarray] = {}
+    for i, batch in enumerate(batches):
+        if max_batches and i >= max_batches:
+            break
+        sums = runner.eval_sums(runner.eval_step(state, runner.put_batch(batch)))
+        for k, v in sums.items():
+            total[k] = total.get(k, 0) + v
+    if not total:
+        raise ValueError("evaluation got no batches (check eval_split / eval_steps)")
+    if "confusion" in total:
+        return metrics_lib.summarize(total["confusion"], float(total["loss_sum"]), float(total["weight_sum"]))
+    return {"loss": float(total["loss_sum"] / max(total["weight_sum"], 1e-12)),
+            "num_examples": float(total["weight_sum"])}
+
+
+def evaluate_split(runner: Runner, state, config: Any, data_fn: DataFn, num_classes: int,
+                   out_dir: Optional[str] = None, split: Optional[str] = None) -> Dict[str, Any]:
+    """The eval metrics of ``state`` on ``split`` (default ``config.eval_split``): the task's own
+    evaluation, or :func:`run_eval` for classification."""
+    seed, batch_size = int(_get(config, "seed", 0)), int(config.batch_size)
+    split = split or _get(config, "eval_split", "test")
+
+    def batches(name):
+        return data_fn(config, name, global_batch_size=batch_size, seed=seed, train=False, start_step=0)
+    task = getattr(runner, "task", None)
+    if task is not None and task.name != "classification":
+        return task.evaluate(runner, state, batches, out_dir, split=split)
+    eval_steps = _get(config, "eval_steps", None)
+    return run_eval(runner, state, batches(split), num_classes, int(eval_steps) if eval_steps else None)
+
+
+def scalars(m: Mapping[str, Any]) -> Dict[str, float]:
+    """The number-valued entries of a metrics dict."""
+    return {k: float(v) for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def selected_step(ckpt: Checkpointer, which: str) -> int:
+    """The step of the ``which`` ("best" | "latest") checkpoint, agreed by every process."""
+    if which not in ("best", "latest"):
+        raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
+    step = ckpt.agreed(ckpt.best_step() if which == "best" else ckpt.latest_step())
+    if step is None:
+        raise CheckpointError(f"no checkpoint in {ckpt.directory}: train first")
+    return int(step)
+
+
+def restore(runner: Runner, ckpt: Checkpointer, step: int, example: Dict[str, Any], config: Any):
+    """Checkpoint ``step`` placed as ``runner`` runs it (``example``: one batch, for the shapes)."""
+    seed = int(_get(config, "seed", 0))
+    abstract = runner.abstract_state(example, jax.random.PRNGKey(seed))
+    return runner.place_restored(ckpt.restore(abstract, step, config=config))
+
+
+def test_of_selected(runner: Runner, state, step: int, ckpt: Checkpointer, config: Any, data_fn: DataFn,
+                     num_classes: int) -> Optional[Dict[str, Any]]:
+    """``config.test_split`` metrics of the best checkpoint (``state`` when that is step ``step``).
+
+    None when the config has no test split, or it is the selection split itself.
+    """
+    test_split = _get(config, "test_split", "")
+    if not test_split or test_split == _get(config, "eval_split", "test"):
+        return None
+    best = ckpt.agreed(ckpt.best_step())
+    best = step if best is None else int(best)
+    chosen = state if best == step else restore(runner, ckpt, best, first_batch(config, data_fn, test_split)[0],
+                                                config)
+    return {"step": best, "split": test_split,
+            **evaluate_split(runner, chosen, config, data_fn, num_classes, split=test_split)}
+
+
+def evaluate(config: Any, workdir: str, *, which: str = "best", split: Optional[str] = None,
+             data_fn: Optional[DataFn] = None, info_fn: Optional[Callable[[Any], Dict[str, Any]]] = None,
+             console: Optional[TextIO] = log_lib.STDOUT) -> Dict[str, Any]:
+    """Restores the best (or latest) checkpoint of ``workdir``, evaluates it on ``split``, writes
+    WORKDIR/eval/metrics.json.
+
+    ``split`` defaults to ``config.test_split`` (else ``config.eval_split``): the
+    checkpoint was selected on the validation split, the test split reports it.
+    """
+    console = log_lib.resolve_console(console)
+    if data_fn is None or info_fn is None:
+        from mmjax.data import factory  # imported on use: importing the loop does not load the dataset readers
+        data_fn = data_fn or factory.make_data
+        info_fn = info_fn or factory.data_info
+    info = info_fn(config)
+    num_classes = int(info["num_classes"])
+    config, _ = selection.resolve(config, info)
+    split = split or _get(config, "test_split", "") or _get(config, "eval_split", "test")
+    runner = builder.build(config, num_classes, info)
+    ckpt = builder.open_checkpoints(config, workdir, for_eval=True)
+    try:
+        step = selected_step(ckpt, which)
+        example, _ = first_batch(config, data_fn, split)
+        state = restore(runner, ckpt, step, example, config)
+        ev = evaluate_split(runner, state, config, data_fn, num_classes, os.fspath(files.path(workdir) / "eval"),
+                            split=split)
+    finally:
+        ckpt.close()
+    out = {"step": int(step), "checkpoint": which, "eval_split": split, **ev}
+    if jax.process_index() == 0:
+        files.write_text(files.path(workdir) / "eval" / "metrics.json", json.dumps(log_lib._json_value(out), indent=2))
+        if console is not None:
+            print(f"eval of step {step} ({which}) on {split}: "
+                  + ", ".join(f"{k} {v:.4f}" for k, v in scalars(ev).items()), file=console)
+    return out
+
+
+def first_batch(config: Any, data_fn: DataFn, split: str) -> Tuple[Dict[str, Any], Iterator[Dict[str, Any]]]:
+    """The first eval batch of ``split`` and the iterator over all of them (the first included)."""
+    it = iter(data_fn(config, split, global_batch_size=int(config.batch_size), seed=int(_get(config, "seed", 0)),
+                      train=False, start_step=0))
+    first = next(it)
+
+    def chained():
+        yield first
+        yield from it
+    return first, chained()
