@@ -137,13 +137,33 @@ def cast_value(key: str, text: str, current: Any) -> Any:
             value = tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
         if not isinstance(value, (tuple, list)):
             value = (value,)
-        return type(current)(value)
+        return type(current)(_like_elements(key, value, current))
     if isinstance(current, (dict, ml_collections.ConfigDict)):
         value = _literal(text)
         if not isinstance(value, dict):
             raise bad("a dict literal like {'data': -1}")
         return value
     return _literal(text)
+
+
+def _like_elements(key: str, values: Sequence[Any], current: Sequence[Any]) -> List[Any]:
+    """Items of a sequence override cast to the type the current items share (numbers stay numbers)."""
+    kinds = {type(v) for v in current}
+    if len(kinds) != 1 or not kinds <= {int, float}:
+        return list(values)
+    kind = kinds.pop()
+    out = []
+    for v in values:
+        parsed = _literal(v.strip()) if isinstance(v, str) else v
+        ok = isinstance(parsed, (int, float)) and not isinstance(parsed, bool)
+        if ok and kind is int and isinstance(parsed, float):
+            ok = parsed.is_integer()
+        x = kind(parsed) if ok else None
+        if x is None:
+            raise UserError(f"--config.{key}: item {v!r} is not {'an int' if kind is int else 'a number'} "
+                            f"(the current value is {tuple(current)!r})")
+        out.append(x)
+    return out
 
 
 def parse_override_args(argv: Sequence[str]) -> Tuple[List[Tuple[str, str]], List[str]]:

@@ -97,10 +97,17 @@ def evaluate(config, workdir: str, *, which: str = "best", noise_levels: Sequenc
     if plots:
         from experiments.reports import plots as plots_lib
 
-        plots_lib.confusion_plot(np.asarray(out["confusion_matrix"]), os.path.join(eval_dir, "confusion_matrix.png"),
-                                 class_names)
-        plots_lib.roc_plot(analysis.roc_curves(labels, logits, weights, class_names), os.path.join(eval_dir, "roc.png"))
-        plots_lib.robustness_plot(out["robustness"], os.path.join(eval_dir, "robustness.png"))
+        fusion = config.model.get("fusion") if "model" in config else None
+        subtitle = f"{files.display(workdir)}, step {step} ({which}), fusion {fusion}, {split} split"
+        paths = {"confusion_matrix": plots_lib.confusion_plot(np.asarray(out["confusion_matrix"]),
+                                                              os.path.join(eval_dir, "confusion_matrix.png"),
+                                                              class_names, subtitle=subtitle),
+                 "roc": plots_lib.roc_plot(analysis.roc_curves(labels, logits, weights, class_names),
+                                           os.path.join(eval_dir, "roc.png"), subtitle=subtitle),
+                 "robustness": plots_lib.robustness_plot(out["robustness"], os.path.join(eval_dir, "robustness.png"),
+                                                         subtitle=subtitle, chance=1.0 / num_classes)}
+        if config.get("tensorboard", True):
+            _plots_to_tensorboard(workdir, paths, step)
     if console is not None:
         r = out["robustness"]
         print(f"eval of step {step} ({which}) on {split}: accuracy {out['accuracy']:.4f}, macro-F1 "
@@ -113,6 +120,21 @@ def evaluate(config, workdir: str, *, which: str = "best", noise_levels: Sequenc
         print(f"wrote {eval_dir}/metrics.json" + (", confusion_matrix.png, roc.png, robustness.png" if plots else ""),
               file=console)
     return out
+
+
+def _plots_to_tensorboard(workdir: str, paths: Dict[str, str], step: int) -> None:
+    """The eval plots as TensorBoard images (``eval/<name>``) beside the run's training curves."""
+    import numpy as np
+    from PIL import Image
+
+    writer = log_lib.MetricWriter(workdir, console=None)
+    try:
+        for name, path in paths.items():
+            with files.path(path).open("rb") as f:
+                image = np.asarray(Image.open(f).convert("RGB"))
+            writer.write_image(f"eval/{name}", image, step)
+    finally:
+        writer.close()
 
 
 def run(args) -> int:

@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from experiments import config_utils, modalities
+from experiments import compilation_cache, config_utils, modalities
 from experiments.commands import train as train_cmd
 from experiments.errors import UserError
 from mmjax.train import files
@@ -171,7 +171,7 @@ def sweep(config, workdir: str, fusions: List[str], seeds: int, *, baselines: bo
     from experiments.reports import plots
     from mmjax.train import loop
 
-    _compilation_cache(workdir)
+    compilation_cache.enable()  # the seeds of a row compile the same programs
     if seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {seeds}")
     files.makedirs(workdir)
@@ -189,15 +189,6 @@ def sweep(config, workdir: str, fusions: List[str], seeds: int, *, baselines: bo
         rows.append(row)
         _write(rows, workdir, title, command)
     return rows
-
-
-def _compilation_cache(workdir: str) -> None:
-    """Seeds of a row compile the same programs: a persistent cache lets the 2nd..Nth reuse them."""
-    import jax
-
-    if not jax.config.jax_compilation_cache_dir and not files.is_remote(workdir):
-        jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, ".jax_cache"))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def _write(rows, workdir, title, command):

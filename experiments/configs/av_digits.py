@@ -50,7 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.log_every = 50
     c.eval_every = 0
     c.checkpoint_every = 0
-    c.tensorboard = False
+    c.tensorboard = True
     c.data = data_config()
     c.model.encoders = ml_collections.ConfigDict({
         # pool="flatten": small CNNs need to know where (image) and when (audio) a feature fired.

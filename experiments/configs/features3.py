@@ -40,7 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.log_every = 50
     c.eval_every = 200
     c.checkpoint_every = 0
-    c.tensorboard = False
+    c.tensorboard = True
     c.checkpoint.best_metric = "macro_f1"
     c.data = default_config("features3")
     c.data.class_weights = "balanced"

@@ -41,7 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.log_every = 50
     c.eval_every = 200
     c.checkpoint_every = 0
-    c.tensorboard = False
+    c.tensorboard = True
     c.data = data_config()
     c.model.encoders = ml_collections.ConfigDict({
         "image": {"name": "cnn", "features": (16, 32, 64), "convs_per_stage": 1, "out_dim": 64},

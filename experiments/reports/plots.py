@@ -41,8 +41,8 @@ def _save(fig, path: str) -> str:
     return path
 
 
-def sweep_plot(rows: Sequence[Mapping[str, Any]], path: str, title: str = "") -> str:
-    """Horizontal bars: test accuracy mean ± std per sweep row (unimodal baselines in grey)."""
+def sweep_plot(rows: Sequence[Mapping[str, Any]], path: str, title: str = "", chance: Optional[float] = None) -> str:
+    """Horizontal bars: test accuracy mean ± std per sweep row (unimodal baselines in grey), chance level dashed."""
     plt = _plt()
     rows = sorted(rows, key=lambda r: r["accuracy_mean"])
     fig, ax = plt.subplots(figsize=(7, 0.4 * len(rows) + 1.5))
@@ -53,10 +53,12 @@ def sweep_plot(rows: Sequence[Mapping[str, Any]], path: str, title: str = "") ->
     ax.set_xlabel("test accuracy (mean ± std over seeds)")
     ax.set_xlim(0, 1)
     ax.set_title(f"sweep: {title}" if title else "sweep")
+    _chance(ax, chance, vertical=True)
     return _save(fig, path)
 
 
-def confusion_plot(confusion: np.ndarray, path: str, class_names: Optional[List[str]] = None) -> str:
+def confusion_plot(confusion: np.ndarray, path: str, class_names: Optional[List[str]] = None,
+                   subtitle: str = "") -> str:
     """The (C, C) confusion matrix (rows: true class, columns: predicted), counts written in the cells."""
     plt = _plt()
     cm = np.asarray(confusion, np.float64)
@@ -75,11 +77,11 @@ def confusion_plot(confusion: np.ndarray, path: str, class_names: Optional[List[
             for j in range(c):
                 ax.text(j, i, f"{cm[i, j]:.0f}", ha="center", va="center", fontsize=7,
                         color="white" if cm[i, j] > thresh else "black")
-    ax.set_title("confusion matrix")
+    ax.set_title("confusion matrix" + (f"\n{subtitle}" if subtitle else ""), fontsize=9)
     return _save(fig, path)
 
 
-def roc_plot(curves: Mapping[str, Dict[str, Any]], path: str) -> str:
+def roc_plot(curves: Mapping[str, Dict[str, Any]], path: str, subtitle: str = "") -> str:
     """One-vs-rest ROC curves: ``curves[class] = {"fpr": (K,), "tpr": (K,), "auc": float}``."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 5))
@@ -88,14 +90,16 @@ def roc_plot(curves: Mapping[str, Dict[str, Any]], path: str) -> str:
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
-    ax.set_title("ROC, one vs rest")
+    ax.set_title("ROC, one vs rest" + (f"\n{subtitle}" if subtitle else ""), fontsize=9)
     if len(curves) <= 20:
         ax.legend(fontsize=6, loc="lower right")
     return _save(fig, path)
 
 
-def robustness_plot(robustness: Mapping[str, Any], path: str) -> str:
-    """Left: accuracy with each modality masked out; right: accuracy vs noise level per modality."""
+def robustness_plot(robustness: Mapping[str, Any], path: str, subtitle: str = "",
+                    chance: Optional[float] = None) -> str:
+    """Left: accuracy with each modality masked out; right: accuracy vs noise level per modality;
+    chance level (1 / classes) dashed on both."""
     plt = _plt()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
     masked = robustness.get("masked", {})
@@ -114,6 +118,17 @@ def robustness_plot(robustness: Mapping[str, Any], path: str) -> str:
     a2.set_ylabel("accuracy")
     a2.set_ylim(0, 1)
     a2.set_title("accuracy under input noise")
-    if noise:
+    _chance(a1, chance)
+    _chance(a2, chance)
+    if noise or chance:
         a2.legend()
+    if subtitle:
+        fig.suptitle(subtitle, fontsize=9)
     return _save(fig, path)
+
+
+def _chance(ax, chance: Optional[float], vertical: bool = False) -> None:
+    if chance is None:
+        return
+    line = ax.axvline if vertical else ax.axhline
+    line(chance, color="k", ls="--", lw=0.8, label=f"chance ({chance:.2f})")

@@ -150,7 +150,9 @@ def workdir_lock(workdir: str, say: Optional[Callable[[str], None]] = None, leas
 
 # --------------------------------------------------------------------------- preemption
 class PreemptionGuard:
-    """SIGTERM -> a flag the loop polls at step boundaries (``requested(step)``).
+    """SIGTERM or Ctrl-C (SIGINT) -> a flag the loop polls at step boundaries (``requested(step)``).
+
+    A second Ctrl-C stops at once (``KeyboardInterrupt``), without the checkpoint.
 
     Single process: the signal handler sets the flag (installing a handler is
     only possible on the main thread; elsewhere SIGTERM keeps its default).
@@ -163,7 +165,7 @@ class PreemptionGuard:
     one that tells the other processes.
     """
 
-    def __init__(self, signals: Tuple[int, ...] = (signal.SIGTERM,)):
+    def __init__(self, signals: Tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)):
         self.signals = signals
         self.flag = threading.Event()
         self.signal_name: Optional[str] = None
@@ -171,6 +173,10 @@ class PreemptionGuard:
         self._multihost = False
 
     def _handler(self, signum, frame):  # noqa: ARG002
+        if signum == signal.SIGINT:
+            if self.flag.is_set():
+                raise KeyboardInterrupt
+            sys.stderr.write("\ninterrupted: saving a checkpoint after this step (Ctrl-C again to stop without it)\n")
         self.signal_name = signal.Signals(signum).name
         self.flag.set()
 

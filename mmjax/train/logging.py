@@ -59,6 +59,18 @@ def _flat(metrics: Mapping[str, Any], prefix: str = "") -> Dict[str, float]:
     return out
 
 
+def _flat_settings(config: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """Dotted key -> value for every scalar leaf (numbers, strings, bools) of a config tree."""
+    out: Dict[str, Any] = {}
+    for k, v in config.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flat_settings(v, key + "."))
+        elif isinstance(v, (int, float, str, bool)):
+            out[key] = v
+    return out
+
+
 def _json_value(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
         return str(v)  # JSON has no NaN/Inf; keep them readable
@@ -114,7 +126,8 @@ class MetricWriter:
             print(line, file=self.console, flush=True)
 
     def write(self, step: int, metrics: Mapping[str, Any], *, prefix: str = "") -> None:
-        """``metrics`` (nested dicts of numbers allowed) at ``step``; ``prefix`` e.g. "eval/" for TensorBoard tags."""
+        """``metrics`` (nested dicts of numbers allowed) at ``step``; ``prefix`` e.g. "eval/" for TensorBoard
+        tags (default "train/"), and ``eval_`` for the metrics.jsonl keys."""
         if not self.enabled:
             return
         record = {"step": int(step)}
@@ -125,10 +138,28 @@ class MetricWriter:
             self._jsonl.write(json.dumps(record) + "\n")
             self._jsonl.flush()
         if self._tb is not None:
-            for k, v in _flat(metrics, prefix).items():
+            for k, v in _flat(metrics, prefix or "train/").items():
                 self._tb.add_scalar(k, v, step)
         if self._remote and time.monotonic() - self._synced > SYNC_EVERY_S:
             self.sync()
+
+    def write_config(self, config: Mapping[str, Any]) -> None:
+        """The run's config (a JSON tree) as TensorBoard text, and its scalar settings as hparams."""
+        if not self.enabled or self._tb is None:
+            return
+        self._tb.add_text("config", "```\n" + json.dumps(config, indent=2, sort_keys=True) + "\n```", 0)
+        hparams = _flat_settings(config)
+        if hparams:
+            # The HParams tab lists runs by their settings, with the eval scalars beside them.
+            from tensorboardX.summary import hparams as hparams_summary
+
+            for summary in hparams_summary(hparams, {"eval/accuracy": 0.0, "eval/loss": 0.0}):
+                self._tb.file_writer.add_summary(summary)
+
+    def write_image(self, tag: str, image: Any, step: int) -> None:
+        """An (H, W, C) uint8 image (e.g. an eval plot) under ``tag``."""
+        if self.enabled and self._tb is not None:
+            self._tb.add_image(tag, image, step, dataformats="HWC")
 
     def sync(self) -> None:
         """Object-store workdirs: uploads metrics.jsonl and the TensorBoard events (local files need nothing)."""
@@ -165,6 +196,10 @@ class Progress:
         self.batch_size = batch_size
         self._t = time.perf_counter()
         self._step = start_step
+
+    def restart(self, step: int) -> None:
+        """Measures from ``step`` on (after the first step, whose time is mostly compilation)."""
+        self._t, self._step = time.perf_counter(), step
 
     def exclude(self, seconds: float) -> None:
         """Leaves time spent outside training steps (eval, checkpoints) out of the rates."""

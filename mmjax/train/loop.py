@@ -33,7 +33,7 @@ from mmjax.train import init_from as init_from_lib
 from mmjax.train import logging as log_lib
 from mmjax.train.config_access import as_dict as _as_dict, get as _get
 from mmjax.train.checkpoint import Checkpointer, CheckpointError
-from mmjax.train.optim import OptimConfigError
+from mmjax.train.optim import OptimConfigError, make_schedule
 from mmjax.train.parallel import prefetch_to_device
 
 DataFn = Callable[..., Iterator[Dict[str, Any]]]
@@ -221,6 +221,7 @@ def _train(config, workdir, data_fn, info_fn, console, stop_at, guard, lock, rec
     saved_config = config  # as given: what the run record keeps and compares
     config, held_out = selection.resolve(config, info)
     num_classes = int(info["num_classes"])
+    total_steps = int(config.total_steps)
     batch_size = int(config.batch_size)
     train_cfg = _as_dict(_get(config, "train", {}))
     validate_mode = train_cfg.get("validate_batches", "every")
@@ -259,7 +260,6 @@ def _train(config, workdir, data_fn, info_fn, console, stop_at, guard, lock, rec
             return first, it
 
         steps = ckpt.agreed_steps()  # process 0's list on every process
-        _keep_record(workdir, saved_config, info, bool(steps), record_opts, say)
         if held_out:
             say(held_out)
         start = int(steps[-1]) if steps else 0
@@ -276,12 +276,15 @@ def _train(config, workdir, data_fn, info_fn, console, stop_at, guard, lock, rec
                 start = int(restored)
                 example, train_iter = batches_from(start)
             state = runner.place_restored(state)
+        # After the restore: a change of model or optimizer is named there, array by array.
+        _keep_record(workdir, saved_config, info, bool(steps), record_opts, say)
         if is_main:
             dropped = _truncate_metrics(files.path(workdir) / "metrics.jsonl", start)
             if dropped:
                 say(f"metrics.jsonl: dropped {dropped} records after step {start} (they will be replayed)")
         writer = log_lib.MetricWriter(workdir, enabled=is_main, tensorboard=bool(_get(config, "tensorboard", True)),
                                       console=console)
+        writer.write_config(run_record.to_json(config))
         spec = spec.freeze(example)
         if state is not None:
             say(f"resumed from {ckpt.directory} at step {start}")
@@ -290,6 +293,12 @@ def _train(config, workdir, data_fn, info_fn, console, stop_at, guard, lock, rec
             init_from = _as_dict(_get(config, "init_from", {}))
             if init_from.get("path") or init_from.get("pretrained") or init_from.get("params") is not None:
                 state = init_from_lib.apply_init_from(runner, state, init_from, say=say)
+        n_params = sum(int(x.size) for x in jax.tree.leaves(state.params))
+        fusion = _get(config.model, "fusion", None) if "model" in config else None
+        say(f"model: {n_params:,} parameters" + (f", fusion {fusion}" if fusion else "")
+            + f"; training on {info.get('name') or _get(config.data, 'name', '')} "
+            f"{_get(config, 'train_split', 'train')}, selecting on {_get(config, 'eval_split', 'test')}, "
+            f"{total_steps} steps of {batch_size}")
         return _loop(config, workdir, runner, state, ckpt, writer, say, data_fn, train_iter, spec, start,
                      num_classes, stop_at, guard, nan_stop, validate_mode, finite_mode, lock)
     finally:
@@ -403,9 +412,17 @@ def _loop(config, workdir, runner, state, ckpt, writer, say, data_fn, train_iter
             yield batch
 
     device_batches = prefetch_to_device(checked(train_iter), runner.put_batch, size=DEVICE_PREFETCH)
+    schedule = make_schedule(_as_dict(config.optim), total_steps)
     while step < last:
+        if step == start:
+            say(f"compiling the train step ({runner.mode}, {jax.device_count()} device(s)) ...")
+            t_compile = time.perf_counter()
         state, m = runner.train_step(state, next(device_batches))
         step += 1
+        if step == start + 1:
+            first = runner.train_metrics(m)  # waits for the step: compile + one step
+            say(f"compiled and ran step {step} in {time.perf_counter() - t_compile:.1f} s: loss {first['loss']:.4f}")
+            progress.restart(step)  # rates and ETA from here on leave compilation out
         nonfinite = nonfinite + (1.0 - m["finite"].reshape(-1)[0])
         health.fault("after_step", step)
         if nan_stop or step % log_every == 0 or step == last:
@@ -419,6 +436,7 @@ def _loop(config, workdir, runner, state, ckpt, writer, say, data_fn, train_iter
             if step % log_every == 0 or step == last:
                 speed = progress.update(step)
                 record = {k: v for k, v in host.items() if k not in ("finite", "weight")}
+                record["learning_rate"] = float(schedule(step - 1))  # the rate of this step's update
                 record.update(speed)
                 skipped = int(jax.device_get(nonfinite))
                 record["skipped_nonfinite"] = skipped

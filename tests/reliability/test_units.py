@@ -176,3 +176,13 @@ def test_sigterm_sets_the_flag_and_handler_is_restored():
         os.kill(os.getpid(), signal.SIGTERM)
         assert guard.requested(2) and guard.signal_name == "SIGTERM"
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_ctrl_c_sets_the_flag_and_a_second_one_stops_at_once():
+    before = signal.getsignal(signal.SIGINT)
+    with PreemptionGuard() as guard:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert guard.requested(1) and guard.signal_name == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before

@@ -106,3 +106,12 @@ def test_list_shows_experiments():
     p = _cli("list", timeout=120)
     assert p.returncode == 0, p.stderr
     assert "synthetic" in p.stdout and "SYNTHETIC" in p.stdout and "av_digits" in p.stdout
+
+
+def test_sequence_override_items_keep_their_type():
+    c = config_utils.load_config("av_digits")
+    config_utils.apply_overrides(c, [("model.encoders.image.features", "16,32,64")])
+    assert c.model.encoders.image.features == (16, 32, 64)
+    for bad, item in (("16,32,64x", "'64x'"), ("16,1.5", "1.5")):
+        with pytest.raises(UserError, match=f"model.encoders.image.features: item {item} is not an int"):
+            config_utils.apply_overrides(c, [("model.encoders.image.features", bad)])
