@@ -22,6 +22,8 @@ COMMANDS = {
     "sweep": "sweep",
     "bench": "bench",
     "toy": "toy",
+    "predict": "predict",
+    "export": "export",
 }
 
 

@@ -11,6 +11,12 @@ uniform softmax over garbage (or NaN in fused GPU kernels), so such rows attend
 to an unmasked copy of the keys and their attention output is then replaced by
 zeros with ``jnp.where``: forward and backward stay finite and the missing
 source contributes exactly nothing.
+
+Attention weights: every attention of the three blocks is a
+:class:`~mmjax.fusion.recorded_attention.RecordedAttention`, which sows its
+softmax weights (B, heads, Tq, Tk) under ``intermediates`` when that
+collection is mutable (``mmjax.explain.attention_maps``); the forward result
+is the same either way. Rows that attend to a missing source are recorded as zeros.
 """
 from __future__ import annotations
 
@@ -24,7 +30,8 @@ import jax.numpy as jnp
 from mmjax.fusion.base import FusionInputs, masked_mean, prepare, with_pooled_token
 from mmjax.fusion.cost import Cost, register_cost
 from mmjax.fusion.registry import register
-from mmjax.layers import MlpBlock, MultiHeadAttention, TransformerBlock, dense
+from mmjax.fusion.recorded_attention import RecordedAttention, RecordedTransformerBlock
+from mmjax.layers import MlpBlock, dense
 from mmjax.layers.transformer import layer_norm
 from mmjax.sharding import EMBED, LENGTH, logical
 
@@ -117,7 +124,7 @@ class CrossAttentionBlock(nn.Module):
         safe, has = _safe_key_mask(context_mask)
         h = layer_norm(self.dtype, self.param_dtype, "ln_q")(x)
         c = layer_norm(self.dtype, self.param_dtype, "ln_kv")(context)
-        a = MultiHeadAttention(
+        a = RecordedAttention(
             num_heads=self.num_heads,
             qkv_dim=x.shape[-1],
             out_dim=x.shape[-1],
@@ -125,7 +132,7 @@ class CrossAttentionBlock(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name="cross_attn",
-        )(h, c, mask=safe[:, None, :], train=train)
+        )(h, c, mask=safe[:, None, :], train=train, keep=has)
         x = x + jnp.where(has[:, None, None], a, 0)
         h = layer_norm(self.dtype, self.param_dtype, "ln_mlp")(x)
         return x + MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype, self.param_dtype, name="mlp")(
@@ -133,8 +140,8 @@ class CrossAttentionBlock(nn.Module):
         )
 
 
-def _self_block(module: nn.Module, mlp_dim: int, name: str) -> TransformerBlock:
-    return TransformerBlock(
+def _self_block(module: nn.Module, mlp_dim: int, name: str) -> RecordedTransformerBlock:
+    return RecordedTransformerBlock(
         num_heads=module.num_heads,
         mlp_dim=mlp_dim,
         dropout_rate=module.dropout_rate,
