@@ -51,25 +51,34 @@ def quadrature(steps: int, method: str = "riemann"):
 
 
 def integrated_gradients(f: Callable[[jax.Array], jax.Array], x: Any, baseline: Optional[Any] = None,
-                         steps: int = 64, method: str = "riemann") -> IntegratedGradients:
+                         steps: int = 64, method: str = "riemann", chunk: int = 32) -> IntegratedGradients:
     """Integrated gradients of f: (B, ...) -> (B,) at x (B, ...) from baseline (x's shape; zeros).
 
     f must treat examples independently (a model in eval mode does), so the
-    gradient of sum_b f(x)_b gives every example's own gradient.
+    gradient of sum_b f(x)_b gives every example's own gradient. The path
+    points go through ``jax.vmap`` ``chunk`` at a time (``lax.map`` over the
+    chunks), so memory grows with chunk x B, not steps x B.
     """
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise ExplainError(f"integrated gradients need a float input, got {x.dtype} (normalise images first; "
                            "token ids have no gradient)")
+    if chunk < 1:
+        raise ExplainError(f"chunk must be >= 1, got {chunk}")
     x0 = jnp.zeros_like(x) if baseline is None else jnp.broadcast_to(jnp.asarray(baseline, x.dtype), x.shape)
     alphas, weights = quadrature(steps, method)
+    pad = -len(alphas) % min(chunk, len(alphas))
+    alphas = np.concatenate([alphas, np.zeros(pad, np.float32)]).reshape(-1, min(chunk, len(alphas) + pad))
+    weights = np.concatenate([weights, np.zeros(pad, np.float32)]).reshape(alphas.shape)  # padding weighs 0
     grad = jax.grad(lambda z: jnp.sum(f(z)))
 
     @jax.jit
     def run(x, x0):
-        point = lambda a: x0 + a * (x - x0)  # noqa: E731
-        grads = jax.vmap(lambda a: grad(point(a)))(jnp.asarray(alphas))  # (K, B, ...)
-        mean_grad = jnp.tensordot(jnp.asarray(weights), grads, axes=1)
+        def part(aw):
+            a, w = aw
+            grads = jax.vmap(lambda t: grad(x0 + t * (x - x0)))(a)  # (chunk, B, ...)
+            return jnp.tensordot(w, grads, axes=1)
+        mean_grad = jax.lax.map(part, (jnp.asarray(alphas), jnp.asarray(weights))).sum(0)
         return (x - x0) * mean_grad, f(x), f(x0)
 
     attr, fx, f0 = (np.asarray(a, np.float64) for a in run(x, x0))

@@ -15,7 +15,7 @@ def test_linear_model_is_exact(method):
     x = rng.randn(5, 3, 4, 2).astype(np.float32)
     x0 = rng.randn(3, 4, 2).astype(np.float32)
     f = lambda z: jnp.sum(z * w, axis=(1, 2, 3)) + 0.7  # noqa: E731
-    out = integrated_gradients(f, x, baseline=x0, steps=3, method=method)
+    out = integrated_gradients(f, x, baseline=x0, steps=3, method=method, chunk=2)  # 2 chunks, one padded
     assert out.attributions.shape == x.shape
     np.testing.assert_allclose(out.attributions, (x - x0) * w, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out.gap, 0.0, atol=1e-4)
@@ -58,7 +58,9 @@ def test_completeness_on_a_cnn_classifier():
     # ReLU kinks and LayerNorm make this path bumpy: 64 points leave gaps of several percent here,
     # the gap shrinks with more points and is below 1% at 1024.
     coarse = integrated_gradients(f, batch["inputs"]["image"], steps=16)
-    out = integrated_gradients(f, batch["inputs"]["image"], steps=1024)
+    out = integrated_gradients(f, batch["inputs"]["image"], steps=1024, chunk=256)
+    same = integrated_gradients(f, batch["inputs"]["image"], steps=1024, chunk=1024)
+    np.testing.assert_allclose(same.attributions, out.attributions, rtol=1e-4, atol=1e-7)
     assert out.attributions.shape == (2, 8, 8, 1)
     delta = out.f_input - out.f_baseline
     assert np.all(np.abs(delta) > 0.1)  # a real difference to explain
