@@ -24,6 +24,7 @@ COMMANDS = {
     "toy": "toy",
     "predict": "predict",
     "export": "export",
+    "explain": "explain",
 }
 
 

@@ -11,6 +11,10 @@ restores DIR's best checkpoint (selected on ``config.eval_split`` by
   (``modality_mask`` False) and with Gaussian noise added to one modality at
   a time (std = level x that input's std over the eval set);
 * confusion_matrix.png, roc.png (one-vs-rest curves), robustness.png.
+
+``--explain N`` also writes per-example explanations of the first N examples
+(modality Shapley values, integrated gradients, attention maps) to
+DIR/eval/explain/example_<i>/, as ``python -m experiments explain`` does.
 """
 from __future__ import annotations
 
@@ -31,6 +35,8 @@ def add_parser(subparsers):
     p.add_argument("--noise_levels", default="0,0.25,0.5,1,2",
                    help="comma-separated noise stds relative to each input's std (robustness analysis)")
     p.add_argument("--no_plots", action="store_true", help="metrics.json only")
+    p.add_argument("--explain", type=int, default=0, metavar="N",
+                   help="also explain the first N examples into eval/explain/ (see `explain --help`)")
     p.add_argument("--split", default=None, help="split to evaluate (default: config.test_split, else eval_split)")
     return p
 
@@ -47,7 +53,7 @@ def _levels(text: str):
 
 def evaluate(config, workdir: str, *, which: str = "best", noise_levels: Sequence[float] = (0.0, 0.25, 0.5, 1.0, 2.0),
              plots: bool = True, data_fn=None, info_fn=None, console=log_lib.STDOUT,
-             split: Optional[str] = None) -> Dict[str, Any]:
+             split: Optional[str] = None, explain: int = 0) -> Dict[str, Any]:
     """Full evaluation of WORKDIR's checkpoint; writes WORKDIR/eval/ and returns the metrics dict."""
     console = log_lib.resolve_console(console)
     import jax
@@ -108,6 +114,13 @@ def evaluate(config, workdir: str, *, which: str = "best", noise_levels: Sequenc
                                                          subtitle=subtitle, chance=1.0 / num_classes)}
         if config.get("tensorboard", True):
             _plots_to_tensorboard(workdir, paths, step)
+    if explain > 0:
+        from experiments.commands import explain as explain_cmd
+
+        explain_cmd.explain_eval_examples(config, info, runner.model, jax.device_get(variables), batches, explain,
+                                          os.path.join(eval_dir, "explain"), class_names, plots=plots)
+        if console is not None:
+            print(f"wrote {eval_dir}/explain/example_*/ ({explain} examples)", file=console)
     if console is not None:
         r = out["robustness"]
         print(f"eval of step {step} ({which}) on {split}: accuracy {out['accuracy']:.4f}, macro-F1 "
@@ -143,7 +156,7 @@ def run(args) -> int:
     levels = _levels(args.noise_levels)
     try:
         evaluate(config, args.workdir, which="latest" if args.latest else "best", noise_levels=levels,
-                 plots=not args.no_plots, split=args.split)
+                 plots=not args.no_plots, split=args.split, explain=args.explain)
     except train_cmd._user_errors() as e:
         raise UserError(str(e)) from None
     return 0
