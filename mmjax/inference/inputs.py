@@ -200,7 +200,10 @@ def _text(spec: ModalitySpec, value: Any) -> Tuple[np.ndarray, bool]:
     if isinstance(value, bytes):
         value = value.decode("utf-8", errors="replace")
     if isinstance(value, str):
-        t = tok.from_json(spec.tokenizer) if spec.tokenizer else tok.ByteTokenizer()
+        try:
+            t = tok.from_json(spec.tokenizer) if spec.tokenizer else tok.ByteTokenizer()
+        except (ValueError, KeyError, TypeError):
+            raise _fail(spec, "the run record's tokenizer is not readable JSON; pass token ids instead") from None
         ids, _ = t.encode(value, max_len)
         return ids.astype(np.int32), len(value) > 0  # an empty text is missing, as in the pipeline
     ids = np.asarray(value)
