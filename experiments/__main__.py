@@ -54,8 +54,16 @@ def _unavailable(name: str, module: str, error: ImportError):
     return run
 
 
+# Commands that compile programs: they use the persistent compilation cache.
+COMPILING = ("demo", "train", "eval", "sweep", "predict", "export", "explain", "toy")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in COMPILING:
+        from experiments import compilation_cache
+
+        compilation_cache.enable()
     try:
         return int(args._run(args) or 0)
     except UserError as e:

@@ -276,8 +276,6 @@ def _train(config, workdir, data_fn, info_fn, console, stop_at, guard, lock, rec
                 start = int(restored)
                 example, train_iter = batches_from(start)
             state = runner.place_restored(state)
-        # After the restore: a change of model or optimizer is named there, array by array.
-        _keep_record(workdir, saved_config, info, bool(steps), record_opts, say)
         if is_main:
             dropped = _truncate_metrics(files.path(workdir) / "metrics.jsonl", start)
             if dropped:
@@ -293,6 +291,9 @@ def _train(config, workdir, data_fn, info_fn, console, stop_at, guard, lock, rec
             init_from = _as_dict(_get(config, "init_from", {}))
             if init_from.get("path") or init_from.get("pretrained") or init_from.get("params") is not None:
                 state = init_from_lib.apply_init_from(runner, state, init_from, say=say)
+        # After the restore (a change of model or optimizer is named there, array by array) and the
+        # first trace (a config that cannot build a model leaves no record behind).
+        _keep_record(workdir, saved_config, info, bool(steps), record_opts, say)
         n_params = sum(int(x.size) for x in jax.tree.leaves(state.params))
         fusion = _get(config.model, "fusion", None) if "model" in config else None
         say(f"model: {n_params:,} parameters" + (f", fusion {fusion}" if fusion else "")

@@ -32,7 +32,7 @@ def test_coco_captions_train_and_eval_mock(tmp_path):
     # an untrained decoder over the 260 byte ids starts near log(260) = 5.56 nats per token
     assert len(losses) == 2 and np.isfinite(losses).all() and 4.5 < losses[0] < 6.5
     m = json.load(open(os.path.join(wd, "eval", "metrics.json")))
-    assert m["decoding"].startswith("beam 2") and m["eval_split"] == "val"
+    assert m["decoding"].startswith("beam 2") and m["eval_split"] == "test"  # selected on val, reported on test
     assert 0 <= m["bleu4"] <= 100 and m["cider_d"] >= 0
     samples = open(os.path.join(wd, "eval", "samples.md"), encoding="utf-8").read()
     rows = [line.split(" | ") for line in samples.splitlines() if re.match(r"\| \d+ \|", line)]

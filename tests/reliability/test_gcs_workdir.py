@@ -77,7 +77,8 @@ def test_gs_workdir_kill_resume_equals_local_run_then_eval(tmp_path, reference, 
     assert fs.find(f"{key}/run.lease") == []  # released at the end of the run
 
     # 3. Evaluate the bucket's latest checkpoint; the report (and plots) go to gs://bucket/run/eval/.
-    p = run([sys.executable, "-m", "experiments", "eval", "synthetic", "--workdir", url, "--latest", *RUN_ARGS],
+    p = run([sys.executable, "-m", "experiments", "eval", "synthetic", "--workdir", url, "--latest",
+             "--split", "validation", *RUN_ARGS],
             env)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     report = json.loads(fs.cat_file(f"{key}/eval/metrics.json"))

@@ -28,7 +28,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _srun(workdir, cache_dir, total_steps, faults=("", ""), timeout=300):
+def _srun(workdir, cache_dir, total_steps, faults=("", ""), timeout=300, extra=()):
     """Both processes of a 2-task SLURM step on this machine -> [(returncode, stdout, stderr)]."""
     port = _free_port()
     procs = []
@@ -37,7 +37,7 @@ def _srun(workdir, cache_dir, total_steps, faults=("", ""), timeout=300):
                         SLURM_PROCID=i, SLURM_LOCALID=i, JAX_COORDINATOR_PORT=port)
         if faults[i]:
             env["MMJAX_FAULT"] = faults[i]
-        cmd = train_cmd(workdir, *ARGS, f"--config.total_steps={total_steps}")
+        cmd = train_cmd(workdir, *ARGS, f"--config.total_steps={total_steps}", *extra)
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                       env=env, cwd=ROOT))
     try:
@@ -73,7 +73,7 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step_and_both_resume(tmp_
     assert f"preempted (preemption notice): saved checkpoint {step}" in first[0][1], first[0][1][-3000:]
     assert steps(wd) == [step]
 
-    second = _srun(wd, cache_dir, step + 2)
+    second = _srun(wd, cache_dir, step + 2, extra=("--allow_config_change",))  # a shorter total_steps
     for rc, out, err in second:
         assert rc == 0, out[-3000:] + err[-3000:]
     assert f"resumed from {os.path.join(wd, 'checkpoints')} at step {step}" in second[0][1], second[0][1][-3000:]
