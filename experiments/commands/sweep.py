@@ -6,8 +6,12 @@ in this process one after another, and writes
 
 * DIR/sweep.json: one row per fusion and baseline: test accuracy (and
   macro-F1) mean and std over seeds, parameter count, train examples/s, wall
-  time, and each seed's numbers;
+  time, and each seed's numbers; and each fusion's paired comparison with the
+  best unimodal baseline (per-seed differences);
 * DIR/sweep.md: the same as a Markdown table, best first;
+
+Each run selects its checkpoint on the validation split (``eval_split``) and
+reports the test split once, from that checkpoint (``results.json["test"]``).
 * DIR/sweep.png: accuracy (mean ± std) per row.
 
 Each run lives in DIR/runs/<row>/seed_<k>/ (a normal train workdir); a run that
@@ -25,7 +29,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from experiments import compilation_cache, config_utils, modalities
+from experiments import compilation_cache, modalities
 from experiments.commands import train as train_cmd
 from experiments.errors import UserError
 from mmjax.train import files
@@ -150,17 +154,51 @@ def run_variant(name: str, config, workdir: str, seeds: int, *, data_fn=None, in
     return row
 
 
+def paired_vs_baseline(rows: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """Row name -> the per-seed test-accuracy differences with the best unimodal baseline.
+
+    Seeds are paired by position (seed k of a row against seed k of the baseline: the
+    same data order and initial draws where the models share them). Returns, per fusion
+    row, ``{"baseline", "diffs", "mean", "std", "wins"}``; {} without a baseline.
+    """
+    baselines = [r for r in rows if r.get("fusion") is None]
+    if not baselines:
+        return {}
+    best = max(baselines, key=lambda r: r["accuracy_mean"])
+    base = [s["accuracy"] for s in best["seeds"]]
+    out = {}
+    for r in rows:
+        if r.get("fusion") is None:
+            continue
+        diffs = [s["accuracy"] - b for s, b in zip(r["seeds"], base)]
+        if diffs:
+            out[r["name"]] = {"baseline": best["name"], "diffs": diffs, "mean": float(np.mean(diffs)),
+                              "std": float(np.std(diffs, ddof=1)) if len(diffs) > 1 else 0.0,
+                              "wins": int(sum(d > 0 for d in diffs))}
+    return out
+
+
 def markdown(rows: List[Dict[str, Any]], title: str, command: str = "") -> str:
-    """The sweep table, best accuracy first."""
+    """The sweep table, best test accuracy first, with the paired comparison to the best unimodal baseline."""
     lines = [f"# Sweep: {title}", ""]
     if command:
         lines += ["Reproduce with:", "", "```", command, "```", ""]
-    lines += ["| row | fusion | modalities | test accuracy (mean ± std) | macro-F1 | params | train ex/s | wall time (s) | seeds |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    paired = paired_vs_baseline(rows)
+    base = next(iter(paired.values()))["baseline"] if paired else None
+    lines += ["Test accuracy of the checkpoint selected on the validation split, once per run; "
+              + (f"Δ: per-seed difference with the best unimodal baseline ({base}), mean ± std, "
+                 "and the seeds where the fusion is above it." if base else ""), "",
+              "| row | fusion | modalities | test accuracy (mean ± std) | Δ vs best unimodal (wins) | "
+              "validation accuracy | macro-F1 | params | train ex/s | wall time (s) | seeds |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: -r["accuracy_mean"]):
+        d = paired.get(r["name"])
+        delta = f"{d['mean']:+.4f} ± {d['std']:.4f} ({d['wins']}/{len(d['diffs'])})" if d else "-"
+        val = [s.get("validation_accuracy") for s in r["seeds"] if s.get("validation_accuracy") is not None]
         lines.append(
             f"| {r['name']} | {r['fusion'] or '(none: unimodal)'} | {'+'.join(r['modalities'])} | "
-            f"{r['accuracy_mean']:.4f} ± {r['accuracy_std']:.4f} | {r['macro_f1_mean']:.4f} | {r['params']:,} | "
+            f"{r['accuracy_mean']:.4f} ± {r['accuracy_std']:.4f} | {delta} | "
+            f"{np.mean(val) if val else float('nan'):.4f} | {r['macro_f1_mean']:.4f} | {r['params']:,} | "
             f"{r['examples_per_sec']:.0f} | {r['wall_time_sec']:.1f} | {len(r['seeds'])} |")
     return "\n".join(lines) + "\n"
 
@@ -168,7 +206,6 @@ def markdown(rows: List[Dict[str, Any]], title: str, command: str = "") -> str:
 def sweep(config, workdir: str, fusions: List[str], seeds: int, *, baselines: bool = True, data_fn=None,
           info_fn=None, console=None, title: str = "", command: str = "") -> List[Dict[str, Any]]:
     """Runs the sweep and writes WORKDIR/sweep.{json,md,png}; returns the rows."""
-    from experiments.reports import plots
     from mmjax.train import loop
 
     compilation_cache.enable()  # the seeds of a row compile the same programs
@@ -176,6 +213,8 @@ def sweep(config, workdir: str, fusions: List[str], seeds: int, *, baselines: bo
         raise UserError(f"--seeds must be >= 1, got {seeds}")
     files.makedirs(workdir)
     rows = []
+    info_fn = info_fn or _default_info_fn()
+    chance = 1.0 / max(int(info_fn(config)["num_classes"]), 1)
     todo = variants(config, fusions, baselines)
     for i, (name, c) in enumerate(todo.items()):
         print(f"[sweep {i + 1}/{len(todo)}] {name}: {seeds} seed(s)", flush=True)
@@ -187,17 +226,24 @@ def sweep(config, workdir: str, fusions: List[str], seeds: int, *, baselines: bo
         print(f"  {name}: accuracy {row['accuracy_mean']:.4f} ± {row['accuracy_std']:.4f}, "
               f"{row['params']:,} params, {row['wall_time_sec']:.1f} s", flush=True)
         rows.append(row)
-        _write(rows, workdir, title, command)
+        _write(rows, workdir, title, command, chance)
     return rows
 
 
-def _write(rows, workdir, title, command):
+def _default_info_fn():
+    from mmjax.data import factory
+
+    return factory.data_info
+
+
+def _write(rows, workdir, title, command, chance=None):
     from experiments.reports import plots
 
     root = files.path(workdir)  # local or gs://
-    files.write_text(root / "sweep.json", json.dumps({"experiment": title, "command": command, "rows": rows}, indent=2))
+    summary = {"experiment": title, "command": command, "rows": rows, "paired_vs_best_unimodal": paired_vs_baseline(rows)}
+    files.write_text(root / "sweep.json", json.dumps(summary, indent=2))
     files.write_text(root / "sweep.md", markdown(rows, title, command))
-    plots.sweep_plot(rows, os.fspath(root / "sweep.png"), title=title)
+    plots.sweep_plot(rows, os.fspath(root / "sweep.png"), title=title, chance=chance)
 
 
 def run(args) -> int:

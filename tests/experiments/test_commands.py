@@ -27,7 +27,7 @@ def _assert_png(path):
 @pytest.fixture(scope="module")
 def sweep_dir(tmp_path_factory):
     wd = str(tmp_path_factory.mktemp("sweep"))
-    assert main(["sweep", "synthetic", "--workdir", wd, "--fusions", "concat,sum", "--seeds", "1", "--quiet",
+    assert main(["sweep", "synthetic", "--workdir", wd, "--fusions", "concat,sum", "--seeds", "2", "--quiet",
                  *TINY]) == 0
     return wd
 
@@ -37,8 +37,11 @@ def test_sweep_writes_a_row_per_fusion_and_baseline(sweep_dir):
     assert [r["name"] for r in rows] == ["concat", "sum", "a_only", "b_only"]
     for r in rows:
         accs = [s["accuracy"] for s in r["seeds"]]
-        assert len(accs) == 1 and r["accuracy_mean"] == pytest.approx(np.mean(accs))
-        assert r["accuracy_std"] == 0.0
+        assert len(accs) == 2 and r["accuracy_mean"] == pytest.approx(np.mean(accs))
+        assert r["accuracy_std"] == pytest.approx(np.std(accs, ddof=1))
+        for k, seed in enumerate(r["seeds"]):  # test accuracy of the checkpoint selected on validation
+            res = json.load(open(os.path.join(sweep_dir, "runs", r["name"], f"seed_{k}", "results.json")))
+            assert seed["accuracy"] == res["test"]["accuracy"] and seed["validation_accuracy"] == res["accuracy"]
         assert r["params"] > 0 and r["wall_time_sec"] > 0
     by = {r["name"]: r for r in rows}
     # Parameter counts against hand counts: mlp encoders 6->8 and 4->8; concat proj 16->8, head 8->3.
@@ -49,6 +52,19 @@ def test_sweep_writes_a_row_per_fusion_and_baseline(sweep_dir):
     for name in ("concat", "sum", "a_only", "b_only"):
         assert sum(line.startswith(f"| {name} |") for line in md.splitlines()) == 1
     _assert_png(os.path.join(sweep_dir, "sweep.png"))
+
+
+def test_sweep_compares_each_fusion_with_the_best_unimodal_baseline_seed_by_seed(sweep_dir):
+    summary = json.load(open(os.path.join(sweep_dir, "sweep.json")))
+    by = {r["name"]: r for r in summary["rows"]}
+    best = max(("a_only", "b_only"), key=lambda n: by[n]["accuracy_mean"])
+    for name in ("concat", "sum"):
+        want = [f["accuracy"] - b["accuracy"] for f, b in zip(by[name]["seeds"], by[best]["seeds"])]
+        got = summary["paired_vs_best_unimodal"][name]
+        assert got["baseline"] == best and got["diffs"] == pytest.approx(want)
+        assert got["wins"] == sum(d > 0 for d in want) and got["mean"] == pytest.approx(np.mean(want))
+    md = open(os.path.join(sweep_dir, "sweep.md")).read()
+    assert f"best unimodal baseline ({best})" in md
 
 
 def test_same_seed_same_numbers(sweep_dir, tmp_path):
