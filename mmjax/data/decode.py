@@ -1,6 +1,6 @@
 """Stored examples -> numpy columns for a batch of rows (no tensorflow).
 
-Columns: for each modality m, ``m`` (N, ...) (images uint8, text int32 ids,
+Columns: for each modality m, ``m`` (N, ...) (images and video clips uint8, text int32 ids,
 audio in its stored dtype, vectors float32) and, for text and audio,
 ``m__length`` (N,) int32, for images ``m__undecodable`` (N,) bool (bytes that
 failed to decode: a zero image), for vectors with a ``present`` feature
@@ -119,6 +119,8 @@ def columns(cfg, raws: Sequence[Mapping[str, Any]], label_names: Sequence[str],
             waves = [np.asarray(v).reshape(-1) for v in values]
             dtype = waves[0].dtype if waves else np.float32
             cols[m], cols[m + "__length"] = pp.pad_or_crop(waves, int(mc.length), dtype)
+        elif mc.kind == "video":  # (N, F, H, W, C) uint8, stored as a fixed-shape tensor
+            cols[m] = np.stack([np.asarray(v, np.uint8) for v in values])
         else:
             present = None
             if mc.get("present"):

@@ -16,15 +16,16 @@ Norms = Dict[str, Tuple[Tuple[float, ...], Tuple[float, ...]]]
 
 
 def image_norms(data_config) -> Norms:
-    """modality -> (mean, std) per channel in [0, 1] units, for the image modalities of a data config."""
+    """modality -> (mean, std) per channel in [0, 1] units, for the image and video modalities of a data config."""
     mods = data_config.get("modalities") or {}
     return {m: (tuple(float(v) for v in mc["mean"]), tuple(float(v) for v in mc["std"]))
-            for m, mc in sorted(mods.items()) if mc.get("kind") == "image"}
+            for m, mc in sorted(mods.items()) if mc.get("kind") in ("image", "video")}
 
 
 def normalize_images(batch: Mapping[str, Any], norms: Mapping[str, Tuple[Sequence[float], Sequence[float]]],
                      xp: Any = np) -> Dict[str, Any]:
-    """A copy of ``batch`` whose uint8 images (B, H, W, C) are float32 (B, H, W, C); ``xp`` is numpy or jax.numpy.
+    """A copy of ``batch`` whose uint8 images (B, H, W, C) and clips (B, F, H, W, C) are float32 of the same
+    shape (mean and std per channel, the last axis); ``xp`` is numpy or jax.numpy.
 
     Images already in a float dtype pass unchanged, so normalising twice is harmless.
     """

@@ -23,7 +23,8 @@ Batches (numpy): ``{"inputs": {m: array}, "token_mask": {m: (B, L) bool}``
 (text and audio only) ``, "modality_mask": {m: (B,) bool}, "label": (B,) int32``
 (or (B, C) float32 multi-hot) ``}``; train batches also carry ``"weight"`` (B,)
 float32 (class weights, 0 for an example dropped by ``bad_examples``), eval
-batches ``"valid"``. Images are uint8 (B, H, W, C): the consumer normalises
+batches ``"valid"``. Images are uint8 (B, H, W, C) and video clips uint8
+(B, F, H, W, C): the consumer normalises
 them with :func:`mmjax.data.normalize.normalize_images` (the training loop
 does it on device). A dropped or missing modality has zero inputs and
 ``modality_mask`` False; its token_mask is left as is.
@@ -48,6 +49,7 @@ from mmjax.data.draws import RowDraws
 from mmjax.data.errors import DataConfigError
 from mmjax.data.info import DatasetInfo
 from mmjax.data.normalize import image_norms
+from mmjax.data.video import corrupt_videos
 
 
 def _prepared_config(data_config) -> ml_collections.ConfigDict:
@@ -81,6 +83,9 @@ def corrupt(cfg, split: str, cols: Dict[str, np.ndarray]) -> Dict[str, np.ndarra
         if mc.kind == "image" and (mc.occlusion > 0 or mc.noise_std > 0):
             rng = RowDraws.keyed(index, cfg.corruption_seed, split_id, i)
             cols[m] = pp.corrupt_images(cols[m], rng, mc.occlusion, mc.noise_std)
+        elif mc.kind == "video" and (mc.occlusion > 0 or mc.noise_std > 0):
+            rng = RowDraws.keyed(index, cfg.corruption_seed, split_id, i)
+            cols[m] = corrupt_videos(cols[m], rng, mc.occlusion, mc.noise_std)
         elif mc.kind == "audio":
             x = cols[m].astype(np.float32)
             if np.issubdtype(cols[m].dtype, np.integer):
@@ -114,6 +119,8 @@ def _assemble(cfg, cols, draws, train: bool) -> Dict[str, Any]:
                 x, lengths = pp.augment_audio(x, lengths, draws, mc.augment_gain_db, mc.augment_shift, mc.augment_noise)
             token_mask[m] = pp.length_mask(lengths, x.shape[1])
             present.append(lengths > 0)
+        elif mc.kind == "video":  # stays uint8 (B, F, H, W, C), normalised where it lands like images
+            present.append(np.ones(n, bool))
         else:
             x = x.astype(np.float32)
             present.append(cols.get(m + "__present", np.ones(n, bool)))  # from the modality's ``present`` feature

@@ -27,7 +27,7 @@ from mmjax.data.config import resolve_data_dir
 from mmjax.data.errors import DataConfigError, DataError
 from mmjax.data.info import DatasetInfo, ModalityInfo
 
-OWN_BUILDERS = ("av_digits", "features3", "stamps")
+OWN_BUILDERS = ("av_digits", "av_digits_video", "features3", "stamps")
 
 
 def _tfds():
@@ -177,6 +177,8 @@ def info(cfg) -> DatasetInfo:
             mods[m] = ModalityInfo("text", (mc.max_len,), "int32", True)
         elif mc.kind == "audio":
             mods[m] = ModalityInfo("audio", (mc.length,), "float32", True)
+        elif mc.kind == "video":  # (F, H, W, C): uint8 in batches, float32 once normalised like images
+            mods[m] = ModalityInfo("video", tuple(f.shape), "float32", False)
         else:
             mods[m] = ModalityInfo("vector", tuple(f.shape), "float32", False)
     meta = dict(b.info.metadata) if b.info.metadata else {}
