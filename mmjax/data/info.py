@@ -30,6 +30,8 @@ class DatasetInfo:
     sample_rate: int = 0  # of the audio features, from the dataset's metadata (0: not recorded)
     # image modality -> (mean, std) per channel: batches carry uint8 images, normalised where they land
     image_norms: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    # vector modality -> {"mean": [D], "std": [D]}: the z-scoring the batches carry (``standardize``)
+    standardize: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)

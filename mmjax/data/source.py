@@ -182,11 +182,12 @@ def info(cfg) -> DatasetInfo:
         else:
             mods[m] = ModalityInfo("vector", tuple(f.shape), "float32", False)
     meta = dict(b.info.metadata) if b.info.metadata else {}
+    zscore = {m: {"mean": mean.tolist(), "std": std.tolist()} for m, (mean, std) in standardize_stats(cfg, b).items()}
     return DatasetInfo(
         name=cfg.name, num_classes=len(names), class_names=names, modalities=mods,
         splits={k: v.num_examples for k, v in b.info.splits.items()},
         hashes=dict(meta.get("content_sha256", {})), label_kind=cfg.label_kind,
-        data_dir=str(b.data_dir), sample_rate=int(meta.get("sample_rate", 0) or 0),
+        data_dir=str(b.data_dir), sample_rate=int(meta.get("sample_rate", 0) or 0), standardize=zscore,
     )
 
 

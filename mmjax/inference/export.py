@@ -61,6 +61,9 @@ def _preprocessing_doc(model: LoadedModel) -> Dict[str, Dict[str, Any]]:
         elif s.kind == "text":
             d.update(max_len=s.shape[0], tokenizer=s.tokenizer or "byte",
                      note="int32 ids with BOS/EOS, 0 = padding; token_mask = ids != 0")
+        elif s.zscore is not None:
+            d.update(mean=list(s.zscore[0]), std=list(s.zscore[1]),
+                     note="float32 vector in, already z-scored: (x - mean) / std with these statistics")
         elif s.standardized:
             d.update(note="z-scored with the dataset's statistics during training")
         out[m] = d

@@ -48,7 +48,8 @@ class ModalitySpec:
     sample_rate: int = 0  # audio: samples per second (0: not recorded)
     scale: float = 32768.0  # audio: integer samples are divided by it
     tokenizer: Optional[str] = None  # text: the tokenizer as JSON (None: the byte tokenizer)
-    standardized: bool = False  # vectors z-scored by the dataset's statistics, which the record lacks
+    standardized: bool = False  # vectors z-scored by the dataset's statistics in training
+    zscore: Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]] = None  # those statistics (mean, std), (D,) each
 
 
 def _dataset_modalities(data_info: Mapping[str, Any]) -> Dict[str, Dict[str, Any]]:
@@ -70,6 +71,7 @@ def specs_from_record(config: Any, data_info: Mapping[str, Any], names: Sequence
     mods = _dataset_modalities(data_info)
     data_mods = as_dict(get(get(config, "data"), "modalities"))
     norms = dict(data_info.get("image_norms") or {})
+    zscores = dict(data_info.get("standardize") or {})
     out = {}
     for m in names:
         if m not in mods:
@@ -85,7 +87,8 @@ def specs_from_record(config: Any, data_info: Mapping[str, Any], names: Sequence
             dtype=BATCH_DTYPES.get(kind, str(mi.get("dtype", "float32"))), sequence=bool(mi.get("sequence")),
             norm=norm, sample_rate=int(data_info.get("sample_rate") or 0), scale=float(mc.get("scale", 32768.0)),
             tokenizer=data_info.get("tokenizer") if kind == "text" else None,
-            standardized=bool(mc.get("standardize")))
+            standardized=bool(mc.get("standardize")),
+            zscore=(tuple(zscores[m]["mean"]), tuple(zscores[m]["std"])) if m in zscores else None)
     return out
 
 
@@ -258,11 +261,14 @@ def column(spec: ModalitySpec, value: Any, notes: List[str]) -> Column:
         ids, present = zip(*(_text(spec, v) for v in rows))
         x = np.stack(ids)
         return x, x != 0, np.array(present, bool)
-    if spec.standardized:
-        notes.append(f"{spec.name}: used as given; training z-scored it with the dataset's statistics")
-    xs = [_array(spec, v) for v in _examples(spec, value, len(spec.shape))]
+    xs = np.stack([_array(spec, v) for v in _examples(spec, value, len(spec.shape))])
+    if spec.zscore is not None:  # as the batches were: (x - mean) / std with the dataset's train statistics
+        xs = ((xs - np.asarray(spec.zscore[0], np.float32)) / np.asarray(spec.zscore[1], np.float32)).astype(xs.dtype)
+    elif spec.standardized:
+        notes.append(f"{spec.name}: used as given; training z-scored it with the dataset's statistics, which this "
+                     "run record does not hold")
     mask = np.ones((len(xs), spec.shape[0]), bool) if spec.sequence else None
-    return np.stack(xs), mask, np.ones(len(xs), bool)
+    return xs, mask, np.ones(len(xs), bool)
 
 
 def to_batch(specs: Mapping[str, ModalitySpec], inputs: Mapping[str, Any]) -> Tuple[Dict[str, Any], List[str]]:

@@ -9,6 +9,7 @@ the real ``features3`` builder (its stamps source replaced by the tiny set).
 """
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -237,7 +238,7 @@ def test_train_through_mmjax_data(built, tmp_path):
     from experiments.config_utils import load_config
     from mmjax.train import loop
 
-    data_dir, _ = built
+    data_dir, direct = built
     config = load_config("features3")
     config.data.data_dir = data_dir
     config.total_steps, config.batch_size, config.log_every = 2, 2, 1
@@ -245,3 +246,20 @@ def test_train_through_mmjax_data(built, tmp_path):
     config.model.fusion_config = {"out_dim": 8}
     result = loop.train_and_evaluate(config, str(tmp_path / "run"), console=None)
     assert result["step"] == 2 and 0.0 <= result["accuracy"] <= 1.0 and "macro_f1" in result
+
+    # The trained model used on raw extracted vectors z-scores them as the batches were.
+    import mmjax
+    from mmjax.data import factory
+
+    model = mmjax.load(str(tmp_path / "run"))
+    raw = {m: direct["test"][m][:1] for m in ("image", "text")}
+    batch = model.preprocess(raw)
+    want = _zscored(direct)["test"]
+    for m in raw:
+        np.testing.assert_allclose(batch["inputs"][m], want[m][:1], rtol=1e-5, atol=1e-5)
+    ev = next(iter(factory.make_data(config, "test", global_batch_size=2, seed=0, train=False)))
+    ev_batch = {"inputs": {m: ev["inputs"][m][:1] for m in raw},
+                "modality_mask": {m: np.ones(1, bool) for m in raw} | {"audio": np.zeros(1, bool)}}
+    ev_batch["inputs"]["audio"] = np.zeros_like(ev["inputs"]["audio"][:1])
+    np.testing.assert_allclose(model.predict(raw), np.asarray(jax.nn.softmax(model.logits(ev_batch))),
+                               rtol=1e-5, atol=1e-6)
