@@ -16,6 +16,7 @@ from mmjax.fusion.registry import FUSION
 # Each import registers its blocks (and their cost models).
 from mmjax.fusion import concat, pooling, gating, tensor, bilinear, attention, late  # noqa: E402,F401
 from mmjax.fusion import bilinear_family, compact_bilinear  # noqa: E402,F401
+from mmjax.fusion import torchmm, multibench, transformer_fusion  # noqa: E402,F401
 
 
 def create(name: str, **config: Any):
