@@ -1,0 +1,175 @@
+"""Pretrained towers from local Hugging Face model directories, numerically equal to ``transformers``.
+
+=========  =====================================  ==========  =====================================
+family     ``model_type`` (config.json)           towers      ``pooled``
+=========  =====================================  ==========  =====================================
+BERT       bert, roberta, xlm-roberta             text        ``pooler_output`` (or mean, option)
+ViT        vit                                    vision      ``pooler_output`` (or [CLS], option)
+CLIP       clip, clip_vision_model,               vision,     ``image_embeds`` / ``text_embeds``
+           clip_text_model                        text        (projected, before L2 normalisation)
+SigLIP     siglip, siglip_vision_model,           vision,     ``image_embeds`` / ``text_embeds``
+           siglip_text_model                      text        (= the towers' ``pooler_output``)
+=========  =====================================  ==========  =====================================
+
+``tokens`` is always the reference model's ``last_hidden_state``. A directory
+holds ``config.json`` and ``model.safetensors`` (or ``pytorch_model.bin``, read
+by a restricted unpickler); ``preprocessor_config.json`` / ``tokenizer.json``
+are needed only for ``preprocess``. Nothing here imports torch or transformers.
+
+>>> enc, variables, prep = from_transformers("/models/clip-vit-base-patch32", tower="vision")
+>>> out = enc.apply(variables, prep(uint8_images))            # pooled (B, 512), tokens (B, 50, 768)
+>>> txt, tvars, tok = from_transformers("/models/clip-vit-base-patch32", tower="text")
+>>> out = txt.apply(tvars, *tok(["a photo of a cat"]))        # ids, mask from tokenizer.json
+
+In a training config, ``{name: "pretrained", path: DIR, tower: "vision"}``
+builds the module (from config.json alone); ``init_from.pretrained=DIR``
+loads its weights (see :func:`pretrained_variables`).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from mmjax.encoders.hf import bert, clip, siglip, vit
+from mmjax.encoders.hf.preprocess import ImagePreprocess, TextPreprocess
+from mmjax.encoders.hf.weights import HFCheckpointError, HFUnavailableError, read_config, read_state_dict
+from mmjax.encoders.registry import register
+
+MODULE_OPTIONS = ("pooling", "pooler", "normalize", "dropout_rate", "dtype", "param_dtype")
+
+
+def family(cfg: Mapping[str, Any]) -> str:
+    """"bert", "vit", "clip" or "siglip" for a config.json."""
+    mt = cfg.get("model_type", "")
+    for name, mod in (("bert", bert), ("vit", vit), ("clip", clip), ("siglip", siglip)):
+        if mt in mod.MODEL_TYPES:
+            return name
+    raise HFCheckpointError(f"unsupported model_type {mt!r}; supported: bert, roberta, xlm-roberta, vit, "
+                            "clip(_vision_model/_text_model), siglip(_vision_model/_text_model)")
+
+
+def towers(cfg: Mapping[str, Any]) -> Tuple[str, ...]:
+    """The towers a config holds: ("text",), ("vision",) or ("vision", "text")."""
+    fam, mt = family(cfg), cfg.get("model_type", "")
+    if fam == "bert":
+        return ("text",)
+    if fam == "vit" or mt.endswith("_vision_model"):
+        return ("vision",)
+    return ("text",) if mt.endswith("_text_model") else ("vision", "text")
+
+
+def _tower(cfg: Mapping[str, Any], tower: Optional[str], where: str) -> str:
+    have = towers(cfg)
+    if tower is None and len(have) == 1:
+        return have[0]
+    if tower not in have:
+        raise HFCheckpointError(f"{where}: tower must be one of {list(have)}, got {tower!r}")
+    return tower
+
+
+def build_module(cfg: Mapping[str, Any], tower: Optional[str] = None, **options: Any) -> nn.Module:
+    """The flax module of ``tower`` for a config.json; ``options``: see :data:`MODULE_OPTIONS`."""
+    unknown = sorted(set(options) - set(MODULE_OPTIONS) - {"name", "parent"})
+    if unknown:
+        raise HFCheckpointError(f"pretrained encoder: unknown options {unknown}; known: {list(MODULE_OPTIONS)}")
+    fam, tower = family(cfg), _tower(cfg, tower, "pretrained encoder")
+    options = {k: v for k, v in options.items() if v is not None}
+    if fam in ("bert", "vit"):
+        cls, kwargs = (bert.BertEncoder, bert.module_kwargs) if fam == "bert" else (vit.ViTEncoder, vit.module_kwargs)
+        return cls(**kwargs(cfg), **options)
+    if set(options) & {"pooling", "pooler"}:
+        raise HFCheckpointError(f"{fam}: options pooling / pooler apply to bert and vit only")
+    mod = clip if fam == "clip" else siglip
+    if tower == "vision":
+        return clip.VisionTower(**mod.vision_kwargs(cfg), **options)
+    return clip.TextTower(**mod.text_kwargs(cfg), **options)
+
+
+def convert(state: Mapping[str, Any], cfg: Mapping[str, Any], tower: Optional[str] = None,
+            pooler: Optional[bool] = None) -> Dict[str, Any]:
+    """A checkpoint's tensors -> the params of :func:`build_module` (float32 numpy)."""
+    fam, tower = family(cfg), _tower(cfg, tower, "convert")
+    if fam in ("bert", "vit"):
+        mod = bert if fam == "bert" else vit
+        return mod.convert(state, cfg, pooler=mod.has_pooler(state) if pooler is None else pooler)
+    mod = clip if fam == "clip" else siglip
+    return mod.convert_vision(state, cfg) if tower == "vision" else mod.convert_text(state, cfg)
+
+
+def _cast(tree: Any, dtype: Any) -> Any:
+    return jax.tree.map(lambda x: jnp.asarray(x, dtype or jnp.float32), tree)
+
+
+def pretrained_variables(model_dir: str, tower: Optional[str] = None, *, pooler: Optional[bool] = None,
+                         param_dtype: Any = None) -> Dict[str, Any]:
+    """``{"params": ...}`` of a model directory, shaped like ``create("pretrained", path=model_dir,
+    tower=tower).init(...)`` (unboxed arrays). With ``tower=None`` a two-tower checkpoint (CLIP, SigLIP)
+    gives ``{"params": {"vision": ..., "text": ...}}``, so ``init_from.source`` picks one."""
+    cfg, state = read_config(model_dir), read_state_dict(model_dir)
+    have = towers(cfg)
+    if tower is None and len(have) > 1:
+        params = {t: convert(state, cfg, t, pooler) for t in have}
+    else:
+        params = convert(state, cfg, tower, pooler)
+    return {"params": _cast(params, param_dtype)}
+
+
+def preprocessor(model_dir: str, cfg: Mapping[str, Any], tower: str, max_len: Optional[int] = None) -> Callable:
+    """The raw-input function of a tower: images -> pixel_values, or strings -> (ids, mask)."""
+    if tower == "vision":
+        return ImagePreprocess.from_dir(model_dir)
+    text_cfg = cfg.get("text_config") or cfg
+    default = 128 if family(cfg) == "bert" else text_cfg["max_position_embeddings"]
+    return TextPreprocess(model_dir, max_len or default)
+
+
+def from_transformers(model_dir: str, tower: Optional[str] = None, *, max_len: Optional[int] = None,
+                      **options: Any) -> Tuple[nn.Module, Dict[str, Any], Callable]:
+    """Converts a local Hugging Face model directory: ``(module, variables, preprocess)``.
+
+    Args:
+      model_dir: a directory written by ``save_pretrained`` (config.json + weights).
+      tower: "vision" or "text" for CLIP / SigLIP (single-tower families need none).
+      max_len: the text preprocessor's fixed length (default 128 for BERT, the
+        position table's length for CLIP / SigLIP).
+      options: module options (``dtype``, ``param_dtype``, ``dropout_rate``;
+        ``pooling`` "pooler" | "mean" (BERT) | "cls" (ViT); ``normalize`` to
+        L2-normalise ``pooled``).
+
+    ``module.apply(variables, pixel_values (B, H, W, C))`` or
+    ``module.apply(variables, input_ids (B, L), mask (B, L))`` gives
+    ``Encoded(pooled, tokens, mask)``; ``preprocess`` maps uint8 images
+    (H, W, C) / (B, H, W, C) to pixel_values, or strings to ``(ids, mask)``.
+    """
+    cfg, state = read_config(model_dir), read_state_dict(model_dir)
+    tower = _tower(cfg, tower, model_dir)
+    fam = family(cfg)
+    if fam in ("bert", "vit") and "pooler" not in options:
+        options["pooler"] = (bert if fam == "bert" else vit).has_pooler(state)
+        if not options["pooler"]:
+            options.setdefault("pooling", "mean" if fam == "bert" else "cls")
+    module = build_module(cfg, tower, **options)
+    params = convert(state, cfg, tower, options.get("pooler"))
+    variables = {"params": _cast(params, options.get("param_dtype"))}
+    prep = preprocessor(model_dir, cfg, tower, max_len) if _has_preprocessing(model_dir, tower) else None
+    return module, variables, prep
+
+
+def _has_preprocessing(model_dir: str, tower: str) -> bool:
+    from pathlib import Path
+
+    return (Path(model_dir) / ("preprocessor_config.json" if tower == "vision" else "tokenizer.json")).is_file()
+
+
+@register("pretrained")
+def pretrained(path: str, tower: Optional[str] = None, **options: Any) -> nn.Module:
+    """The encoder ``{name: "pretrained", path: DIR, tower: ...}``: the module of a Hugging Face directory,
+    built from its config.json alone (its weights come from ``init_from.pretrained=DIR``)."""
+    return build_module(read_config(path), tower, **options)
+
+
+__all__ = ["from_transformers", "pretrained_variables", "build_module", "convert", "family", "towers",
+           "ImagePreprocess", "TextPreprocess", "HFCheckpointError", "HFUnavailableError"]

@@ -1,0 +1,129 @@
+"""Raw inputs -> what a converted tower consumes, from the model directory's own files.
+
+* :class:`ImagePreprocess` reads ``preprocessor_config.json`` (the
+  ``image_processor`` part of a processor): resize (to ``size`` height/width or
+  ``shortest_edge``, with its bilinear or bicubic filter, antialiased), centre
+  crop, rescale and normalise with the checkpoint's ``image_mean`` /
+  ``image_std``, in JAX, channels last.
+* :class:`TextPreprocess` tokenises with ``tokenizers`` from ``tokenizer.json``
+  (the special tokens its post-processor adds), truncates and pads to a fixed
+  length with the pad token of ``tokenizer_config.json``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmjax.encoders.hf.weights import HFCheckpointError, import_optional, read_json
+
+# PIL resample codes (what preprocessor_config.json stores) -> jax.image.resize methods.
+RESAMPLE = {0: "nearest", 2: "linear", 3: "cubic"}
+
+
+def _hw(size: Mapping[str, int], image_hw: Tuple[int, int]) -> Tuple[int, int]:
+    """Output (height, width) of the processor's resize: fixed height/width, or the short side = shortest_edge."""
+    if "height" in size:
+        return int(size["height"]), int(size["width"])
+    h, w = image_hw
+    short = int(size["shortest_edge"])
+    if w <= h:
+        return int(short * h / w), short
+    return short, int(short * w / h)
+
+
+class ImagePreprocess:
+    """uint8 image(s) (H, W, C) or (B, H, W, C) or a list of differently sized (H, W, C) ->
+    pixel_values (B, h, w, C) float32, as the checkpoint's image processor prepares them."""
+
+    def __init__(self, config: Mapping[str, Any]):
+        self.config = dict(config)
+        resample = int(self.config.get("resample", 2))
+        if resample not in RESAMPLE:
+            raise HFCheckpointError(f"image preprocessing: resample={resample} is not supported "
+                                    f"(supported PIL codes: {sorted(RESAMPLE)})")
+        self.method = RESAMPLE[resample]
+
+    @classmethod
+    def from_dir(cls, model_dir: str) -> "ImagePreprocess":
+        cfg = read_json(model_dir, "preprocessor_config.json")
+        if not cfg:
+            raise HFCheckpointError(f"{model_dir}: no preprocessor_config.json (the image processor's settings)")
+        return cls(cfg.get("image_processor", cfg))
+
+    def one(self, image: np.ndarray) -> jax.Array:
+        """One (H, W, C) uint8 (or [0, 255] float) image -> (h, w, C) float32."""
+        c = self.config
+        x = jnp.asarray(image, jnp.float32)
+        if x.ndim == 2:
+            x = x[..., None]
+        if c.get("do_convert_rgb") and x.shape[-1] == 1:
+            x = jnp.repeat(x, 3, axis=-1)
+        if c.get("do_resize", True):
+            h, w = _hw(c["size"], x.shape[:2])
+            # The reference resizes uint8 images with PIL, which rounds the result back to uint8.
+            x = jnp.clip(jnp.round(jax.image.resize(x, (h, w, x.shape[-1]), self.method, antialias=True)), 0, 255)
+        if c.get("do_center_crop"):
+            crop = c.get("crop_size") or {}
+            ch, cw = int(crop.get("height", 224)), int(crop.get("width", 224))
+            top, left = (x.shape[0] - ch) // 2, (x.shape[1] - cw) // 2
+            if top < 0 or left < 0:
+                raise HFCheckpointError(f"image preprocessing: image {x.shape[:2]} is smaller than the crop "
+                                        f"{(ch, cw)}")
+            x = x[top:top + ch, left:left + cw]
+        if c.get("do_rescale", True):
+            x = x * float(c.get("rescale_factor", 1 / 255))
+        if c.get("do_normalize", True):
+            x = (x - jnp.asarray(c["image_mean"], jnp.float32)) / jnp.asarray(c["image_std"], jnp.float32)
+        return x
+
+    def __call__(self, images: Union[np.ndarray, Sequence[np.ndarray]]) -> jax.Array:
+        if isinstance(images, np.ndarray) and images.ndim == 3:
+            images = [images]
+        return jnp.stack([self.one(np.asarray(im)) for im in images])
+
+    @property
+    def mean_std(self) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+        """(mean, std) per channel in [0, 1] units: what a data config's image modality should use."""
+        return tuple(self.config["image_mean"]), tuple(self.config["image_std"])
+
+
+class TextPreprocess:
+    """strings -> (input_ids (B, L) int32, attention mask (B, L) bool), L = max_len, from tokenizer.json."""
+
+    def __init__(self, model_dir: str, max_len: int, pad_id: Optional[int] = None):
+        path = Path(model_dir) / "tokenizer.json"
+        if not path.is_file():
+            raise HFCheckpointError(f"{model_dir}: no tokenizer.json (a fast tokenizer's file)")
+        tokenizers = import_optional("tokenizers", "text preprocessing")
+        self.tokenizer = tokenizers.Tokenizer.from_file(str(path))
+        self.max_len = int(max_len)
+        if pad_id is None:
+            pad_id = _pad_id(model_dir, self.tokenizer)
+        self.pad_id = pad_id
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(max_length=self.max_len)
+
+    def __call__(self, texts: Union[str, Sequence[str]]) -> Tuple[np.ndarray, np.ndarray]:
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        ids = np.full((len(texts), self.max_len), self.pad_id, np.int32)
+        mask = np.zeros((len(texts), self.max_len), bool)
+        for i, enc in enumerate(self.tokenizer.encode_batch(texts)):
+            ids[i, :len(enc.ids)] = enc.ids
+            mask[i, :len(enc.ids)] = True
+        return ids, mask
+
+
+def _pad_id(model_dir: str, tokenizer: Any) -> int:
+    """The pad token's id: tokenizer_config.json's pad_token, else config.json's pad_token_id, else 0."""
+    token = read_json(model_dir, "tokenizer_config.json").get("pad_token")
+    if isinstance(token, dict):
+        token = token.get("content")
+    if isinstance(token, str) and tokenizer.token_to_id(token) is not None:
+        return int(tokenizer.token_to_id(token))
+    cfg: Dict[str, Any] = read_json(model_dir, "config.json")
+    cfg = cfg.get("text_config") or cfg
+    return int(cfg.get("pad_token_id") or 0)
