@@ -208,15 +208,17 @@ class TensorRef(FusionReference):
     """Tensor Fusion Network (Zadeh et al. 2017), as MultiBench writes it:
     the outer product of [1; z_m] over all modalities is materialised,
     flattened and fed to one Linear (optionally after per-modality ``pre_dim``
-    projections).
+    projections). ``normalize`` (mmjax's default) adds its LayerNorm over the
+    output; ``normalize=False`` is MultiBench's formula.
     """
 
-    def __init__(self, names, dims, out_dim, pre_dim: Optional[int] = None):
+    def __init__(self, names, dims, out_dim, pre_dim: Optional[int] = None, normalize: bool = True):
         super().__init__(names, dims, out_dim)
         self.pre = nn.ModuleList(nn.Linear(d, pre_dim) for d in dims) if pre_dim else None
         aug = [(pre_dim or d) + 1 for d in dims]
         self.aug = aug
         self.linear = nn.Linear(math.prod(aug), out_dim)
+        self.norm = nn.LayerNorm(out_dim, eps=1e-6) if normalize else None
 
     def forward(self, *xs):
         if self.pre is not None:
@@ -227,7 +229,8 @@ class TensorRef(FusionReference):
         for x in xs[1:]:
             h = torch.cat([ones, x], dim=1)
             fused = torch.bmm(fused.unsqueeze(2), h.unsqueeze(1)).flatten(start_dim=1)
-        return self.linear(fused)
+        out = self.linear(fused)
+        return out if self.norm is None else self.norm(out)
 
     def load_flax(self, params):
         kernel = _t(params["kernel"])
@@ -237,15 +240,20 @@ class TensorRef(FusionReference):
         if self.pre is not None:
             for n, lin in zip(self.names, self.pre):
                 load_linear(lin, params[f"pre_{n}"])
+        if self.norm is not None:
+            load_layer_norm(self.norm, params["norm"])
 
 
 @_register("low_rank")
 class LowRankRef(FusionReference):
     """Low-rank Multimodal Fusion (Liu et al. 2018), the authors' formulation:
-    factors (rank, d_m + 1, out), fusion_weights (1, rank), fusion_bias (out,)."""
+    factors (rank, d_m + 1, out), fusion_weights (1, rank), fusion_bias (out,);
+    ``normalize`` (mmjax's default) adds its LayerNorm over the output.
+    ``factor_init`` only picks mmjax's initialiser (the weights are loaded)."""
 
-    def __init__(self, names, dims, out_dim, rank: int = 4):
+    def __init__(self, names, dims, out_dim, rank: int = 4, normalize: bool = True, factor_init: str = "xavier"):
         super().__init__(names, dims, out_dim)
+        self.norm = nn.LayerNorm(out_dim, eps=1e-6) if normalize else None
         self.rank = rank
         self.factors = nn.ParameterList(nn.Parameter(torch.empty(rank, d + 1, out_dim)) for d in dims)
         for f in self.factors:
@@ -261,8 +269,8 @@ class LowRankRef(FusionReference):
         for x, f in zip(xs, self.factors):
             term = torch.matmul(torch.cat([ones, x], dim=1), f)  # (rank, B, out)
             fused = term if fused is None else fused * term
-        out = torch.matmul(self.fusion_weights, fused.permute(1, 0, 2)).squeeze(1)
-        return out + self.fusion_bias
+        out = torch.matmul(self.fusion_weights, fused.permute(1, 0, 2)).squeeze(1) + self.fusion_bias
+        return out if self.norm is None else self.norm(out)
 
     def load_flax(self, params):
         for n, f in zip(self.names, self.factors):
@@ -271,6 +279,8 @@ class LowRankRef(FusionReference):
             _copy(f, np.concatenate([c[:, None], u.transpose(1, 0, 2)], axis=1), f"low_rank.factor_{n}")
         _copy(self.fusion_weights, params["fusion_weights"], "low_rank.fusion_weights")
         _copy(self.fusion_bias, np.asarray(params["fusion_bias"])[None], "low_rank.fusion_bias")
+        if self.norm is not None:
+            load_layer_norm(self.norm, params["norm"])
 
 
 @_register("bilinear")
@@ -643,3 +653,7 @@ def load_from_flax(torch_module: FusionReference, params: Any) -> FusionReferenc
 def to_torch_inputs(features: Mapping[str, Any]) -> List[torch.Tensor]:
     """modality -> array (numpy / jax) as torch tensors in sorted-name order."""
     return [torch.from_numpy(np.array(features[n], dtype=np.float32)) for n in sorted(features)]
+
+
+# The block.bootstrap / MMF bilinear family lives in its own file (registered on import).
+from benchmarks import reference_torch_bilinear  # noqa: E402,F401

@@ -27,9 +27,11 @@ CASES = [
     ("gated", {"gate": "sigmoid"}, False, 2),
     ("film", {}, False, 3),
     ("film", {"target": "m1"}, False, 2),
-    ("tensor", {}, False, 3),
+    # normalize=False: MultiBench's TFN / LMF formulas; the default adds a LayerNorm on the output.
+    ("tensor", {"normalize": False}, False, 3),
     ("tensor", {"pre_dim": 3}, False, 2),
-    ("low_rank", {"rank": 3}, False, 3),
+    ("low_rank", {"rank": 3, "normalize": False}, False, 3),
+    ("low_rank", {"rank": 3}, False, 2),
     ("bilinear", {"factor_dim": 3}, False, 2),
     ("bilinear", {"factor_dim": 2, "pair_dim": 3}, False, 3),
     ("late", {}, False, 2),
@@ -39,6 +41,20 @@ CASES = [
     ("bottleneck", {**ATT, "num_layers": 1, "share_weights": True}, True, 3),
     ("perceiver", {**ATT, "num_layers": 2, "num_latents": 3}, True, 2),
     ("perceiver", {**ATT, "num_layers": 2, "share_weights": True, "num_self_layers": 2}, True, 3),
+    # The bilinear family (benchmarks/reference_torch_bilinear.py).
+    ("mlb", {"mm_dim": 8}, False, 2),
+    ("mlb", {"mm_dim": 8, "activ_input": "relu", "normalize": True}, False, 3),
+    ("mfh", {"mm_dim": 4, "factor": 3}, False, 2),
+    ("mfh", {"mm_dim": 4, "order": 3, "normalize": True, "activ_output": None}, False, 3),
+    ("mutan", {"mm_dim": 6, "rank": 3}, False, 2),
+    ("mutan", {"mm_dim": 6, "rank": 2, "normalize": True}, False, 3),
+    ("block", {"mm_dim": 10, "chunks": 4, "rank": 3}, False, 2),
+    ("block", {"mm_dim": 8, "chunks": 3, "rank": 2, "pos_norm": "after_cat"}, False, 3),
+    ("mcb", {"mm_dim": 16}, False, 2),
+    ("mcb", {"mm_dim": 12, "seed": 5, "activ_output": None}, False, 3),
+    ("linear_sum", {"mm_dim": 8}, False, 2),
+    ("linear_sum", {"mm_dim": 8, "activ_input": "tanh", "normalize": True}, False, 3),
+    ("concat_mlp", {"dimensions": (7, 6)}, False, 3),
 ]
 DIMS = (5, 4, 6)
 OUT = 6
