@@ -128,12 +128,14 @@ def test_two_tower_families_match_reference(tmp_path, kind):
     assert rel(v.tokens, vref.last_hidden_state.numpy()) < TOL
     m = mask[..., None]
     assert rel(np.where(m, t.tokens, 0), np.where(m, tref.last_hidden_state.numpy(), 0)) < TOL
-    if kind == "clip":
-        with torch.no_grad():
-            image_embeds = model.visual_projection(vref.pooler_output).numpy()
-            text_embeds = model.text_projection(tref.pooler_output).numpy()
-    else:
-        image_embeds, text_embeds = vref.pooler_output.numpy(), tref.pooler_output.numpy()
+    with torch.no_grad():  # the towers' own outputs (CLIPModel.forward overwrites pooler_output)
+        vision = model.vision_model(pixel_values=xt)
+        text = model.text_model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask).long())
+        if kind == "clip":
+            image_embeds = model.visual_projection(vision.pooler_output).numpy()
+            text_embeds = model.text_projection(text.pooler_output).numpy()
+        else:
+            image_embeds, text_embeds = vision.pooler_output.numpy(), text.pooler_output.numpy()
     assert rel(v.pooled, image_embeds) < TOL
     assert rel(t.pooled, text_embeds) < TOL
     # normalize=True gives what the two-tower model's forward returns.
@@ -183,8 +185,5 @@ def test_image_preprocess_matches_processor(tmp_path, processor):
     for im in images:
         ref = ref_proc(images=im, return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)
         ours = np.asarray(ImagePreprocess.from_dir(str(tmp_path))(im)[0])
-        # Resizing matches PIL's to within one uint8 level on a few pixels (antialias kernels are computed
-        # slightly differently); in normalised units that is 1 / 255 / std.
-        step = 1 / 255 / np.min(proc.image_std)
-        assert np.abs(ours - ref).max() <= step * 1.01
-        assert np.mean(np.abs(ours - ref) > 1e-5) < 0.2
+        assert ours.shape == ref.shape == (32, 32, 3)
+        assert np.abs(ours - ref).max() < 1e-5

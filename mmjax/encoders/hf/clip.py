@@ -179,7 +179,8 @@ class TextTower(nn.Module):
 def sub_config(cfg: Mapping[str, Any], tower: str) -> Dict[str, Any]:
     """The tower's own config: ``cfg[tower + "_config"]`` of a two-tower config, else ``cfg`` itself."""
     sub = dict(cfg.get(f"{tower}_config") or cfg)
-    sub.setdefault("projection_dim", cfg.get("projection_dim", 512))
+    # A two-tower config's projection_dim is the one its projections have (the sub-configs keep a default).
+    sub["projection_dim"] = cfg.get("projection_dim", sub.get("projection_dim", 512))
     return sub
 
 

@@ -2,9 +2,11 @@
 
 * :class:`ImagePreprocess` reads ``preprocessor_config.json`` (the
   ``image_processor`` part of a processor): resize (to ``size`` height/width or
-  ``shortest_edge``, with its bilinear or bicubic filter, antialiased), centre
-  crop, rescale and normalise with the checkpoint's ``image_mean`` /
-  ``image_std``, in JAX, channels last.
+  ``shortest_edge``, with its PIL filter), centre crop, rescale and normalise
+  with the checkpoint's ``image_mean`` / ``image_std`` (JAX), channels last.
+  The resize is PIL's own, as the reference processor's: ``jax.image.resize``
+  with the same cubic kernel differs by up to ~8 uint8 levels on
+  high-frequency images (PIL rounds to uint8 between its two passes).
 * :class:`TextPreprocess` tokenises with ``tokenizers`` from ``tokenizer.json``
   (the special tokens its post-processor adds), truncates and pads to a fixed
   length with the pad token of ``tokenizer_config.json``.
@@ -20,8 +22,8 @@ import numpy as np
 
 from mmjax.encoders.hf.weights import HFCheckpointError, import_optional, read_json
 
-# PIL resample codes (what preprocessor_config.json stores) -> jax.image.resize methods.
-RESAMPLE = {0: "nearest", 2: "linear", 3: "cubic"}
+# PIL resample codes that preprocessor_config.json stores: nearest, lanczos, bilinear, bicubic, box, hamming.
+RESAMPLE = (0, 1, 2, 3, 4, 5)
 
 
 def _hw(size: Mapping[str, int], image_hw: Tuple[int, int]) -> Tuple[int, int]:
@@ -41,11 +43,9 @@ class ImagePreprocess:
 
     def __init__(self, config: Mapping[str, Any]):
         self.config = dict(config)
-        resample = int(self.config.get("resample", 2))
-        if resample not in RESAMPLE:
-            raise HFCheckpointError(f"image preprocessing: resample={resample} is not supported "
-                                    f"(supported PIL codes: {sorted(RESAMPLE)})")
-        self.method = RESAMPLE[resample]
+        self.resample = int(self.config.get("resample", 2))
+        if self.resample not in RESAMPLE:
+            raise HFCheckpointError(f"image preprocessing: resample={self.resample} is not a PIL filter code")
 
     @classmethod
     def from_dir(cls, model_dir: str) -> "ImagePreprocess":
@@ -55,17 +55,21 @@ class ImagePreprocess:
         return cls(cfg.get("image_processor", cfg))
 
     def one(self, image: np.ndarray) -> jax.Array:
-        """One (H, W, C) uint8 (or [0, 255] float) image -> (h, w, C) float32."""
+        """One (H, W, C) uint8 image -> (h, w, C) float32."""
         c = self.config
-        x = jnp.asarray(image, jnp.float32)
-        if x.ndim == 2:
-            x = x[..., None]
-        if c.get("do_convert_rgb") and x.shape[-1] == 1:
-            x = jnp.repeat(x, 3, axis=-1)
+        image = np.asarray(image)
+        if image.ndim == 2:
+            image = image[..., None]
+        if c.get("do_convert_rgb") and image.shape[-1] == 1:
+            image = np.repeat(image, 3, axis=-1)
         if c.get("do_resize", True):
-            h, w = _hw(c["size"], x.shape[:2])
-            # The reference resizes uint8 images with PIL, which rounds the result back to uint8.
-            x = jnp.clip(jnp.round(jax.image.resize(x, (h, w, x.shape[-1]), self.method, antialias=True)), 0, 255)
+            from PIL import Image
+
+            h, w = _hw(c["size"], image.shape[:2])
+            pil = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8).squeeze(-1) if image.shape[-1] == 1
+                                  else np.clip(image, 0, 255).astype(np.uint8))
+            image = np.asarray(pil.resize((w, h), resample=self.resample)).reshape(h, w, -1)
+        x = jnp.asarray(image, jnp.float32)
         if c.get("do_center_crop"):
             crop = c.get("crop_size") or {}
             ch, cw = int(crop.get("height", 224)), int(crop.get("width", 224))
