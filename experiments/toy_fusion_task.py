@@ -64,6 +64,14 @@ FUSION_CONFIGS: Dict[str, Dict[str, Any]] = {
         "out_dim": FUSION_DIM, "dim": 8, "num_heads": 2, "num_layers": 1, "num_latents": 4,
         "num_self_layers": 1, "mlp_dim": 16,
     },
+    # The block.bootstrap / MMF bilinear family (published sizes are 1200-16000 wide).
+    "mcb": {"out_dim": FUSION_DIM, "mm_dim": 256},
+    "mlb": {"out_dim": FUSION_DIM, "mm_dim": 32},
+    "mfh": {"out_dim": FUSION_DIM, "mm_dim": 16, "factor": 2},
+    "mutan": {"out_dim": FUSION_DIM, "mm_dim": 16, "rank": 4},
+    "block": {"out_dim": FUSION_DIM, "mm_dim": 32, "chunks": 4, "rank": 4},
+    "linear_sum": {"out_dim": FUSION_DIM, "mm_dim": 32},
+    "concat_mlp": {"out_dim": FUSION_DIM, "dimensions": (32,)},
 }
 
 
