@@ -30,6 +30,14 @@ FUSION_CONFIGS = {
     "cross_attention": {"out_dim": 64, "pooled_token": True, "readout": "pooled_token"},
     "bottleneck": {"out_dim": 64, "pooled_token": True, "readout": "pooled_token"},
     "perceiver": {"out_dim": 64, "pooled_token": True},
+    # The block.bootstrap / MMF bilinear family, narrower than published (1200-16000) for CPU runs.
+    "mcb": {"out_dim": 64, "mm_dim": 2048},
+    "mlb": {"out_dim": 64, "mm_dim": 256},
+    "mfh": {"out_dim": 64, "mm_dim": 128, "factor": 2},
+    "mutan": {"out_dim": 64, "mm_dim": 64, "rank": 5},
+    "block": {"out_dim": 64, "mm_dim": 256, "chunks": 8, "rank": 8},
+    "linear_sum": {"out_dim": 64, "mm_dim": 256},
+    "concat_mlp": {"out_dim": 64, "dimensions": (256,)},
 }
 
 
