@@ -15,7 +15,7 @@ from mmjax.fusion.cost import COSTS
 
 OUT = 6
 # Blocks that attend over tokens get token inputs and their lengths.
-TOKEN_BLOCKS = {"cross_attention", "bottleneck", "perceiver"}
+TOKEN_BLOCKS = {"cross_attention", "bottleneck", "perceiver", "nl_gate", "early_transformer", "late_transformer"}
 ATTN = {"num_heads": 2, "num_layers": 1, "dim": 8}
 CONFIGS = {
     "concat": [{"out_dim": None}, {"out_dim": OUT}],
@@ -30,6 +30,16 @@ CONFIGS = {
     "cross_attention": [dict(ATTN, out_dim=OUT)],
     "bottleneck": [dict(ATTN, out_dim=OUT, num_layers=2, fusion_layer=1, num_bottlenecks=2)],
     "perceiver": [dict(ATTN, out_dim=OUT, num_latents=3)],
+    "attention_fusion": [{"out_dim": OUT}, {"out_dim": None}],
+    "deepset": [{"out_dim": OUT, "hidden_dims": (4,), "apply_attention": True},
+                {"out_dim": OUT, "proj_dim": 3, "pooling": "max"}],
+    "deepset_transformer": [{"out_dim": OUT, "proj_dim": 4, "num_heads": 2, "num_layers": 2, "hidden_dims": (3,)}],
+    "multiplicative": [{"out_dim": OUT}, {"out_dim": OUT, "output": "vector"},
+                       {"out_dim": OUT, "output": "scalar", "mi_dim": 3}],
+    "nl_gate": [{"out_dim": OUT, "_only_m": 2}, {"out_dim": OUT, "dim": 3, "kv_tokens": 2, "_only_m": 2}],
+    "stack": [{"out_dim": OUT}, {"out_dim": None}],
+    "early_transformer": [dict(ATTN, out_dim=OUT, pos_emb=True)],
+    "late_transformer": [dict(ATTN, out_dim=OUT, num_layers=2)],
 }
 DIM_SETS = [(3, 5), (4, 2, 6), (2, 3, 4, 5)]
 LENGTHS = [3, 2, 4, 1]
@@ -114,6 +124,11 @@ FLOP_CASES = [
     ("bilinear", {"out_dim": 32, "factor_dim": 5, "pair_dim": 16}, (24, 32, 16)),
     ("late", {"out_dim": 32, "hidden_dim": 24}, (24, 32, 16)),
     ("late", {"out_dim": 32, "combine": "learned"}, (24, 32, 16)),
+    ("attention_fusion", {"out_dim": 32}, (24, 32, 16)),
+    ("deepset", {"out_dim": 32, "hidden_dims": (32,), "apply_attention": True}, (24, 32, 16)),
+    ("multiplicative", {"out_dim": 16}, (24, 32, 16)),
+    ("multiplicative", {"out_dim": 32, "output": "vector"}, (24, 32)),
+    ("stack", {"out_dim": 32}, (24, 32, 16)),
 ]
 
 
