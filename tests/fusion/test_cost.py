@@ -23,8 +23,8 @@ CONFIGS = {
     "weighted": [{"out_dim": OUT}],
     "gated": [{"out_dim": OUT}, {"out_dim": OUT, "gate": "sigmoid", "_only_m": 2}],
     "film": [{"out_dim": OUT}, {"out_dim": OUT, "target": 1}],
-    "tensor": [{"out_dim": OUT}, {"out_dim": OUT, "pre_dim": 3}],
-    "low_rank": [{"out_dim": OUT, "rank": 3}],
+    "tensor": [{"out_dim": OUT}, {"out_dim": OUT, "pre_dim": 3, "normalize": False}],
+    "low_rank": [{"out_dim": OUT, "rank": 3}, {"out_dim": OUT, "rank": 2, "normalize": False}],
     "bilinear": [{"out_dim": OUT, "factor_dim": 2}, {"out_dim": OUT, "factor_dim": 3, "pair_dim": 2}],
     "late": [{"out_dim": OUT}, {"out_dim": OUT, "hidden_dim": 5, "combine": "learned"}],
     "cross_attention": [dict(ATTN, out_dim=OUT)],
@@ -96,10 +96,12 @@ def test_cost_accepts_a_mapping_of_dims():
 
 
 def test_known_values():
-    # Hand-computed: TFN over (2, 3) -> 4: (3 * 4) * 4 + 4 params.
-    assert F.cost("tensor", [2, 3], 4).params == 3 * 4 * 4 + 4
-    # LMF rank 2 over (2, 3) -> 4: 2 * (3 + 4) * 4 + 2 + 4.
-    assert F.cost("low_rank", [2, 3], 4, rank=2).params == 2 * 7 * 4 + 2 + 4
+    # Hand-computed: TFN over (2, 3) -> 4: (3 * 4) * 4 + 4 params (+ 2 * 4 for the default output LayerNorm).
+    assert F.cost("tensor", [2, 3], 4, normalize=False).params == 3 * 4 * 4 + 4
+    assert F.cost("tensor", [2, 3], 4).params == 3 * 4 * 4 + 4 + 2 * 4
+    # LMF rank 2 over (2, 3) -> 4: 2 * (3 + 4) * 4 + 2 + 4 (+ 2 * 4).
+    assert F.cost("low_rank", [2, 3], 4, rank=2, normalize=False).params == 2 * 7 * 4 + 2 + 4
+    assert F.cost("low_rank", [2, 3], 4, rank=2).params == 2 * 7 * 4 + 2 + 4 + 2 * 4
     assert F.cost("low_rank", [2, 3], 4, rank=2).flops == 2 * 2 * 3 * 4 + 2 * 2 * 4 * 4 + 2 * 2 * 4
     # MFB k=5, o=4 over (2, 3): (3 + 4) * 5 * 4 params, 2 * 5 * 5 * 4 FLOPs.
     assert F.cost("bilinear", [2, 3], 4, factor_dim=5) == F.Cost(params=7 * 20, flops=2 * 5 * 20)

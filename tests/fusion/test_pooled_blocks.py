@@ -32,9 +32,12 @@ CASES = {
     "gated_sigmoid": ("gated", {"out_dim": OUT, "gate": "sigmoid"}, "ab"),
     "film": ("film", {"out_dim": OUT}, "abc"),
     "film_target": ("film", {"out_dim": OUT, "target": "c"}, "abc"),
-    "tensor": ("tensor", {"out_dim": OUT}, "abc"),
-    "tensor_pre": ("tensor", {"out_dim": OUT, "pre_dim": 2}, "abc"),
-    "low_rank": ("low_rank", {"out_dim": OUT, "rank": 3}, "abc"),
+    # normalize=False: the papers' TFN / LMF formulas; the *_norm cases add the default output LayerNorm.
+    "tensor": ("tensor", {"out_dim": OUT, "normalize": False}, "abc"),
+    "tensor_pre": ("tensor", {"out_dim": OUT, "pre_dim": 2, "normalize": False}, "abc"),
+    "tensor_norm": ("tensor", {"out_dim": OUT}, "abc"),
+    "low_rank": ("low_rank", {"out_dim": OUT, "rank": 3, "normalize": False}, "abc"),
+    "low_rank_norm": ("low_rank", {"out_dim": OUT, "rank": 3}, "abc"),
     "bilinear": ("bilinear", {"out_dim": OUT, "factor_dim": 2}, "ab"),
     "bilinear_proj": ("bilinear", {"out_dim": OUT, "factor_dim": 2, "pair_dim": 3}, "abc"),
     "bilinear_concat": ("bilinear", {"out_dim": 6, "factor_dim": 2, "pair_dim": 2}, "abc"),
@@ -145,6 +148,14 @@ def np_softmax_present(logits, present, axis):
     return np.where(s > 0, e / np.where(s > 0, s, 1), 0.0)
 
 
+def np_output_norm(cfg, P, z):
+    """tensor / low_rank: LayerNorm (eps 1e-6, params ``norm``) of the output unless normalize=False."""
+    if not cfg.get("normalize", True):
+        return z
+    mu, var = z.mean(-1, keepdims=True), z.var(-1, keepdims=True)
+    return (z - mu) / np.sqrt(var + 1e-6) * P["norm"]["scale"] + P["norm"]["bias"]
+
+
 def reference(case_id, params, feats, mask):
     name, cfg, _ = CASES[case_id]
     z = np_pooled(feats, mask)
@@ -181,7 +192,7 @@ def reference(case_id, params, feats, mask):
         aug = [np.concatenate([np.ones((B, 1)), h], -1) for h in hs]
         flat = np.stack([functools.reduce(np.multiply.outer, [a[i] for a in aug]).ravel() for i in range(B)])
         W = P["kernel"]
-        return flat @ W.reshape(-1, W.shape[-1]) + P["bias"]
+        return np_output_norm(cfg, P, flat @ W.reshape(-1, W.shape[-1]) + P["bias"])
     if name == "low_rank":
         out = 0.0
         for i in range(cfg["rank"]):
@@ -192,7 +203,7 @@ def reference(case_id, params, feats, mask):
                 a = np.concatenate([np.ones((B, 1)), z[n]], -1)
                 prod = prod * (a @ factor[i])
             out = out + P["fusion_weights"][0, i] * prod
-        return out + P["fusion_bias"]
+        return np_output_norm(cfg, P, out + P["fusion_bias"])
     if name == "bilinear":
         k, eps = cfg["factor_dim"], 1e-8
         o = cfg.get("pair_dim") or cfg["out_dim"]
