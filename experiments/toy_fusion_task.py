@@ -72,6 +72,16 @@ FUSION_CONFIGS: Dict[str, Dict[str, Any]] = {
     "block": {"out_dim": FUSION_DIM, "mm_dim": 32, "chunks": 4, "rank": 4},
     "linear_sum": {"out_dim": FUSION_DIM, "mm_dim": 32},
     "concat_mlp": {"out_dim": FUSION_DIM, "dimensions": (32,)},
+    # TorchMultimodal and MultiBench (issue 20, catalogue A).
+    "attention_fusion": {"out_dim": FUSION_DIM},
+    "deepset": {"out_dim": FUSION_DIM, "hidden_dims": (FUSION_DIM,)},
+    "deepset_transformer": {"out_dim": FUSION_DIM, "proj_dim": 8, "num_heads": 2, "mlp_dim": 16,
+                            "hidden_dims": (FUSION_DIM,)},
+    "multiplicative": {"out_dim": FUSION_DIM},
+    "nl_gate": {"out_dim": FUSION_DIM},
+    "stack": {"out_dim": FUSION_DIM, "inputs": "pooled"},  # the toy sequences are not aligned (3 vs 2 tokens)
+    "early_transformer": {"out_dim": FUSION_DIM, "dim": 8, "num_heads": 2, "num_layers": 1, "mlp_dim": 16},
+    "late_transformer": {"out_dim": FUSION_DIM, "dim": 8, "num_heads": 2, "num_layers": 1, "mlp_dim": 16},
 }
 
 
