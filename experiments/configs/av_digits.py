@@ -38,6 +38,16 @@ FUSION_CONFIGS = {
     "block": {"out_dim": 64, "mm_dim": 256, "chunks": 8, "rank": 8},
     "linear_sum": {"out_dim": 64, "mm_dim": 256},
     "concat_mlp": {"out_dim": 64, "dimensions": (256,)},
+    # TorchMultimodal and MultiBench (issue 20, catalogue A). The two encoders' token sequences
+    # differ in length, so stack stacks the pooled vectors; the transformers read the pooled token.
+    "attention_fusion": {"out_dim": 64},
+    "deepset": {"out_dim": 64, "hidden_dims": (64,)},
+    "deepset_transformer": {"out_dim": 64, "num_heads": 4, "hidden_dims": (64,)},
+    "multiplicative": {"out_dim": 64},
+    "nl_gate": {"out_dim": 64},
+    "stack": {"out_dim": 64, "inputs": "pooled"},
+    "early_transformer": {"out_dim": 64, "pooled_token": True, "readout": "pooled_token"},
+    "late_transformer": {"out_dim": 64, "pooled_token": True, "readout": "pooled_token"},
 }
 
 
