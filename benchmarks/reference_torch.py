@@ -657,3 +657,5 @@ def to_torch_inputs(features: Mapping[str, Any]) -> List[torch.Tensor]:
 
 # The block.bootstrap / MMF bilinear family lives in its own file (registered on import).
 from benchmarks import reference_torch_bilinear  # noqa: E402,F401
+# TorchMultimodal's and MultiBench's fusions (issue 20, catalogue A), registered on import.
+from benchmarks import reference_torch_catalogue  # noqa: E402,F401

@@ -55,6 +55,22 @@ CASES = [
     ("linear_sum", {"mm_dim": 8}, False, 2),
     ("linear_sum", {"mm_dim": 8, "activ_input": "tanh", "normalize": True}, False, 3),
     ("concat_mlp", {"dimensions": (7, 6)}, False, 3),
+    # TorchMultimodal and MultiBench (benchmarks/reference_torch_catalogue.py).
+    ("attention_fusion", {}, False, 3),
+    ("deepset", {"hidden_dims": (5,), "apply_attention": True}, False, 3),
+    ("deepset", {"pooling": "max", "proj_dim": 3, "modality_normalize": True}, False, 2),
+    ("deepset", {"pooling": "mean", "norm_factor": 1.5}, False, 3),
+    ("deepset_transformer", {"proj_dim": 4, "num_heads": 2, "num_layers": 2, "hidden_dims": (5,)}, False, 3),
+    ("multiplicative", {}, False, 3),
+    ("multiplicative", {"output": "vector"}, False, 2),
+    ("multiplicative", {"output": "scalar", "order": ("m1", "m0")}, False, 2),
+    ("nl_gate", {}, True, 2),
+    ("nl_gate", {"query": "m1", "dim": 3, "kv_tokens": 2}, True, 2),
+    ("stack", {}, False, 3),
+    ("early_transformer", {**ATT, "num_layers": 2}, True, 3),
+    ("early_transformer", {**ATT, "pooled_token": True, "readout": "pooled_token"}, True, 2),
+    ("late_transformer", ATT, True, 3),
+    ("late_transformer", {**ATT, "num_layers": 2, "pooled_token": True, "readout": "pooled_token"}, True, 2),
 ]
 DIMS = (5, 4, 6)
 OUT = 6
