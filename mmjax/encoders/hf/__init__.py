@@ -142,7 +142,8 @@ def from_transformers(model_dir: str, tower: Optional[str] = None, *, max_len: O
     ``module.apply(variables, pixel_values (B, H, W, C))`` or
     ``module.apply(variables, input_ids (B, L), mask (B, L))`` gives
     ``Encoded(pooled, tokens, mask)``; ``preprocess`` maps uint8 images
-    (H, W, C) / (B, H, W, C) to pixel_values, or strings to ``(ids, mask)``.
+    (H, W, C) / (B, H, W, C) to pixel_values, or strings to ``(ids, mask)``;
+    it is None when the directory has no preprocessor_config.json / tokenizer.json.
     """
     cfg, state = read_config(model_dir), read_state_dict(model_dir)
     tower = _tower(cfg, tower, model_dir)
