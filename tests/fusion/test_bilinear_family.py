@@ -232,9 +232,9 @@ def test_bfloat16(name, cfg):
     assert np.all(np.isfinite(np.asarray(half.apply({"params": params}, x), np.float32)))
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_weights_carry_logical_axis_names(name):
-    boxed = F.create(name, out_dim=OUT).init(jax.random.key(0), features(2))["params"]
+@pytest.mark.parametrize("name,cfg", [(c[0], c[1]) for c in CASES[::2]])
+def test_weights_carry_logical_axis_names(name, cfg):
+    boxed = F.create(name, out_dim=OUT, **cfg).init(jax.random.key(0), features(2))["params"]
     leaves = jax.tree.leaves(boxed, is_leaf=lambda v: isinstance(v, nn.LogicallyPartitioned))
     assert leaves and all(isinstance(v, nn.LogicallyPartitioned) and len(v.names) == v.value.ndim for v in leaves)
 
