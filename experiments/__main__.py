@@ -64,10 +64,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         from experiments import compilation_cache
 
         compilation_cache.enable()
+    from mmjax.errors import MmjaxError
+
     try:
         return int(args._run(args) or 0)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (UserError, MmjaxError) as e:  # a mistake the message names; anything else is a bug: traceback
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

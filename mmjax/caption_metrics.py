@@ -33,10 +33,12 @@ import re
 from collections import Counter
 from typing import Dict, List, Mapping, Sequence, Tuple
 
+from mmjax import errors
+
 MAX_ORDER = 4
 
 
-class CaptionMetricError(ValueError):
+class CaptionMetricError(errors.InputError):
     """Bad input to a caption metric (mismatched lengths, empty reference sets)."""
 
 

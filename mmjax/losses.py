@@ -12,10 +12,12 @@ from typing import Optional, Tuple
 import jax
 import jax.numpy as jnp
 
+from mmjax import errors
+
 Array = jax.Array
 
 
-class LossConfigError(ValueError):
+class LossConfigError(errors.ConfigError):
     """Bad loss input: label shape, class weights or smoothing out of range."""
 
 

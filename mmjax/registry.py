@@ -9,15 +9,17 @@ import difflib
 import numbers
 from typing import Any, Callable, Dict, List, Mapping
 
+from mmjax import errors
 
-class UnknownNameError(KeyError, ValueError):
+
+class UnknownNameError(errors.ConfigError, KeyError):
     """Raised when a registry has no entry of the given name."""
 
     def __str__(self) -> str:  # KeyError quotes its message; we want plain text.
         return str(self.args[0]) if self.args else ""
 
 
-class BadSizeError(ValueError):
+class BadSizeError(errors.ConfigError):
     """An integer size option (a width, a count) is out of range."""
 
 

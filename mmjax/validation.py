@@ -24,11 +24,13 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from mmjax import errors
+
 TOP_LEVEL_KEYS = ("inputs", "token_mask", "modality_mask", "label", "weight")
 _KIND_NAMES = {"f": "float", "i": "int", "u": "int", "b": "bool"}
 
 
-class BatchValidationError(ValueError):
+class BatchValidationError(errors.InputError):
     """A batch does not match what the model and dataset promise."""
 
 

@@ -112,48 +112,45 @@ def columns_sha256(cols) -> str:
 
 
 def run(args) -> int:
-    from mmjax.data import DataConfigError, convert, dataset_info, split_columns
+    from mmjax.data import convert, dataset_info, split_columns
     from mmjax.data import bad_examples, source
 
-    try:
-        if args.manifest:
-            if args.action != "build":
-                raise UserError(f"--from MANIFEST goes with data build, not data {args.action}")
-            return build_from_manifest(args)
-        cfg = _config(args)
-        if args.action == "build":
-            t = time.time()
-            b = source.builder(cfg)
-            print(f"{args.name}: prepared in {b.data_dir} ({time.time() - t:.1f} s)")
-            for split, s in b.info.splits.items():
-                print(f"  {split}: {s.num_examples} examples, {s.num_bytes / 1e6:.1f} MB")
-            return 0
-        if args.action == "convert":
-            t = time.time()
-            path = convert(cfg)
-            print(f"{args.name}: readable by index in {path} ({time.time() - t:.1f} s)")
-            return 0
-        info = dataset_info(cfg)
-        print(f"dataset: {info.name}  in {info.data_dir}")
-        print(f"classes: {info.num_classes}  {', '.join(info.class_names[:20])}{' ...' if info.num_classes > 20 else ''}")
-        print("modalities:")
-        for m, mi in info.modalities.items():
-            print(f"  {m}: {mi.kind} {mi.shape} {mi.dtype}{'  + token_mask' if mi.sequence else ''}")
-        print("features:")
-        print("  " + str(source.builder(cfg, prepare=False).info.features).replace("\n", "\n  "))
-        print("splits:")
-        for split, n in info.splits.items():
-            cols = split_columns(cfg, split)
-            line = f"  {split}: {n} examples"
-            if "label" in cols and cols["label"].ndim == 1:
-                counts = np.bincount(cols["label"][cols["keep"]], minlength=info.num_classes)
-                line += f"; per class min {counts.min()} max {counts.max()}: {counts.tolist()}"
-            print(line)
-            # Counts of undecodable/empty/silent examples and what the bad_examples policy did.
-            print(f"    {bad_examples.summary_line(cfg.name, split)}")
-            if split in info.hashes:
-                print(f"    content sha256 (recorded at build): {info.hashes[split]}")
-            print(f"    pipeline columns sha256 (after fixed corruption): {columns_sha256(cols)}")
+    if args.manifest:
+        if args.action != "build":
+            raise UserError(f"--from MANIFEST goes with data build, not data {args.action}")
+        return build_from_manifest(args)
+    cfg = _config(args)
+    if args.action == "build":
+        t = time.time()
+        b = source.builder(cfg)
+        print(f"{args.name}: prepared in {b.data_dir} ({time.time() - t:.1f} s)")
+        for split, s in b.info.splits.items():
+            print(f"  {split}: {s.num_examples} examples, {s.num_bytes / 1e6:.1f} MB")
         return 0
-    except DataConfigError as e:
-        raise UserError(str(e)) from None
+    if args.action == "convert":
+        t = time.time()
+        path = convert(cfg)
+        print(f"{args.name}: readable by index in {path} ({time.time() - t:.1f} s)")
+        return 0
+    info = dataset_info(cfg)
+    print(f"dataset: {info.name}  in {info.data_dir}")
+    print(f"classes: {info.num_classes}  {', '.join(info.class_names[:20])}{' ...' if info.num_classes > 20 else ''}")
+    print("modalities:")
+    for m, mi in info.modalities.items():
+        print(f"  {m}: {mi.kind} {mi.shape} {mi.dtype}{'  + token_mask' if mi.sequence else ''}")
+    print("features:")
+    print("  " + str(source.builder(cfg, prepare=False).info.features).replace("\n", "\n  "))
+    print("splits:")
+    for split, n in info.splits.items():
+        cols = split_columns(cfg, split)
+        line = f"  {split}: {n} examples"
+        if "label" in cols and cols["label"].ndim == 1:
+            counts = np.bincount(cols["label"][cols["keep"]], minlength=info.num_classes)
+            line += f"; per class min {counts.min()} max {counts.max()}: {counts.tolist()}"
+        print(line)
+        # Counts of undecodable/empty/silent examples and what the bad_examples policy did.
+        print(f"    {bad_examples.summary_line(cfg.name, split)}")
+        if split in info.hashes:
+            print(f"    content sha256 (recorded at build): {info.hashes[split]}")
+        print(f"    pipeline columns sha256 (after fixed corruption): {columns_sha256(cols)}")
+    return 0

@@ -15,7 +15,6 @@ import sys
 import time
 
 from experiments import config_utils, modalities
-from experiments.commands import train as train_cmd
 from experiments.errors import UserError
 
 
@@ -83,14 +82,11 @@ def run(args) -> int:
     for _, c in runs.values():
         c.total_steps, c.log_every = base.total_steps, base.log_every
     results = {}
-    try:
-        for key, (label, c) in runs.items():
-            results[key] = _train(label, c, os.path.join(args.workdir, key), args.fresh)
-            if key == "fusion":
-                print("[demo] evaluating the fusion model (metrics, plots, modality robustness)", flush=True)
-                results["fusion_eval"] = eval_cmd.evaluate(c, os.path.join(args.workdir, key), which="latest")
-    except train_cmd._user_errors() as e:
-        raise UserError(str(e)) from None
+    for key, (label, c) in runs.items():
+        results[key] = _train(label, c, os.path.join(args.workdir, key), args.fresh)
+        if key == "fusion":
+            print("[demo] evaluating the fusion model (metrics, plots, modality robustness)", flush=True)
+            results["fusion_eval"] = eval_cmd.evaluate(c, os.path.join(args.workdir, key), which="latest")
     total = time.time() - t0
     # The test split of each run's selected checkpoint (chosen on validation).
     rows = [(label, results[key]["test"]["accuracy"], results[key]["test"].get("macro_f1", float("nan")))

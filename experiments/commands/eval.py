@@ -154,9 +154,6 @@ def run(args) -> int:
     config = train_cmd.prepare(args)
     modalities.restrict(config)
     levels = _levels(args.noise_levels)
-    try:
-        evaluate(config, args.workdir, which="latest" if args.latest else "best", noise_levels=levels,
-                 plots=not args.no_plots, split=args.split, explain=args.explain)
-    except train_cmd._user_errors() as e:
-        raise UserError(str(e)) from None
+    evaluate(config, args.workdir, which="latest" if args.latest else "best", noise_levels=levels,
+             plots=not args.no_plots, split=args.split, explain=args.explain)
     return 0

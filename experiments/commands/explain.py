@@ -234,15 +234,10 @@ def explain_eval_examples(config, info: Mapping[str, Any], model, variables, bat
 
 def run(args) -> int:
     import mmjax
-    from mmjax.inference.inputs import InputError
-    from mmjax.inference.load import LoadError
 
-    try:
-        loaded = mmjax.load(args.workdir, which="latest" if args.latest else "best")
-        kinds = {m: s.kind for m, s in loaded.specs.items()}
-        batch = loaded.preprocess(parse_inputs(args.inputs, kinds))
-    except (LoadError, InputError) as e:
-        raise UserError(str(e)) from None
+    loaded = mmjax.load(args.workdir, which="latest" if args.latest else "best")
+    kinds = {m: s.kind for m, s in loaded.specs.items()}
+    batch = loaded.preprocess(parse_inputs(args.inputs, kinds))
     out = args.out or os.path.join(str(args.workdir), "explain")
     target = class_index(args.class_name, loaded.class_names)
     summaries = explain_all(lambda b: loaded.forward(loaded.variables, b), loaded.model, loaded.variables, batch, out,

@@ -26,7 +26,6 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
-    from experiments.commands import train as train_cmd
     import mmjax
     from mmjax.inference import export
 
@@ -38,11 +37,8 @@ def run(args) -> int:
     unknown = sorted(set(platforms or ()) - set(PLATFORMS))
     if unknown:
         raise UserError(f"--platforms: unknown platform {unknown[0]!r}; known: {', '.join(PLATFORMS)}")
-    try:
-        model = mmjax.load(args.workdir, "latest" if args.latest else "best")
-        doc = export(model, args.out, platforms=platforms)
-    except train_cmd._user_errors() as e:
-        raise UserError(str(e)) from None
+    model = mmjax.load(args.workdir, "latest" if args.latest else "best")
+    doc = export(model, args.out, platforms=platforms)
     print(f"exported step {model.step} ({len(model.class_names)} classes, inputs {', '.join(model.modalities)}; "
           f"{', '.join(doc['platforms'])}) to {args.out} ({doc['bytes']} bytes) and {args.out}.json")
     return 0

@@ -66,16 +66,12 @@ def rows(probs: np.ndarray, class_names: List[str], top_k: int) -> List[Dict[str
 
 
 def run(args) -> int:
-    from experiments.commands import train as train_cmd
     import mmjax
 
     if not os.path.isdir(args.workdir) and "://" not in args.workdir:
         raise UserError(f"--workdir {args.workdir}: no such directory")
-    try:
-        model = mmjax.load(args.workdir, "latest" if args.latest else "best")
-        probs = model.predict(parse_inputs(args.inputs, model.specs))
-    except train_cmd._user_errors() as e:
-        raise UserError(str(e)) from None
+    model = mmjax.load(args.workdir, "latest" if args.latest else "best")
+    probs = model.predict(parse_inputs(args.inputs, model.specs))
     out = rows(probs, model.class_names, args.top_k)
     if args.json:
         print(json.dumps({"step": model.step, "class_names": model.class_names, "notes": model.last_notes,

@@ -254,10 +254,7 @@ def run(args) -> int:
         f" --fusions {args.fusions}" if args.fusions else "") + f" --seeds {args.seeds}" + "".join(
         f" --config.{k}={v}" for k, v in args.overrides)
     console = None if args.quiet else sys.stdout
-    try:
-        sweep(config, args.workdir, names, args.seeds, baselines=not args.no_baselines,
-              console=console, title=args.experiment, command=command)
-    except train_cmd._user_errors() as e:
-        raise UserError(str(e)) from None
+    sweep(config, args.workdir, names, args.seeds, baselines=not args.no_baselines,
+          console=console, title=args.experiment, command=command)
     print(f"wrote {os.path.join(args.workdir, 'sweep.md')}, sweep.json, sweep.png")
     return 0

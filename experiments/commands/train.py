@@ -67,10 +67,7 @@ def base_config(args):
     experiment named, if any, must be the one it was trained with), else the named experiment."""
     from mmjax.train import run_record
 
-    try:
-        record = run_record.read(args.workdir) if os.path.isdir(args.workdir) or "://" in args.workdir else None
-    except run_record.ConfigChangedError as e:
-        raise UserError(str(e)) from None
+    record = run_record.read(args.workdir) if os.path.isdir(args.workdir) or "://" in args.workdir else None
     if record is None:
         if not args.experiment:
             raise UserError(f"--workdir {args.workdir} holds no run ({run_record.FILE}): name the experiment, "
@@ -86,10 +83,7 @@ def base_config(args):
 def prepare(args):
     """Distributed start-up, then the config with overrides applied."""
     from mmjax.train import distributed
-    try:
-        distributed.initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
-    except distributed.DistributedConfigError as e:
-        raise UserError(str(e)) from None
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
     if os.path.exists(args.workdir) and not os.path.isdir(args.workdir):
         raise UserError(f"--workdir {args.workdir} is a file, not a directory")
     config, args.experiment = base_config(args)
@@ -104,35 +98,9 @@ def prepare(args):
     return config
 
 
-def _user_errors():
-    """Config mistakes surfacing from the library, reported as one line."""
-    from mmjax.data.errors import DataConfigError
-    from mmjax.models.classifier import ModelConfigError
-    from mmjax.registry import UnknownNameError
-    from mmjax.train.checkpoint import CheckpointError
-    from mmjax.train.optim import OptimConfigError
-    from mmjax.train.parallel import ParallelConfigError
-    from mmjax.fusion.attention import AttentionConfigError
-    from mmjax.fusion.base import FusionInputError
-    from mmjax.train.health import WorkdirBusyError
-    from mmjax.train.run_record import ConfigChangedError
-    from mmjax.train.selection import SelectionSplitError
-    from mmjax.train.loop import WorkdirError
-    from mmjax.train.step import StepConfigError
-    from mmjax.validation import BatchValidationError
-    return (ModelConfigError, UnknownNameError, CheckpointError, OptimConfigError, ParallelConfigError,
-            StepConfigError, BatchValidationError, FusionInputError, AttentionConfigError, WorkdirError,
-            WorkdirBusyError, DataConfigError, ConfigChangedError, SelectionSplitError)
-
-
 def run(args) -> int:
     config = prepare(args)
     from mmjax.train import loop
-    try:
-        loop.train_and_evaluate(config, args.workdir, allow_config_change=args.allow_config_change,
-                                experiment=args.experiment)  # data: mmjax.data.factory, the loop's default
-    except _user_errors() as e:
-        raise UserError(str(e)) from None
-    except loop.TrainingDiverged as e:
-        raise UserError(str(e)) from None
+    loop.train_and_evaluate(config, args.workdir, allow_config_change=args.allow_config_change,
+                            experiment=args.experiment)  # data: mmjax.data.factory, the loop's default
     return 0

@@ -1,7 +1,8 @@
-"""Errors of the data package."""
+"""Errors of the data package (kinds of :class:`mmjax.errors.DataError`)."""
+from mmjax import errors
 
 
-class DataConfigError(ValueError):
+class DataConfigError(errors.DataError):
     """A data config, split or dataset that cannot be used as given (the message says why)."""
 
 

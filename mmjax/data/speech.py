@@ -16,6 +16,8 @@ from typing import List, Optional
 
 import numpy as np
 
+from mmjax import errors
+
 ESPEAK_RATE = 22050
 
 # espeak_PARAMETER values from speak_lib.h.
@@ -24,7 +26,7 @@ _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _POS_CHARACTER = 1
 
 
-class SpeechUnavailableError(RuntimeError):
+class SpeechUnavailableError(errors.DependencyError, RuntimeError):
     """espeak-ng could not be loaded (the ``espeakng-loader`` wheel is missing)."""
 
 

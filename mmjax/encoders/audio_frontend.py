@@ -33,12 +33,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmjax import errors
+
 Array = jax.Array
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
-class AudioFrontendError(ValueError):
+class AudioFrontendError(errors.ConfigError):
     """Bad waveform shape or spectrogram configuration."""
 
 

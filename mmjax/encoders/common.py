@@ -7,13 +7,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax import errors
 from mmjax.layers.dense import dense
 from mmjax.sharding import CONV_IN, CONV_OUT, EMBED, LENGTH, NORM, logical
 
 Array = jax.Array
 
 
-class EncoderInputError(ValueError):
+class EncoderInputError(errors.InputError):
     """An encoder got inputs of the wrong rank, shape, dtype or a bad config."""
 
 

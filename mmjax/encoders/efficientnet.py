@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmjax import errors
 from mmjax.encoders.registry import register
 from mmjax.layers import dense
 from mmjax.sharding import CLASSES, CONV_IN, CONV_OUT, NORM, logical
@@ -51,7 +52,7 @@ IMAGE_SIZE = 224
 CROP_PADDING = 32  # eval crop: the central IMAGE_SIZE / (IMAGE_SIZE + 32) of the shorter side
 
 
-class EfficientNetInputError(ValueError):
+class EfficientNetInputError(errors.InputError):
     """Bad input or config for the efficientnet_lite0 encoder."""
 
 

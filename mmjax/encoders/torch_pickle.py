@@ -31,6 +31,8 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 import ml_dtypes
 import numpy as np
 
+from mmjax import errors
+
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
 
@@ -49,7 +51,7 @@ STORAGE_DTYPES: Mapping[str, np.dtype] = {
 }
 
 
-class TorchPickleError(ValueError):
+class TorchPickleError(errors.CheckpointError):
     """The file is not a PyTorch checkpoint we can read, or names a forbidden global."""
 
 

@@ -22,13 +22,15 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from mmjax import errors
+
 MAX_MODALITIES = 8
 VALUES = ("probability", "logit")
 
 LogitsFn = Callable[[Mapping[str, Any]], Any]  # batch -> (B, C) logits
 
 
-class ExplainError(ValueError):
+class ExplainError(errors.InputError):
     """An explanation that cannot be computed as asked (too many modalities, a bad input...)."""
 
 

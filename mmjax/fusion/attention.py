@@ -27,6 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax import errors
 from mmjax.fusion.base import FusionInputs, masked_mean, prepare, with_pooled_token
 from mmjax.fusion.cost import Cost, register_cost
 from mmjax.fusion.registry import register
@@ -42,7 +43,7 @@ Array = jax.Array
 TOKENS_AXIS = LENGTH
 
 
-class AttentionConfigError(ValueError):
+class AttentionConfigError(errors.ConfigError):
     """Bad configuration of an attention fusion block (names the offending key)."""
 
 

@@ -20,12 +20,13 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import jax
 import jax.numpy as jnp
 
+from mmjax import errors
 from mmjax.types import Encoded
 
 Array = jax.Array
 
 
-class FusionInputError(ValueError):
+class FusionInputError(errors.InputError):
     """Bad input to a fusion block: wrong rank, batch size, mask or modality set."""
 
 

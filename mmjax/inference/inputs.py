@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from mmjax import errors
 from mmjax.data.errors import DataConfigError
 from mmjax.train.config_access import as_dict, get
 
@@ -31,7 +32,7 @@ from mmjax.train.config_access import as_dict, get
 BATCH_DTYPES = {"image": "uint8", "text": "int32", "audio": "float32", "vector": "float32"}
 
 
-class InputError(DataConfigError):
+class InputError(errors.InputError, DataConfigError):
     """An input that cannot be turned into what the model was trained on (names the modality)."""
 
 

@@ -38,6 +38,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax import errors
 from mmjax.layers.dense import dense
 from mmjax.layers.transformer import (
     HeadMerge,
@@ -53,7 +54,7 @@ from mmjax.sharding import EMBED, HEADS, KV, LENGTH, MLP, VOCAB, logical
 Array = jax.Array
 
 
-class DecoderInputError(ValueError):
+class DecoderInputError(errors.InputError):
     """Bad decoder input: token dtype/rank, sequence longer than max_len, context shape."""
 
 

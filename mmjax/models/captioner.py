@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from mmjax import encoders as encoder_registry
+from mmjax import errors
 from mmjax.layers import dense
 from mmjax.layers.decoder import LSTMDecoder, TransformerDecoder
 from mmjax.models import decoding
@@ -33,7 +34,7 @@ Array = jax.Array
 DECODERS = ("transformer", "lstm")
 
 
-class CaptionerConfigError(ValueError):
+class CaptionerConfigError(errors.ConfigError):
     """Bad captioner config or batch (decoder kind, ids, missing modality)."""
 
 

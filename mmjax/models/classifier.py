@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from mmjax import encoders as encoder_registry
+from mmjax import errors
 from mmjax import fusion as fusion_registry
 from mmjax.registry import BadSizeError, check_sizes
 from mmjax.layers import TransformerStack, dense
@@ -41,7 +42,7 @@ PLACEMENTS = ("early", "middle", "late")
 NO_FUSION = "none"
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(errors.ConfigError):
     """Bad classifier config: placement, encoder spec or inputs that do not match it."""
 
 

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from mmjax import encoders as encoder_registry
+from mmjax import errors
 from mmjax.layers import dense
 from mmjax.models import contrastive_loss as losses
 from mmjax.sharding import EMBED, FUSION_OUT
@@ -33,7 +34,7 @@ Array = jax.Array
 LOSSES = ("clip", "siglip")
 
 
-class ContrastiveConfigError(ValueError):
+class ContrastiveConfigError(errors.ConfigError):
     """Bad contrastive model config or batch (towers, loss name, missing modality)."""
 
 

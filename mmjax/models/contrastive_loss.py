@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from mmjax import errors
+
 Array = jax.Array
 AxisNames = Union[str, Tuple[str, ...]]
 
@@ -40,7 +42,7 @@ SIGLIP_INIT_LOG_SCALE = math.log(10.0)
 SIGLIP_INIT_BIAS = -10.0
 
 
-class ContrastiveLossError(ValueError):
+class ContrastiveLossError(errors.InputError):
     """Bad input to a contrastive loss (shapes, batch sizes, mesh axes)."""
 
 

@@ -39,13 +39,15 @@ from typing import Any, Callable, Tuple
 import jax
 import jax.numpy as jnp
 
+from mmjax import errors
+
 Array = jax.Array
 StepFn = Callable[[Array, Any], Tuple[Array, Any]]
 
 NEG = -1.0e9  # finite "minus infinity": sums and differences stay NaN-free
 
 
-class DecodingError(ValueError):
+class DecodingError(errors.ConfigError):
     """Bad decoding arguments (sizes, lengths, ids)."""
 
 

@@ -21,10 +21,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mmjax import errors
+
 Array = jax.Array
 
 
-class RetrievalInputError(ValueError):
+class RetrievalInputError(errors.InputError):
     """Bad input to a retrieval / probe function (shapes, ids)."""
 
 

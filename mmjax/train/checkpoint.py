@@ -23,6 +23,7 @@ import orbax.checkpoint as ocp
 from flax import serialization
 from orbax.checkpoint._src.checkpoint_managers import preservation_policy as pp
 
+from mmjax import errors
 from mmjax.train import agreement as agreement_lib
 from mmjax.train import files
 from mmjax.train import health
@@ -31,7 +32,7 @@ from mmjax.train.state import TrainState
 PyTree = Any
 
 
-class CheckpointError(ValueError):
+class CheckpointError(errors.CheckpointError):
     """Bad checkpoint option, or a checkpoint that does not fit the model."""
 
 

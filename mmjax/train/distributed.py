@@ -51,11 +51,13 @@ from typing import Callable, Mapping, Optional
 
 import jax
 
+from mmjax import errors
+
 PCI_DEVICES = "/sys/bus/pci/devices"
 GOOGLE_PCI_VENDOR = "0x1ae0"
 
 
-class DistributedConfigError(ValueError):
+class DistributedConfigError(errors.ConfigError):
     """Inconsistent --coordinator / --num_processes / --process_id, or a launcher JAX cannot read."""
 
 

@@ -23,13 +23,15 @@ from typing import Union
 
 from etils import epath
 
+from mmjax import errors
+
 PathLike = Union[str, os.PathLike]
 _SCHEME = re.compile(r"^([a-z][a-z0-9+.-]*)://")
 # fsspec filesystems that an object-store workdir needs, by URL scheme.
 _BACKENDS = {"gs": "gcsfs", "gcs": "gcsfs", "s3": "s3fs"}
 
 
-class PathError(ValueError):
+class PathError(errors.ConfigError):
     """An object-store URL that this installation cannot reach (its fsspec backend is missing)."""
 
 

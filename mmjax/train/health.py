@@ -28,8 +28,10 @@ import threading
 import time
 from typing import Any, Callable, Dict, Optional, Tuple
 
+from mmjax import errors
 
-class WorkdirBusyError(RuntimeError):
+
+class WorkdirBusyError(errors.RunError):
     """Another live run holds the workdir lock."""
 
 

@@ -23,24 +23,23 @@ from typing import Any, Callable, Dict, Iterator, Mapping, Optional, TextIO
 import jax
 import numpy as np
 
+from mmjax import errors
 from mmjax import validation
 from mmjax.validation import BatchValidationError
-from mmjax.fusion.attention import AttentionConfigError
-from mmjax.models.classifier import ModelConfigError
 from mmjax.train import builder, evaluation, files, run_record, selection
 from mmjax.train import health
 from mmjax.train import init_from as init_from_lib
 from mmjax.train import logging as log_lib
 from mmjax.train.config_access import as_dict as _as_dict, get as _get
 from mmjax.train.checkpoint import Checkpointer, CheckpointError
-from mmjax.train.optim import OptimConfigError, make_schedule
+from mmjax.train.optim import make_schedule
 from mmjax.train.parallel import prefetch_to_device
 
 DataFn = Callable[..., Iterator[Dict[str, Any]]]
 DEVICE_PREFETCH = 2  # batches on their way to the device while a step runs
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(errors.RunError):
     """The loss or gradient norm became NaN/Inf with ``train.nan_policy = "stop"``."""
 
 
@@ -53,7 +52,7 @@ def _peek(it: Iterator) -> tuple:
     return first, chained()
 
 
-class WorkdirError(ValueError):
+class WorkdirError(errors.ConfigError):
     """The workdir cannot be used (it is a file, or not writable)."""
 
 
@@ -266,7 +265,7 @@ def _train(config, workdir, data_fn, info_fn, console, stop_at, guard, lock, rec
         example, train_iter = batches_from(start)
         state = None
         if steps:
-            state, restored = ckpt.restore_latest_good(_first_trace(runner.abstract_state, example, rng), say,
+            state, restored = ckpt.restore_latest_good(runner.abstract_state(example, rng), say,
                                                        config=config)
             if state is None:
                 raise CheckpointError(f"no checkpoint in {ckpt.directory} could be read; move that directory "
@@ -287,7 +286,7 @@ def _train(config, workdir, data_fn, info_fn, console, stop_at, guard, lock, rec
         if state is not None:
             say(f"resumed from {ckpt.directory} at step {start}")
         else:
-            state = _first_trace(runner.create_state, example, rng)
+            state = runner.create_state(example, rng)
             init_from = _as_dict(_get(config, "init_from", {}))
             if init_from.get("path") or init_from.get("pretrained") or init_from.get("params") is not None:
                 state = init_from_lib.apply_init_from(runner, state, init_from, say=say)
@@ -345,23 +344,6 @@ def _check_data_position(ckpt: Checkpointer, step: int, config: Any) -> None:
             f"{int(config.batch_size)}: its data position (step {step} of {saved} examples) does not map to "
             f"another batch size; resume with --config.batch_size={saved}, or train in a new workdir "
             f"(--config.init_from.path=... keeps the weights)")
-
-
-def _first_trace(fn, example, rng):
-    """Runs the first trace of the model on ``example``; model errors about the inputs become BatchValidationError.
-
-    Config errors raised while tracing (a bad model or optimizer option) pass through as they are.
-    """
-    try:
-        return fn(example, rng)
-    except (CheckpointError, validation.BatchValidationError, ModelConfigError, OptimConfigError,
-            AttentionConfigError):
-        raise
-    except ValueError as e:
-        if type(e).__module__.startswith(("jax", "flax", "optax", "orbax")):
-            raise
-        raise validation.BatchValidationError(
-            f"the model rejected the first batch ({type(e).__name__}): {' '.join(str(e).split())}") from None
 
 
 def _loop(config, workdir, runner, state, ckpt, writer, say, data_fn, train_iter, spec, start, num_classes,

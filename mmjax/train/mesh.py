@@ -24,12 +24,13 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from jax.experimental import mesh_utils
 
+from mmjax import errors
 from mmjax.sharding import MESH_AXES
 
 Span = Tuple[int, int]
 
 
-class ParallelConfigError(ValueError):
+class ParallelConfigError(errors.ConfigError):
     """Bad ``config.parallel`` value (mode, mesh shape, rules) or a batch that does not fit it."""
 
 

@@ -16,10 +16,12 @@ from typing import Any, Callable, Iterable, Mapping, Sequence, Tuple
 import jax
 import optax
 
+from mmjax import errors
+
 PyTree = Any
 
 
-class OptimConfigError(ValueError):
+class OptimConfigError(errors.ConfigError):
     """Bad ``config.optim`` value."""
 
 

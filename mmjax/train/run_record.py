@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import ml_collections
 
+from mmjax import errors
 from mmjax.train import files
 
 FILE = "config.json"
@@ -30,7 +31,7 @@ FREE_KEYS = ("description", "log_every", "eval_every", "checkpoint_every", "tens
 _VOLATILE_INFO = ("bad_examples",)
 
 
-class ConfigChangedError(ValueError):
+class ConfigChangedError(errors.ConfigError):
     """A resumed run's config differs from the one its workdir was trained with."""
 
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping, Optional, Tuple
 
+from mmjax import errors
 from mmjax.train.config_access import get as _get
 
 HELD_OUT_PERCENT = 10
 _PLAIN_OR_HEAD = re.compile(r"^(?P<base>[A-Za-z_]\w*)(\[:(?P<end>\d+)%\])?$")
 
 
-class SelectionSplitError(ValueError):
+class SelectionSplitError(errors.ConfigError):
     """The config's selection split is not in the dataset and cannot be held out of its train split."""
 
 

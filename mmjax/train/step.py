@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mmjax import errors
 from mmjax import losses as losses_lib
 from mmjax.train.state import TrainState
 
@@ -23,7 +24,7 @@ PyTree = Any
 Metrics = Dict[str, jax.Array]
 
 
-class StepConfigError(ValueError):
+class StepConfigError(errors.ConfigError):
     """Bad step option (loss name, accumulation steps, NaN policy)."""
 
 

@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmjax import caption_metrics
+from mmjax import errors
 from mmjax.models import retrieval
 from mmjax.models.captioner import Captioner, generate, strip_bos
 from mmjax.models.contrastive import ContrastiveModel
@@ -57,7 +58,7 @@ TASKS = ("classification", "contrastive", "captioning")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
-class TaskConfigError(ValueError):
+class TaskConfigError(errors.ConfigError):
     """Bad ``config.task`` or task-specific config (model kwargs, eval options, dataset info)."""
 
 

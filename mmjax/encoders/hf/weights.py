@@ -20,12 +20,14 @@ from typing import Any, Dict, Mapping
 
 import numpy as np
 
+from mmjax import errors
 
-class HFCheckpointError(ValueError):
+
+class HFCheckpointError(errors.CheckpointError):
     """A model directory that cannot be converted: missing files or tensors, unsupported config."""
 
 
-class HFUnavailableError(ImportError, HFCheckpointError):
+class HFUnavailableError(errors.DependencyError, HFCheckpointError):
     """A library needed to read a checkpoint (safetensors, tokenizers) is not installed."""
 
 
