@@ -102,7 +102,7 @@ def default_config(name: str) -> ml_collections.ConfigDict:
         # av_digits' (unseen test voices) at the same -6 dB. Measured in experiments/VIDEO_av_digits.md.
         # mean / std: of the clips as corrupted here (clean clips: 0.025 / 0.134).
         cfg.modalities = dict(
-            video=_modality(kind="video", feature="video", mean=(0.2,), std=(0.3,), occlusion=0.5, noise_std=0.5),
+            video=_modality(kind="video", feature="video", mean=(0.09,), std=(0.145,), occlusion=0.5, noise_std=0.2),
             audio=_modality(kind="audio", feature="audio", length=8000, snr_db=-6.0),
         )
     elif base in ("mnist", "fashion_mnist", "cifar10", "cifar100", "svhn_cropped"):
