@@ -57,8 +57,9 @@ def pid_alive(pid: int) -> bool:
 class WorkdirLock:
     """An exclusive lock on a run directory (``WORKDIR/run.lock``).
 
-    ``acquire()`` creates the file with ``O_CREAT | O_EXCL`` (atomic on local
-    and NFS v3+ filesystems) and writes ``{"pid", "host", "started"}``. If it
+    ``acquire()`` writes ``{"pid", "host", "started"}`` to a temporary file and
+    hard-links it to the lock name (atomic on local and NFS filesystems, and the
+    lock is never seen empty, so no second run can take an empty lock over). If it
     exists and names a live process, or a process on another host (whose
     liveness cannot be checked from here), :class:`WorkdirBusyError` is raised;
     if the pid is dead on this host the lock is stale and is replaced.
@@ -80,43 +81,55 @@ class WorkdirLock:
         """Nothing to check for a local lock (same interface as the object-store lease)."""
 
     def _read(self) -> Dict[str, Any]:
+        """The lock's content as a dict with an int ``pid`` ({} when unreadable, not JSON or not a lock)."""
         try:
             with open(self.path, encoding="utf-8") as f:
-                return json.load(f)
+                owner = json.load(f)
         except (OSError, ValueError):
             return {}
+        pid = owner.get("pid") if isinstance(owner, dict) else None
+        if not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid < 2 ** 31:
+            return {}
+        return owner
+
+    def _create(self, host: str) -> bool:
+        """Creates the lock with its content in one step (never seen empty); False when it exists."""
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"pid": os.getpid(), "host": host, "started": time.strftime("%Y-%m-%d %H:%M:%S")}, f)
+        try:
+            os.link(tmp, self.path)  # atomic, and fails when the lock exists (local disks and NFS)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.remove(tmp)
 
     def acquire(self) -> "WorkdirLock":
         host = socket.gethostname()
         for _ in range(3):
+            if self._create(host):
+                self.held = True
+                return self
+            owner = self._read()
+            pid, owner_host = int(owner.get("pid", -1)), owner.get("host")
+            if owner and owner_host == host and pid == os.getpid():
+                self.held = True
+                return self
+            if owner and (owner_host != host or pid_alive(pid)):
+                raise WorkdirBusyError(
+                    f"workdir {os.path.dirname(self.path)} is in use by pid {pid} on host {owner_host} "
+                    f"(since {owner.get('started', '?')}); wait for it, or delete {self.path} if that run is gone"
+                ) from None
+            # Dead owner on this host, or a lock file that is not a lock (damaged, edited).
+            what = f"pid {pid} is not running" if owner else "the lock file is empty, unreadable or not a lock"
+            self.say(f"removing stale lock {self.path} ({what})")
+            stale = f"{self.path}.stale-{os.getpid()}"
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = self._read()
-                pid, owner_host = int(owner.get("pid", -1) or -1), owner.get("host")
-                if owner and owner_host == host and pid == os.getpid():
-                    self.held = True
-                    return self
-                if owner and (owner_host != host or pid_alive(pid)):
-                    raise WorkdirBusyError(
-                        f"workdir {os.path.dirname(self.path)} is in use by pid {pid} on host {owner_host} "
-                        f"(since {owner.get('started', '?')}); wait for it, or delete {self.path} if that run is gone"
-                    ) from None
-                # Dead owner on this host, or a lock torn before its owner wrote it.
-                what = f"pid {pid} is not running" if owner else "the lock file is empty or unreadable"
-                self.say(f"removing stale lock {self.path} ({what})")
-                stale = f"{self.path}.stale-{os.getpid()}"
-                try:
-                    os.replace(self.path, stale)
-                    os.remove(stale)
-                except FileNotFoundError:
-                    pass  # another starter cleared it first; try again
-                continue
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({"pid": os.getpid(), "host": host,
-                           "started": time.strftime("%Y-%m-%d %H:%M:%S")}, f)
-            self.held = True
-            return self
+                os.replace(self.path, stale)
+                os.remove(stale)
+            except FileNotFoundError:
+                pass  # another starter cleared it first; try again
         raise WorkdirBusyError(f"could not take the lock {self.path} (other runs keep starting on this workdir)")
 
     def release(self) -> None:

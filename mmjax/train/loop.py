@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional, TextIO
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, TextIO, Tuple
 
 import jax
 import numpy as np
@@ -129,24 +129,32 @@ def check_config(config: Any) -> None:
         )
 
 
-def _truncate_metrics(path, step: int) -> int:
-    """Drops the records of ``path`` (metrics.jsonl, local or gs://) after ``step`` and a torn last line; -> count."""
+def _truncate_metrics(path, step: int) -> Tuple[int, int]:
+    """Keeps the records of ``path`` (metrics.jsonl, local or gs://) up to ``step``.
+
+    -> (records after ``step``, damaged lines) dropped: a line that is not a JSON
+    object with an integer step (cut by a kill, a bad byte, edited) is damaged.
+    """
     path = files.path(path)
     if not path.exists():
-        return 0
-    lines = path.read_text(encoding="utf-8").splitlines()
-    keep = []
-    for line in lines:
+        return 0, 0
+    keep, later, damaged = [], 0, 0
+    for raw in path.read_bytes().splitlines():
         try:
-            rec = json.loads(line)
-        except ValueError:
-            continue  # a line cut by a kill
-        if int(rec.get("step", 0)) <= step:
-            keep.append(line)
-    dropped = len(lines) - len(keep)
-    if dropped:
-        files.write_text(path, "".join(l + "\n" for l in keep))
-    return dropped
+            rec = json.loads(raw.decode("utf-8"))
+            at = rec["step"]
+            if not isinstance(at, int) or isinstance(at, bool):
+                raise TypeError(at)
+        except (ValueError, TypeError, KeyError):
+            damaged += 1
+            continue
+        if at <= step:
+            keep.append(raw.decode("utf-8"))
+        else:
+            later += 1
+    if later or damaged:
+        files.write_text(path, "".join(line + "\n" for line in keep))
+    return later, damaged
 
 
 def _poison(batch: Dict[str, Any]) -> Dict[str, Any]:
@@ -276,9 +284,11 @@ def _train(config, workdir, data_fn, info_fn, console, stop_at, guard, lock, rec
                 example, train_iter = batches_from(start)
             state = runner.place_restored(state)
         if is_main:
-            dropped = _truncate_metrics(files.path(workdir) / "metrics.jsonl", start)
-            if dropped:
-                say(f"metrics.jsonl: dropped {dropped} records after step {start} (they will be replayed)")
+            later, damaged = _truncate_metrics(files.path(workdir) / "metrics.jsonl", start)
+            if later:
+                say(f"metrics.jsonl: dropped {later} records after step {start} (they will be replayed)")
+            if damaged:
+                say(f"metrics.jsonl: dropped {damaged} damaged line(s) (not a JSON record with an integer step)")
         writer = log_lib.MetricWriter(workdir, enabled=is_main, tensorboard=bool(_get(config, "tensorboard", True)),
                                       console=console)
         writer.write_config(run_record.to_json(config))

@@ -186,3 +186,28 @@ def test_ctrl_c_sets_the_flag_and_a_second_one_stops_at_once():
         with pytest.raises(KeyboardInterrupt):  # the installed handler, called as a second signal would call it
             signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_metrics_repair_on_resume_drops_damaged_lines_and_later_records(tmp_path):
+    from mmjax.train.loop import _truncate_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    good = [b'{"step": 1, "loss": 2.0}', b'{"step": 2, "loss": 1.5}']
+    damaged = [b'{"step": 2, "lo\xff\xfess": 1}', b"[1, 2]", b'{"step": "3"}', b'{"loss": 1}', b'{"step": 3, "lo']
+    path.write_bytes(b"\n".join([good[0], damaged[0], good[1], damaged[1], damaged[2], b'{"step": 5}',
+                                 damaged[3], damaged[4]]) + b"\n")
+    assert _truncate_metrics(str(path), 3) == (1, len(damaged))
+    assert path.read_bytes().splitlines() == good
+    assert _truncate_metrics(str(path), 3) == (0, 0)  # nothing left to drop: the file is not rewritten
+
+
+@pytest.mark.parametrize("content", [b'{"pid": "abc", "host": "h"}', b'{"pid": [1]}',
+                                     b'{"pid": 1000000000000000000000}', b"[1, 2]", b"", b"\xff not json"])
+def test_a_lock_file_of_any_content_is_read_safely(tmp_path, content):
+    (tmp_path / "run.lock").write_bytes(content)
+    said = []
+    lock = WorkdirLock(str(tmp_path), say=said.append).acquire()
+    assert lock.held and len(said) == 1 and "not a lock" in said[0]
+    assert json.loads((tmp_path / "run.lock").read_text())["pid"] == os.getpid()  # written whole, in one step
+    lock.release()
+    assert not (tmp_path / "run.lock").exists() and not list(tmp_path.glob("run.lock.*"))
