@@ -55,6 +55,9 @@ def _preprocessing_doc(model: LoadedModel) -> Dict[str, Dict[str, Any]]:
         if s.kind == "image":
             d.update(image_size=list(s.shape[:2]), channels=s.shape[2], mean=list(s.norm[0]), std=list(s.norm[1]),
                      note="uint8 pixels in; normalised inside the exported function")
+        elif s.kind == "video":
+            d.update(frames=s.shape[0], image_size=list(s.shape[1:3]), channels=s.shape[3], mean=list(s.norm[0]),
+                     std=list(s.norm[1]), note="uint8 frames (B, F, H, W, C) in; normalised inside the exported function")
         elif s.kind == "audio":
             d.update(sample_rate=s.sample_rate, length=s.shape[0], scale=s.scale,
                      note="float32 waveform in [-1, 1], cropped (start kept) or zero-padded to length")

@@ -29,7 +29,8 @@ from mmjax.data.errors import DataConfigError
 from mmjax.train.config_access import as_dict, get
 
 # The dtype each kind has in a batch (and in an exported model's inputs).
-BATCH_DTYPES = {"image": "uint8", "text": "int32", "audio": "float32", "vector": "float32"}
+# Images and clips stay uint8 (0..255) until normalised, as the pipeline's batches carry them.
+BATCH_DTYPES = {"image": "uint8", "video": "uint8", "text": "int32", "audio": "float32", "vector": "float32"}
 
 
 class InputError(errors.InputError, DataConfigError):
@@ -80,7 +81,7 @@ def specs_from_record(config: Any, data_info: Mapping[str, Any], names: Sequence
         mi, mc = mods[m], as_dict(data_mods.get(m))
         kind = str(mi["kind"])
         norm = None
-        if kind == "image":
+        if kind in ("image", "video"):
             mean, std = norms.get(m) or (mc.get("mean", (0.5,)), mc.get("std", (0.5,)))
             norm = (tuple(float(v) for v in mean), tuple(float(v) for v in std))
         out[m] = ModalitySpec(
