@@ -27,6 +27,7 @@ from mmjax import errors
 from mmjax.train import agreement as agreement_lib
 from mmjax.train import files
 from mmjax.train import health
+from mmjax.train.run_record import differences, to_json
 from mmjax.train.state import TrainState
 
 PyTree = Any
@@ -118,8 +119,8 @@ class Checkpointer:
                     f"checkpoint.best_metric {self.best_metric!r} is not among the eval metrics {sorted(metrics)}"
                 )
             ranked = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-        meta = {"step": int(step), "data_position": int(step), "config": _jsonable(config or {}),
-                "metrics": _jsonable(dict(metrics or {}))}
+        meta = {"step": int(step), "data_position": int(step), "config": to_json(config or {}),
+                "metrics": to_json(dict(metrics or {}))}
         return self.manager.save(
             int(step),
             args=ocp.args.Composite(
@@ -183,7 +184,7 @@ class Checkpointer:
                 saved = self.metadata(step).get("config") or {}
             except Exception:  # noqa: BLE001 - the hint is optional; the shapes already say what is wrong
                 saved = {}
-            changed = config_differences(saved, _jsonable(config))
+            changed = config_differences(saved, to_json(config))
             if changed:
                 hint = f" The config differs from the one saved with it in: {'; '.join(changed)}."
         raise CheckpointMismatchError(
@@ -375,32 +376,7 @@ def config_differences(saved: Any, current: Any, limit: int = 6) -> list:
 
     model.* and optim.* keys first, at most ``limit`` lines (then a count).
     """
-    out = []
-
-    def walk(a, b, path):
-        if isinstance(a, Mapping) and isinstance(b, Mapping):
-            for k in sorted(set(a) | set(b)):
-                walk(a.get(k, "<unset>"), b.get(k, "<unset>"), f"{path}.{k}" if path else str(k))
-        elif a != b:
-            out.append(f"{path}: {a!r} -> {b!r}")
-
-    walk(saved, current, "")
+    out = differences(saved, current)
     # The model and the optimizer decide which arrays a state has: their keys first.
     out.sort(key=lambda line: (not line.startswith(("model.", "optim.")), line))
     return out[:limit] + ([f"and {len(out) - limit} more"] if len(out) > limit else [])
-
-
-def _jsonable(x: Any) -> Any:
-    if hasattr(x, "to_dict"):
-        x = x.to_dict()
-    if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (str, int, float, bool)) or x is None:
-        return x
-    if hasattr(x, "item") and getattr(x, "ndim", 1) == 0:
-        return x.item()
-    if hasattr(x, "tolist"):
-        return x.tolist()
-    return str(x)
