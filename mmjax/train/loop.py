@@ -91,11 +91,12 @@ def check_config(config: Any) -> None:
     """Checks that fail fast, before data is read or anything is compiled.
 
     Encoder and fusion names (with "did you mean" hints), the mesh against the
-    device count, and the global batch size against the data-parallel width.
+    device count, ``single`` mode against the process count (refused with
+    several), and the global batch size against the data-parallel width.
     """
     from mmjax import encoders as encoder_registry
     from mmjax import fusion as fusion_registry
-    from mmjax.train.parallel import ParallelConfigError, mesh_shape
+    from mmjax.train.parallel import ParallelConfigError, check_processes, mesh_shape
     model = _as_dict(config.model)
     for m, spec in dict(model.get("encoders") or {}).items():
         for s in (spec if isinstance(spec, (list, tuple)) else (spec,)):
@@ -114,6 +115,7 @@ def check_config(config: Any) -> None:
     if batch < 1:
         raise ParallelConfigError(f"batch_size must be >= 1, got {batch}")
     mode = builder.parallel_mode(config)
+    check_processes(mode, jax.process_count())
     n = jax.device_count()
     if mode == "sharded":
         sizes = dict(zip(("data", "fsdp", "tensor"), mesh_shape(_as_dict(_get(config.parallel, "mesh", {})), n)))
@@ -121,7 +123,7 @@ def check_config(config: Any) -> None:
     elif mode == "pmap":
         width = n
     else:
-        width = jax.process_count()
+        width = 1
     if batch % width:
         raise ParallelConfigError(
             f"batch_size {batch} is not divisible by the {width} data-parallel shards "

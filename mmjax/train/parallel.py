@@ -58,6 +58,17 @@ def make_mesh(mesh_cfg: Mapping[str, int], devices: Optional[Sequence[Any]] = No
     return Mesh(device_grid(mesh_cfg, devices, dcn_cfg), MESH_AXES)
 
 
+def check_processes(mode: str, processes: int) -> None:
+    """Refuses ``single`` in a run of several processes: each process would run its own one-device
+    step on its own rows, training ``processes`` independent models with no gradient sync."""
+    if mode == "single" and processes > 1:
+        raise ParallelConfigError(
+            f"parallel.mode=single trains on one device of one process, but this run has {processes} processes "
+            "(each would train its own model on its own rows, with no gradient sync): use parallel.mode=auto "
+            "or sharded"
+        )
+
+
 def parse_rules(rules: Optional[Sequence[Sequence[Any]]]) -> Tuple[Tuple[str, Any], ...]:
     """config.parallel.rules (pairs [logical, mesh axis | [axes] | None]) -> flax rules; default LOGICAL_RULES."""
     if not rules:
@@ -274,6 +285,7 @@ class Runner:
 
     # ------------------------------------------------------------------ steps
     def _compile(self):
+        check_processes(self.mode, jax.process_count())
         train = functools.partial(step_lib.train_step, **self.step_kwargs)
         evaluate = functools.partial(step_lib.eval_step, **self.eval_kwargs)
         if self.mode == "single":

@@ -8,6 +8,8 @@ Modes:
   tensor2: the sharded model on mesh {data: -1, tensor: 2}, in 1 process or (with
            --coordinator) one of N; process 0 prints its losses, the global batch's rows
            and whether the rows went straight to their devices.
+  single: parallel.mode=single in one of N processes: the config check and the runner's step
+          must refuse it (each process would train its own model); prints what each raised.
 """
 import argparse
 import json
@@ -114,8 +116,27 @@ def tensor2():
                                       "mesh": dict(r.mesh.shape), "direct": r._rows_direct[rows]}))
 
 
+def single():
+    from experiments.configs import synthetic as synthetic_config
+    from mmjax.errors import ConfigError
+    from mmjax.train import loop
+
+    config = synthetic_config.get_config()
+    config.parallel.mode = "single"
+    def attempt(call):
+        try:
+            return {"returned": call()}
+        except ConfigError as e:
+            return {"error": str(e), "kind": type(e).__name__}
+    out = {"processes": jax.process_count(), "check_config": attempt(lambda: loop.check_config(config)),
+           "train_step": attempt(lambda: train(runner("single"))[1])}
+    print("RESULT " + json.dumps(out))
+
+
 if args.mode == "compare":
     compare()
+elif args.mode == "single":
+    single()
 elif args.mode == "tensor2":
     tensor2()
 elif args.mode == "single4":

@@ -120,3 +120,15 @@ def test_tensor_axis_across_two_processes_matches_one_process():
     assert single["direct"] and not multi["direct"]   # the rows are moved between the processes
     assert single["rows"] == multi["rows"] == 16
     np.testing.assert_allclose(multi["losses"], single["losses"], rtol=RTOL)
+
+
+def test_single_mode_in_two_processes_is_refused():
+    # Each process would run its own one-device step on its own rows: two models, no gradient sync.
+    out = _run_processes("single", devices=1)
+    assert out["processes"] == 2
+    for where in ("check_config", "train_step"):
+        err = out[where]
+        assert err.get("kind") == "ParallelConfigError", (where, err)
+        assert "\n" not in err["error"]
+        for word in ("parallel.mode=single", "2 processes", "parallel.mode=auto", "sharded"):
+            assert word in err["error"], (where, word, err["error"])
