@@ -57,6 +57,8 @@ from benchmarks.common import (
     write_json,
     xla_flops,
 )
+# Per-block inputs, configs and sources (all 27 blocks) live in their own file.
+from benchmarks.fusion_specs import SPECS, BlockSpec, render_catalogue, spec_for  # noqa: F401 (SPECS re-exported)
 
 # The LMF paper's reported speed-up of low-rank fusion over TFN (Liu et al.
 # 2018, "Efficient Low-rank Multimodal Fusion with Modality-Specific
@@ -70,45 +72,6 @@ TARGET_SMALL_BATCH_RATIO = 1.2  # "clearly faster" at the smallest batch
 TARGET_PEAK_SHARE = 0.60     # matmul-heavy blocks at large sizes
 
 MATMUL_HEAVY = ("concat", "tensor", "low_rank", "bilinear")
-
-
-@dataclasses.dataclass(frozen=True)
-class BlockSpec:
-    """How the benchmark drives one fusion block.
-
-    Attributes:
-      tokens: feed (B, T, D) token sequences (attention blocks) instead of (B, D).
-      config: block config beyond ``out_dim`` (filtered to the block's fields).
-      max_product: cap on prod_m (d_m + 1) * out_dim, for blocks whose weight
-        grows as the product of dims (tensor); larger cases are skipped.
-    """
-
-    tokens: bool = False
-    config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    max_product: Optional[int] = None
-
-
-ATTENTION_CONFIG = {"dim": 32, "num_heads": 4, "num_layers": 1}
-SPECS: Dict[str, BlockSpec] = {
-    "concat": BlockSpec(),
-    "sum": BlockSpec(),
-    "weighted": BlockSpec(),
-    "gated": BlockSpec(),
-    "film": BlockSpec(),
-    "tensor": BlockSpec(max_product=2**24),
-    "low_rank": BlockSpec(config={"rank": 4}),
-    "bilinear": BlockSpec(config={"factor_dim": 5}),
-    "late": BlockSpec(),
-    "cross_attention": BlockSpec(tokens=True, config=ATTENTION_CONFIG),
-    "bottleneck": BlockSpec(tokens=True, config={**ATTENTION_CONFIG, "num_layers": 2, "num_bottlenecks": 4}),
-    "perceiver": BlockSpec(tokens=True, config={**ATTENTION_CONFIG, "num_latents": 8}),
-}
-DEFAULT_SPEC = BlockSpec()
-
-
-def spec_for(name: str) -> BlockSpec:
-    """The block's spec; a block registered after this file was written gets pooled inputs."""
-    return SPECS.get(name, DEFAULT_SPEC)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,6 +169,8 @@ def _large_case(block: str) -> Optional[Dict[str, Any]]:
 
 
 def _fits(spec: BlockSpec, dims: Sequence[int], out_dim: int) -> bool:
+    if spec.max_modalities is not None and len(dims) > spec.max_modalities:
+        return False
     return spec.max_product is None or math.prod(d + 1 for d in dims) * out_dim <= spec.max_product
 
 
@@ -841,6 +806,8 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
         "- examples/s are steady state (compile excluded), median of rounds in which mmjax and PyTorch "
         "are timed in turn (so the machine's drift hits both alike); train = forward + backward "
         "(gradient of mean(out^2) w.r.t. params); ratio = mmjax / PyTorch examples/s (> 1: mmjax faster)",
+        "",
+        *render_catalogue(doc),
         "",
         "## Throughput vs batch (two modalities, dims "
         f"{doc['grid']['batch_dims']}, out_dim {doc['grid']['out_dim']}; attention blocks T={doc['grid']['token_length']})",

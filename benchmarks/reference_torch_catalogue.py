@@ -218,13 +218,18 @@ class NLGateRef(FusionReference):
 
 @_register("stack")
 class StackRef(FusionReference):
-    """MultiBench ConcatEarly (torch.cat on dim 2, aligned tokens) or Stack (pooled), flattened, Linear."""
+    """MultiBench ConcatEarly (torch.cat on dim 2, aligned tokens) or Stack (pooled), flattened, Linear.
 
-    def __init__(self, names, dims, out_dim, inputs: str = "tokens", token_length: int = 1):
+    ``token_length`` None (tokens): T is read from the loaded kernel's rows, T = rows / sum(D_m).
+    """
+
+    def __init__(self, names, dims, out_dim, inputs: str = "tokens", token_length: Optional[int] = None):
         super().__init__(names, dims, out_dim)
-        self.inputs = inputs
-        width = token_length * sum(dims) if inputs == "tokens" else dims[0] * len(dims)
-        self.proj = nn.Linear(width, out_dim)
+        self.inputs, self.token_length = inputs, token_length
+        self.proj = nn.Linear(self._width(token_length or 1), out_dim)
+
+    def _width(self, token_length: int) -> int:
+        return token_length * sum(self.dims) if self.inputs == "tokens" else self.dims[0] * len(self.dims)
 
     def forward(self, *xs):
         if self.inputs == "pooled":
@@ -234,6 +239,9 @@ class StackRef(FusionReference):
         return self.proj(torch.flatten(s, start_dim=1))
 
     def load_flax(self, params):
+        rows = params["proj"]["kernel"].shape[0]
+        if self.inputs == "tokens" and self.token_length is None and rows % sum(self.dims) == 0:
+            self.proj = nn.Linear(self._width(rows // sum(self.dims)), self.out_dim)
         load_linear(self.proj, params["proj"])
 
 

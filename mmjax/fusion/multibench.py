@@ -285,8 +285,16 @@ def _nl_gate_cost(dims, out_dim, query=None, dim=None, kv_tokens=None, token_len
 
 
 @register_cost("stack")
-def _stack_cost(dims, out_dim, inputs="tokens", token_length=1, **config) -> Cost:
-    """The Dense on the flattened stack (T * sum D_m, or D * M inputs)."""
+def _stack_cost(dims, out_dim, inputs="tokens", token_length=1, token_lengths=None, **config) -> Cost:
+    """The Dense on the flattened stack (T * sum D_m, or D * M inputs).
+
+    T is ``token_length``, or the common length in ``token_lengths`` (one per
+    modality, as the other token blocks' cost models take them).
+    """
+    if token_lengths is not None:
+        if len(set(token_lengths)) != 1:
+            raise ValueError(f"stack cost: aligned sequences need equal lengths, got {list(token_lengths)}")
+        token_length = token_lengths[0]
     width = token_length * sum(dims) if inputs == "tokens" else dims[0] * len(dims)
     if out_dim is None:
         return Cost(params=0, flops=0)

@@ -82,15 +82,30 @@ def test_markdown_and_plots_written(report):
     md = open(os.path.join(out, "fusion.md")).read()
     for name in fusion.names():
         assert f"| {name} |" in md
+    # The "Blocks" table: one row per block with its source and the cost model's numbers.
+    blocks = md.split("## Blocks", 1)[1].split("\n## ", 1)[0]
+    rows = {line.split(" | ")[0][2:]: line for line in blocks.splitlines() if line.startswith("| ") and " | " in line}
+    for name in fusion.names():
+        (r,) = [x for x in doc["results"] if x["block"] == name and x["group"] == "batch"]
+        assert ft.SPECS[name].source in rows[name], name
+        assert f"| {r['params']:,} / {r['analytic']['params']:,} |" in rows[name], name
     assert "## Targets" in md and "LMF paper" in md
     for png in ("throughput.png", "scaling.png"):
         with open(os.path.join(out, png), "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+def test_every_block_has_a_spec_with_its_source():
+    assert set(ft.SPECS) == set(fusion.names())
+    assert all(spec.source for spec in ft.SPECS.values())
+
+
 def test_grids_cover_every_group():
     cases = ft.build_cases(fusion.names(), ft.QUICK)
     groups = {(c.block, c.group) for c in cases}
+    # nl_gate takes one query and one gating modality: no case gives it more.
+    assert max(len(c.dims) for c in cases if c.block == "nl_gate") == 2
+    assert max(len(c.dims) for c in cases if c.block == "concat") == max(ft.QUICK.scaling_modalities)
     for name in fusion.names():
         assert (name, "batch") in groups and (name, "modalities") in groups and (name, "dims") in groups
     for name in ft.MATMUL_HEAVY:
