@@ -148,6 +148,8 @@ class MFHFusion(_Family):
     ``order`` = 2 is the published MFH (block.bootstrap / MMF hard-code two
     blocks); 1 is MFB with a linear_out. Dropout (``dropout_rate``) is on
     each p_i, where the published code puts ``dropout_pre_lin``.
+    More than two modalities: prod_m chains every modality's factor in
+    sorted-name order (the published MFH is M = 2).
 
     Input: pooled (B, D_m) or tokens (B, T_m, D_m) (mean-pooled) per modality.
     Missing modality: input zeroed, so its factors are act_in(b_{m,i}).
@@ -203,6 +205,10 @@ class MutanFusion(_Family):
         z = power_l2(z) if normalize
         out = W_out z + b_out                (B, out_dim), no output activation
 
+    More than two modalities: q_1 * ... * q_M chains every modality in
+    sorted-name order, a rank-``rank`` core of an order M + 1 Tucker tensor
+    (the published MUTAN is M = 2).
+
     Input: pooled (B, D_m) or tokens (B, T_m, D_m) (mean-pooled) per modality.
     Missing modality: input zeroed, so q_m = M_m b_m + c_m.
 
@@ -250,6 +256,10 @@ class BlockFusion(_Family):
         z_c = power_l2(z_c)                         if pos_norm == "before_cat" (published default)
         z = [z_1; ...; z_C], power_l2(z)            if pos_norm == "after_cat"
         out = W_out z + b_out                       (B, out_dim), no output activation
+
+    More than two modalities: prod_m chains chunk c of every modality in
+    sorted-name order, each block an order M + 1 core (the published BLOCK
+    is M = 2).
 
     Input: pooled (B, D_m) or tokens (B, T_m, D_m) (mean-pooled) per modality.
     Missing modality: input zeroed, so its chunk factors come from b_m alone.
