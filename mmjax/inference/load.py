@@ -160,8 +160,9 @@ def load(workdir: str, which: str = "best") -> LoadedModel:
     ckpt = builder.open_checkpoints(one_device, workdir, for_eval=True)
     shell = LoadedModel(config, info, 0, runner.model, {}, specs)
     try:
-        step = evaluation.selected_step(ckpt, which)
-        state = runner.host_state(evaluation.restore(runner, ckpt, step, shell.example_batch(1), one_device))
+        # A damaged checkpoint is set aside (a line on stderr) and the next one is used, as training does.
+        step, state = evaluation.restore_selected(runner, ckpt, which, shell.example_batch(1), one_device)
+        state = runner.host_state(state)
     finally:
         ckpt.close()
     variables = {"params": state.params}

@@ -6,7 +6,7 @@ checkpoint written by one reads back in the others.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import jax
 
@@ -71,11 +71,14 @@ def build(config: Any, num_classes: int, info: Optional[Mapping[str, Any]] = Non
     )
 
 
-def open_checkpoints(config: Any, workdir: str, *, for_eval: bool = False) -> Checkpointer:
+def open_checkpoints(config: Any, workdir: str, *, for_eval: bool = False,
+                     say: Optional[Callable[[str], None]] = None) -> Checkpointer:
     """The run's :class:`Checkpointer` (``WORKDIR/checkpoints``, options from ``config.checkpoint``).
 
     ``for_eval``: the directory must already hold checkpoints; a wrong workdir is an
-    error and nothing is created there.
+    error and nothing is created there. Otherwise (training owns the directory) the
+    leftovers of failed saves are removed. ``say``: where lines about damaged
+    checkpoints go (default: stderr).
     """
     ck_cfg = _as_dict(_get(config, "checkpoint", {}))
     directory = files.path(workdir) / "checkpoints"
@@ -83,4 +86,5 @@ def open_checkpoints(config: Any, workdir: str, *, for_eval: bool = False) -> Ch
         raise CheckpointError(f"no checkpoints in {files.display(workdir)} (no {directory}): train first")
     return Checkpointer(os.fspath(directory), keep=int(ck_cfg.get("keep", 2)),
                         best_metric=ck_cfg.get("best_metric") or None, best_mode=ck_cfg.get("best_mode", "max"),
-                        async_save=bool(ck_cfg.get("async_save", ASYNC_SAVE)) and not for_eval)
+                        async_save=bool(ck_cfg.get("async_save", ASYNC_SAVE)) and not for_eval,
+                        say=say, clean_partial=not for_eval)

@@ -13,7 +13,9 @@ are decided by process 0 (:mod:`mmjax.train.agreement`).
 """
 from __future__ import annotations
 
+import json
 import os
+import sys
 import time
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
@@ -25,9 +27,11 @@ from orbax.checkpoint._src.checkpoint_managers import preservation_policy as pp
 
 from mmjax import errors
 from mmjax.train import agreement as agreement_lib
-from mmjax.train import files
+from mmjax.train import checksum, files
 from mmjax.train import health
-from mmjax.train.run_record import differences, to_json
+from mmjax.train.checkpoint_fit import shapes
+from mmjax.train.checkpoint_fit import config_differences, fitting_params, tree_differences  # noqa: F401 (API)
+from mmjax.train.run_record import to_json
 from mmjax.train.state import TrainState
 
 PyTree = Any
@@ -57,18 +61,29 @@ class Checkpointer:
       async_save: write in a background thread (the step loop goes on; :meth:`wait`
         and :meth:`close` block until the last save is committed).
       agreement: how processes agree on restores (default: :class:`agreement.Agreement`).
+      say: where lines about damaged or unverified checkpoints go (default: stderr).
+      clean_partial: remove the ``N.orbax-checkpoint-tmp*`` folders of saves that failed or were
+        killed (the run that owns the directory; never an eval, which may run beside a save).
+
+    Every save records checksums of its arrays (:mod:`mmjax.train.checksum`); every restore
+    verifies them. Steps whose metrics item Orbax cannot read are set aside before the
+    Orbax manager opens the directory (it reads them all there).
     """
 
     def __init__(self, directory: str, *, keep: int = 2, best_metric: Optional[str] = None,
                  best_mode: str = "max", async_save: bool = False,
-                 agreement: Optional[agreement_lib.Agreement] = None):
+                 agreement: Optional[agreement_lib.Agreement] = None,
+                 say: Optional[Callable[[str], None]] = None, clean_partial: bool = False):
         if best_mode not in ("max", "min"):
             raise CheckpointError(f"checkpoint.best_mode must be 'max' or 'min', got {best_mode!r}")
         if keep < 1:
             raise CheckpointError(f"checkpoint.keep must be >= 1, got {keep}")
         self.directory = files.display(directory)
         self.agreement = agreement or agreement_lib.Agreement()
+        self.say = say or (lambda line: print(line, file=sys.stderr, flush=True))
         self._probe: Optional[ocp.CheckpointManager] = None  # see _reader
+        self.manager: Optional[ocp.CheckpointManager] = None
+        self._set_aside_unreadable_metrics()
         self.best_metric = best_metric
         policies = [pp.LatestN(n=keep)]
         best_fn = None
@@ -82,12 +97,17 @@ class Checkpointer:
             best_mode=best_mode,
             enable_async_checkpointing=async_save,
             create=True,
+            cleanup_tmp_directories=clean_partial,
         )
         # Handlers named up front so item_metadata can read a step before any save or restore.
-        self.manager = ocp.CheckpointManager(
-            files.path(self.directory), options=options,
-            item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
-        )
+        self.manager = ocp.CheckpointManager(files.path(self.directory), options=options,
+                                             item_handlers=_handlers())
+
+    def _set_aside_unreadable_metrics(self) -> None:
+        """Moves aside the steps whose metrics item is damaged (process 0 finds them, all agree)."""
+        found = checksum.damaged_metrics(self.directory) if self.agreement.is_main else {}
+        for step in self.agreement.share(sorted(found)):
+            self.set_aside(step, checksum.DamagedCheckpointError(found.get(step, "its metrics item (process 0)")))
 
     def latest_step(self) -> Optional[int]:
         return self.manager.latest_step()
@@ -112,37 +132,62 @@ class Checkpointer:
     def save(self, step: int, state: TrainState, *, config: Optional[Mapping[str, Any]] = None,
              metrics: Optional[Mapping[str, float]] = None, force: bool = False) -> bool:
         """Saves ``state`` at ``step``; ``metrics`` (flat floats) rank it for "best"."""
-        ranked = None
-        if metrics and self.best_metric:
-            if self.best_metric not in metrics:
-                raise CheckpointError(
-                    f"checkpoint.best_metric {self.best_metric!r} is not among the eval metrics {sorted(metrics)}"
-                )
-            ranked = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        ranked = self._ranked(metrics) if metrics and self.best_metric else None
         meta = {"step": int(step), "data_position": int(step), "config": to_json(config or {}),
                 "metrics": to_json(dict(metrics or {}))}
+        tree = serialization.to_state_dict(state)
         return self.manager.save(
             int(step),
             args=ocp.args.Composite(
-                state=ocp.args.StandardSave(serialization.to_state_dict(state)),
+                state=ocp.args.StandardSave(tree),
                 meta=ocp.args.JsonSave(meta),
+                checksums=ocp.args.JsonSave(checksum.record(tree, meta, ranked)),
             ),
             metrics=ranked,
             force=force,
         )
 
+    def _ranked(self, metrics: Mapping[str, Any]) -> Dict[str, float]:
+        """The number-valued ``metrics`` Orbax ranks a step by (``best_metric`` must be among them)."""
+        if self.best_metric not in metrics:
+            raise CheckpointError(
+                f"checkpoint.best_metric {self.best_metric!r} is not among the eval metrics {sorted(metrics)}")
+        return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+
     def restore(self, abstract_state: TrainState, step: Optional[int] = None,
                 config: Optional[Mapping[str, Any]] = None) -> TrainState:
         """Restores into the structure, dtypes and shardings of ``abstract_state`` (ShapeDtypeStructs).
 
+        The step is read back whole and verified first (see :meth:`restore_latest_good`).
         Raises :class:`CheckpointMismatchError` (see :meth:`check_fits`) when the
-        checkpoint holds other arrays than ``abstract_state``.
+        checkpoint holds other arrays than ``abstract_state``, and
+        :class:`checksum.DamagedCheckpointError` when it cannot be read, its bytes
+        differ from those saved or its params are not finite (nothing is moved:
+        :meth:`set_aside` does that).
         """
         step = self.latest_step() if step is None else step
         if step is None:
             raise CheckpointError(f"no checkpoint in {self.directory}")
-        self.check_fits(abstract_state, step, config)
-        return self._restore(abstract_state, step)
+        return self._agreed_restore(abstract_state, int(step), config)
+
+    def _agreed_restore(self, abstract_state: TrainState, step: int,
+                        config: Optional[Mapping[str, Any]]) -> TrainState:
+        """Process 0 reads ``step`` back whole and checks it; all restore it, or all raise."""
+        agree = self.agreement
+        verdict, state, error = agreement_lib.OK, None, None
+        if agree.is_main:
+            verdict, state, error = self._try_restore(abstract_state, step, config)
+        verdict = agree.decision(verdict)
+        if verdict == agreement_lib.MISMATCH:
+            raise error or CheckpointMismatchError(
+                f"checkpoint {step} in {self.directory} does not fit this model (found by process 0)")
+        if verdict == agreement_lib.DAMAGED:
+            error = error or CheckpointError("unreadable for process 0")
+            raise checksum.DamagedCheckpointError(
+                f"checkpoint {step} in {self.directory} is damaged ({_reason(error)})") from error
+        if state is None:  # several processes: every one restores the step process 0 read back
+            state = self._restore(abstract_state, step)
+        return state
 
     def _restore(self, abstract_state: TrainState, step: int) -> TrainState:
         target = serialization.to_state_dict(abstract_state)
@@ -151,12 +196,12 @@ class Checkpointer:
         )
         return serialization.from_state_dict(abstract_state, restored["state"])
 
-    def array_shapes(self, step: int) -> Dict[str, Tuple[int, ...]]:
+    def arrayshapes(self, step: int) -> Dict[str, Tuple[int, ...]]:
         """{"params/fusion/kernel": shape, ...} of step ``step`` as written on disk (reads metadata only)."""
         tree = self.manager.item_metadata(step)["state"]
         if tree is None:
             raise CheckpointError(f"checkpoint {step} in {self.directory} has no readable state metadata")
-        return _shapes(tree)
+        return shapes(tree)
 
     def check_fits(self, abstract_state: TrainState, step: int,
                    config: Optional[Mapping[str, Any]] = None) -> None:
@@ -166,11 +211,11 @@ class Checkpointer:
         ``config``, the error also names the config keys that differ from the
         config saved with the checkpoint.
         """
-        self._check_shapes(self.array_shapes(step), abstract_state, step, config)
+        self._checkshapes(self.arrayshapes(step), abstract_state, step, config)
 
-    def _check_shapes(self, on_disk: Mapping[str, Tuple[int, ...]], abstract_state: TrainState, step: int,
+    def _checkshapes(self, on_disk: Mapping[str, Tuple[int, ...]], abstract_state: TrainState, step: int,
                       config: Optional[Mapping[str, Any]]) -> None:
-        wanted = _shapes(serialization.to_state_dict(abstract_state))
+        wanted = shapes(serialization.to_state_dict(abstract_state))
         differences = tree_differences(on_disk, wanted)
         if not differences:
             return
@@ -196,15 +241,19 @@ class Checkpointer:
     def restore_latest_good(self, abstract_state: TrainState,
                             say: Optional[Callable[[str], None]] = None,
                             config: Optional[Mapping[str, Any]] = None) -> Tuple[Optional[TrainState], Optional[int]]:
-        """Restores the newest checkpoint that reads back whole, newest first; -> (state, step) or (None, None).
+        """Restores the newest checkpoint that reads back whole and verified, newest first; -> (state, step)
+        or (None, None).
 
         Orbax only ever exposes finalised steps (a save is written to a
         temporary directory and renamed when complete), so a run killed while
         saving leaves the previous step as the latest. A finalised checkpoint
-        can still be damaged afterwards (a truncated copy, a disk error): such
-        a step is reported through ``say``, moved to ``checkpoints_corrupt/``
-        next to the checkpoint directory (so the step can be written again)
-        and the next older one is tried.
+        can still be damaged afterwards (a truncated copy, a disk error, a
+        flipped byte that decodes into other numbers): a step that cannot be
+        read, whose arrays or meta item differ from the checksums saved with it
+        (:mod:`mmjax.train.checksum`) or whose params are not finite is
+        reported through ``say``, moved to ``checkpoints_corrupt/`` next to the
+        checkpoint directory (so the step can be written again) and the next
+        older one is tried.
 
         A readable checkpoint of another model or optimizer is not damage: it
         raises :class:`CheckpointMismatchError` (naming the arrays, and with
@@ -212,30 +261,20 @@ class Checkpointer:
 
         Several processes (:mod:`mmjax.train.agreement`): the steps tried are
         process 0's; process 0 alone reads each candidate back whole (through a
-        manager of its own, so no other process is waited for) and broadcasts
-        its verdict; all then restore the step it found good, or all raise.
-        Process 0 holds one host copy of the state while it checks.
+        manager of its own, so no other process is waited for), verifies it and
+        broadcasts its verdict; all then restore the step it found good, or all
+        raise. Process 0 holds one host copy of the state while it checks.
         """
-        say = say or (lambda line: None)
-        agree = self.agreement
-        for step in agree.share(sorted(self.all_steps(), reverse=True)):
-            verdict, state, error = agreement_lib.OK, None, None
-            if agree.is_main:
-                verdict, state, error = self._try_restore(abstract_state, step, config)
-            verdict = agree.decision(verdict)
-            if verdict == agreement_lib.MISMATCH:
-                raise error or CheckpointMismatchError(
-                    f"checkpoint {step} in {self.directory} does not fit this model (found by process 0)")
-            if verdict == agreement_lib.DAMAGED:
-                self._set_aside(step, error or CheckpointError("unreadable for process 0"), say)
-                continue
-            if state is None:  # several processes: every one restores the step process 0 read back
-                state = self._restore(abstract_state, step)
-            return state, step
+        say = say or self.say
+        for step in self.agreement.share(sorted(self.all_steps(), reverse=True)):
+            try:
+                return self._agreed_restore(abstract_state, step, config), step
+            except checksum.DamagedCheckpointError as e:
+                self.set_aside(step, e.__cause__ or e, say)
         return None, None
 
     def _try_restore(self, abstract_state: TrainState, step: int, config: Optional[Mapping[str, Any]]):
-        """Reads ``step`` back whole: -> (verdict, state or None, error or None).
+        """Reads ``step`` back whole and verifies it: -> (verdict, state or None, error or None).
 
         One process: restores it (the state is returned). Several (process 0
         only): reads every array into host memory through :meth:`_reader`,
@@ -249,21 +288,25 @@ class Checkpointer:
             tree = reader.item_metadata(step)["state"]
             if tree is None:
                 raise CheckpointError(f"checkpoint {step} in {self.directory} has no readable state metadata")
-            on_disk = _shapes(tree)
+            on_disk = shapes(tree)
         except Exception as e:  # noqa: BLE001 - any read failure means "do not trust this step"
             return agreement_lib.DAMAGED, None, e
         try:
-            self._check_shapes(on_disk, abstract_state, step, config)
+            self._checkshapes(on_disk, abstract_state, step, config)
         except CheckpointMismatchError as e:
             return agreement_lib.MISMATCH, None, e
         try:
             state = None
             if reader is self.manager:
                 state = self._restore(abstract_state, step)
+                whole = serialization.to_state_dict(state)
             else:
                 host = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), serialization.to_state_dict(abstract_state))
-                reader.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(host)))
-            reader.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+                whole = reader.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(host)))["state"]
+            meta = reader.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+            if not checksum.check(files.path(self.directory) / str(step), whole, dict(meta)):
+                self.say(f"checkpoint {step} in {self.directory} has no checksums (written before they were "
+                         "recorded): restored unverified")
         except Exception as e:  # noqa: BLE001
             return agreement_lib.DAMAGED, None, e
         return agreement_lib.OK, state, None
@@ -277,28 +320,47 @@ class Checkpointer:
             options = ocp.CheckpointManagerOptions(
                 read_only=True, multiprocessing_options=ocp.options.MultiprocessingOptions(
                     primary_host=0, active_processes={0}))
-            self._probe = ocp.CheckpointManager(
-                files.path(self.directory), options=options,
-                item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
+            self._probe = ocp.CheckpointManager(files.path(self.directory), options=options,
+                                                item_handlers=_handlers())
         self._probe.reload()
         return self._probe
 
-    def _set_aside(self, step: int, error: Exception, say: Callable[[str], None]) -> None:
-        reason = " ".join(str(error).split())[:300] or type(error).__name__
+    def set_aside(self, step: int, error: Exception, say: Optional[Callable[[str], None]] = None) -> None:
+        """Moves damaged step ``step`` aside (:meth:`quarantine`) and says why (every process calls it)."""
+        what = "is damaged" if isinstance(error, checksum.DamagedCheckpointError) else "is unreadable"
         moved = self.quarantine(step)
-        say(f"checkpoint {step} in {self.directory} is unreadable ({type(error).__name__}: {reason}); "
-            f"moved to {moved}, trying an older one")
+        (say or self.say)(f"checkpoint {step} in {self.directory} {what} ({_reason(error)}); "
+                          f"moved to {moved}, trying an older one")
 
     def quarantine(self, step: int) -> str:
         """Moves step ``step`` out of the checkpoint directory (process 0 only); returns where it went."""
-        self.manager.wait_until_finished()
+        if self.manager is not None:
+            self.manager.wait_until_finished()
         dest = files.path(self.directory.rstrip("/" + os.sep) + "_corrupt") / (
             f"{step}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
         if self.agreement.is_main:
             files.move_tree(files.path(self.directory) / str(step), dest)
         self.agreement.barrier(f"mmjax_quarantine_{step}")
-        self.manager.reload()
+        if self.manager is not None:
+            self.manager.reload()
         return os.fspath(dest)
+
+    def attach_metrics(self, step: int, metrics: Mapping[str, Any]) -> None:
+        """Ranks the committed step ``step`` by eval ``metrics`` after the fact.
+
+        The final checkpoint is saved before its eval (so a hang or kill there loses no
+        training); its eval then writes Orbax's metrics item of that step (one atomic file
+        write, process 0) and every process re-reads the directory. No-op without a
+        ``best_metric`` or when the step is already ranked.
+        """
+        self.manager.wait_until_finished()
+        if not self.best_metric or step not in self.all_steps() or self.manager.metrics(step) is not None:
+            return
+        ranked = self._ranked(metrics)
+        if self.agreement.is_main:
+            files.write_text(files.path(self.directory) / str(step) / "metrics" / "metrics", json.dumps(ranked))
+        self.agreement.barrier(f"mmjax_attach_metrics_{step}")
+        self.manager.reload()
 
     def metadata(self, step: Optional[int] = None) -> Dict[str, Any]:
         step = self.latest_step() if step is None else step
@@ -314,69 +376,54 @@ class Checkpointer:
             self._probe.close()
 
 
-def load_params(path: str, step: Optional[int] = None) -> PyTree:
-    """The ``params`` tree (numpy) of a checkpoint directory written by :class:`Checkpointer`.
+def load_params(path: str, step: Optional[int] = None, say: Optional[Callable[[str], None]] = None) -> PyTree:
+    """The ``params`` tree of a checkpoint directory written by :class:`Checkpointer`, verified.
 
     ``path`` is a run's checkpoint directory (``WORKDIR/checkpoints``) or a
-    workdir; the latest step is used unless ``step`` is given.
+    workdir; the newest step that reads back whole and matches its checksums is
+    used (a damaged one is reported through ``say`` and skipped, not moved: the
+    directory belongs to another run) unless ``step`` is given, which must be good.
+    Reads each step on its own, without a CheckpointManager (which would read
+    every step's metrics item first, and fail on a damaged one).
     """
     path = files.path(path)
     if (path / "checkpoints").is_dir():
         path = path / "checkpoints"
     if not path.is_dir():
         raise CheckpointError(f"init_from: no checkpoint directory at {path}")
-    with ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(read_only=True)) as mgr:
-        step = mgr.latest_step() if step is None else step
-        if step is None:
-            raise CheckpointError(f"init_from: no checkpoint in {path}")
-        restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    state = restored["state"]
-    return jax.tree.map(lambda x: jax.device_get(x), state["params"])
+    found = sorted((m.step for m in ocp.path.step.standard_name_format().find_all(path)), reverse=True)
+    candidates = found if step is None else [int(step)]
+    if not candidates or candidates[0] not in found:
+        raise CheckpointError(f"init_from: no checkpoint {'' if step is None else f'{step} '}in {path}")
+    for s in candidates:
+        try:
+            with ocp.StandardCheckpointer() as reader:
+                state = reader.restore(path / str(s) / "state")
+            meta = json.loads((path / str(s) / "meta" / "metadata").read_text())
+            verified = checksum.check(path / str(s), state, meta)
+        except Exception as e:  # noqa: BLE001 - any read failure means "do not use this step"
+            line = f"init_from: checkpoint {s} in {path} is damaged ({_reason(e)})"
+            if step is not None:
+                raise checksum.DamagedCheckpointError(line) from None
+            (say or (lambda text: print(text, file=sys.stderr)))(
+                line + ("; trying an older one" if s != candidates[-1] else ""))
+            continue
+        if not verified and say is not None:
+            say(f"init_from: checkpoint {s} in {path} has no checksums (written before they were recorded): "
+                "used unverified")
+        return jax.tree.map(lambda x: jax.device_get(x), state["params"])
+    raise checksum.DamagedCheckpointError(f"init_from: no checkpoint in {path} could be read")
 
 
-def _shapes(tree: PyTree) -> Dict[str, Tuple[int, ...]]:
-    """{"a/b/c": shape} of every array leaf of a state dict or an orbax metadata tree."""
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): tuple(getattr(x, "shape", ()))
-            for path, x in leaves}
+def _handlers() -> Dict[str, Any]:
+    """The items of a step: the state, its meta JSON and the checksums JSON."""
+    return {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler(),
+            checksum.ITEM: ocp.JsonCheckpointHandler()}
 
 
-def tree_differences(on_disk: Mapping[str, Tuple[int, ...]], wanted: Mapping[str, Tuple[int, ...]],
-                     limit: int = 6) -> list:
-    """Readable differences between two {path: shape} maps, params first, at most ``limit`` (then a count)."""
-    lines = []
-    for path in sorted(set(on_disk) | set(wanted), key=lambda p: (not p.startswith("params/"), p)):
-        if path not in on_disk:
-            lines.append(f"{path} {wanted[path]} is not in the checkpoint")
-        elif path not in wanted:
-            lines.append(f"{path} {on_disk[path]} is in the checkpoint but not in the model")
-        elif tuple(on_disk[path]) != tuple(wanted[path]):
-            lines.append(f"{path} has shape {tuple(on_disk[path])} in the checkpoint, {tuple(wanted[path])} in the model")
-    if len(lines) > limit:
-        lines = lines[:limit] + [f"and {len(lines) - limit} more"]
-    return lines
-
-
-def fitting_params(on_disk: Mapping[str, Tuple[int, ...]], wanted: Mapping[str, Tuple[int, ...]]) -> list:
-    """Top-level params subtrees ("encoder_a_0", ...) whose arrays have the same paths and shapes in both maps."""
-    def by_top(shapes):
-        groups: Dict[str, Dict[str, Tuple[int, ...]]] = {}
-        for path, shape in shapes.items():
-            parts = path.split("/")
-            if parts[0] == "params" and len(parts) > 2:
-                groups.setdefault(parts[1], {})[path] = tuple(shape)
-        return groups
-
-    old, new = by_top(on_disk), by_top(wanted)
-    return sorted(k for k in new if old.get(k) == new[k])
-
-
-def config_differences(saved: Any, current: Any, limit: int = 6) -> list:
-    """``key: saved -> current`` for each leaf that differs between two JSON config trees.
-
-    model.* and optim.* keys first, at most ``limit`` lines (then a count).
-    """
-    out = differences(saved, current)
-    # The model and the optimizer decide which arrays a state has: their keys first.
-    out.sort(key=lambda line: (not line.startswith(("model.", "optim.")), line))
-    return out[:limit] + ([f"and {len(out) - limit} more"] if len(out) > limit else [])
+def _reason(error: BaseException) -> str:
+    """One line about ``error``: its message, with the exception type unless it is a checksum verdict."""
+    text = " ".join(str(error).split())[:300]
+    if isinstance(error, checksum.DamagedCheckpointError):
+        return text or "damaged"
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -18,6 +18,7 @@ from mmjax import metrics as metrics_lib
 from mmjax.train import builder, files, selection
 from mmjax.train import logging as log_lib
 from mmjax.train.checkpoint import Checkpointer, CheckpointError
+from mmjax.train.checksum import DamagedCheckpointError
 from mmjax.train.config_access import get as _get
 from mmjax.train.parallel import Runner
 
@@ -80,6 +81,22 @@ def restore(runner: Runner, ckpt: Checkpointer, step: int, example: Dict[str, An
     return runner.place_restored(ckpt.restore(abstract, step, config=config))
 
 
+def restore_selected(runner: Runner, ckpt: Checkpointer, which: str, example: Dict[str, Any], config: Any,
+                     say: Optional[Callable[[str], None]] = None) -> Tuple[int, Any]:
+    """-> (step, state) of the ``which`` ("best" | "latest") checkpoint, restored and verified.
+
+    A damaged one (unreadable, checksum mismatch, non-finite params) is set aside as
+    training does (reported through ``say``) and the next ``which`` one is tried; none
+    left is a one-line :class:`CheckpointError`.
+    """
+    while True:
+        step = selected_step(ckpt, which)
+        try:
+            return step, restore(runner, ckpt, step, example, config)
+        except DamagedCheckpointError as e:
+            ckpt.set_aside(step, e.__cause__ or e, say)
+
+
 def test_of_selected(runner: Runner, state, step: int, ckpt: Checkpointer, config: Any, data_fn: DataFn,
                      num_classes: int) -> Optional[Dict[str, Any]]:
     """``config.test_split`` metrics of the best checkpoint (``state`` when that is step ``step``).
@@ -91,8 +108,9 @@ def test_of_selected(runner: Runner, state, step: int, ckpt: Checkpointer, confi
         return None
     best = ckpt.agreed(ckpt.best_step())
     best = step if best is None else int(best)
-    chosen = state if best == step else restore(runner, ckpt, best, first_batch(config, data_fn, test_split)[0],
-                                                config)
+    chosen = state
+    if best != step:
+        best, chosen = restore_selected(runner, ckpt, "best", first_batch(config, data_fn, test_split)[0], config)
     return {"step": best, "split": test_split,
             **evaluate_split(runner, chosen, config, data_fn, num_classes, split=test_split)}
 
@@ -116,11 +134,11 @@ def evaluate(config: Any, workdir: str, *, which: str = "best", split: Optional[
     config, _ = selection.resolve(config, info)
     split = split or _get(config, "test_split", "") or _get(config, "eval_split", "test")
     runner = builder.build(config, num_classes, info)
-    ckpt = builder.open_checkpoints(config, workdir, for_eval=True)
+    say = (lambda line: print(line, file=console, flush=True)) if console is not None else None
+    ckpt = builder.open_checkpoints(config, workdir, for_eval=True, say=say)
     try:
-        step = selected_step(ckpt, which)
         example, _ = first_batch(config, data_fn, split)
-        state = restore(runner, ckpt, step, example, config)
+        step, state = restore_selected(runner, ckpt, which, example, config, say)
         ev = evaluate_split(runner, state, config, data_fn, num_classes, os.fspath(files.path(workdir) / "eval"),
                             split=split)
     finally:

@@ -106,7 +106,7 @@ def apply_init_from(runner: Runner, state, spec: Mapping[str, Any], say: Optiona
     else:
         loaded = spec.get("params")
         if loaded is None:
-            loaded = load_params(spec["path"], spec.get("step"))
+            loaded = load_params(spec["path"], spec.get("step"), say=say)
     host = runner.host_state(state)
     params = host.params
     pairs = _init_pairs(spec, loaded, params)
