@@ -80,11 +80,13 @@ def evaluate(config, workdir: str, *, which: str = "best", noise_levels: Sequenc
     seed = int(config.get("seed", 0))
     split = split or config.get("test_split") or config.get("eval_split", "test")
     try:
-        step = evaluation.selected_step(ckpt, which)
+        evaluation.selected_step(ckpt, which)  # no checkpoint at all: said before the data is read
         batches = analysis.collect(
             data_fn(config, split, global_batch_size=int(config.batch_size), seed=seed, train=False, start_step=0),
             int(config.eval_steps) if config.get("eval_steps") else None, image_norms=info.get("image_norms"))
-        host = runner.host_state(evaluation.restore(runner, ckpt, step, batches[0], config))
+        # A damaged checkpoint is set aside (a line on stderr) and the next one is evaluated, as training does.
+        step, state = evaluation.restore_selected(runner, ckpt, which, batches[0], config)
+        host = runner.host_state(state)
     finally:
         ckpt.close()
     variables = {"params": host.params}

@@ -57,7 +57,8 @@ class WorkdirError(errors.ConfigError):
 
 
 def check_workdir(workdir: str) -> None:
-    """Raises :class:`WorkdirError` unless ``workdir`` is (or can become) a writable directory.
+    """Raises :class:`WorkdirError` unless ``workdir`` is (or can become) a directory, and
+    :class:`mmjax.train.files.StorageError` when a test write in it (or its ``checkpoints/``) fails.
 
     An object-store URL needs its fsspec backend (gcsfs for ``gs://``) and must not name an object;
     whether it is writable shows at the first write (the lock).
@@ -131,16 +132,17 @@ def check_config(config: Any) -> None:
         )
 
 
-def _truncate_metrics(path, step: int) -> Tuple[int, int]:
+def _truncate_metrics(path, step: int, drop_eval_at: Optional[int] = None) -> Tuple[int, int]:
     """Keeps the records of ``path`` (metrics.jsonl, local or gs://) up to ``step``.
 
     -> (records after ``step``, damaged lines) dropped: a line that is not a JSON
     object with an integer step (cut by a kill, a bad byte, edited) is damaged.
+    ``drop_eval_at``: also drop the eval records of that step (an eval that runs again).
     """
     path = files.path(path)
     if not path.exists():
         return 0, 0
-    keep, later, damaged = [], 0, 0
+    keep, later, damaged, changed = [], 0, 0, False
     for raw in path.read_bytes().splitlines():
         try:
             rec = json.loads(raw.decode("utf-8"))
@@ -150,11 +152,13 @@ def _truncate_metrics(path, step: int) -> Tuple[int, int]:
         except (ValueError, TypeError, KeyError):
             damaged += 1
             continue
-        if at <= step:
+        if at == drop_eval_at and any(str(k).startswith("eval_") for k in rec):
+            changed = True  # that eval runs again on this resume and writes its record anew
+        elif at <= step:
             keep.append(raw.decode("utf-8"))
         else:
             later += 1
-    if later or damaged:
+    if later or damaged or changed:
         files.write_text(path, "".join(line + "\n" for line in keep))
     return later, damaged
 
@@ -253,13 +257,15 @@ def _train(config, workdir, data_fn, info_fn, console, stop_at, guard, lock, rec
         label_kind = "multi" if multi else "int"
     spec = validation.spec_from_config(model_cfg, info, loss=loss_name,
                                        batch_size=batch_size // jax.process_count(), label=label_kind)
-    ckpt = builder.open_checkpoints(config, workdir)
     is_main = jax.process_index() == 0
+
+    def say(line: str) -> None:
+        if is_main and console is not None:
+            print(line, file=console, flush=True)
+    # Opened first: steps with a damaged metrics item are set aside before anything reads them.
+    ckpt = builder.open_checkpoints(config, workdir, say=say)
     writer = None
     try:
-        def say(line: str) -> None:
-            if is_main and console is not None:
-                print(line, file=console, flush=True)
         seed = int(_get(config, "seed", 0))
         rng = jax.random.PRNGKey(seed)
         def batches_from(step):
@@ -286,7 +292,9 @@ def _train(config, workdir, data_fn, info_fn, console, stop_at, guard, lock, rec
                 example, train_iter = batches_from(start)
             state = runner.place_restored(state)
         if is_main:
-            later, damaged = _truncate_metrics(files.path(workdir) / "metrics.jsonl", start)
+            # A resume at the last step evaluates it again: its earlier eval record (if any) goes.
+            later, damaged = _truncate_metrics(files.path(workdir) / "metrics.jsonl", start,
+                                               drop_eval_at=start if start >= total_steps else None)
             if later:
                 say(f"metrics.jsonl: dropped {later} records after step {start} (they will be replayed)")
             if damaged:
@@ -442,10 +450,15 @@ def _loop(config, workdir, runner, state, ckpt, writer, say, data_fn, train_iter
                 writer.write(step, record)
                 say(log_lib.format_line(step, total_steps, host, speed))
         preempted = guard.requested(step)
-        evaluated = (bool(eval_every and step % eval_every == 0) or step == total_steps) and not preempted
+        # The final eval runs after the final checkpoint is committed (below the loop), so a hang or a
+        # kill there loses no training. A preemption on an eval step still runs that eval first: its
+        # result is written and ranks the checkpoint saved at that step.
+        evaluated = bool(eval_every and step % eval_every == 0) and step < total_steps
         t0 = time.perf_counter()
         if evaluated:
             eval_metrics = do_eval(step, state)
+            # SIGTERM during the eval: save this step (with its eval) rather than train one more.
+            preempted = preempted or (jax.process_count() == 1 and guard.flag.is_set())
         if (ckpt_every and step % ckpt_every == 0) or step == last or preempted:
             _check_lease(lock, ckpt)
             writer.sync()  # object stores: the logs up to this step are stored before its checkpoint
@@ -461,8 +474,9 @@ def _loop(config, workdir, runner, state, ckpt, writer, say, data_fn, train_iter
             return {"step": step, "stopped_at": step, "preempted": True}
     ckpt.wait()
     if step >= total_steps:
-        if eval_metrics is None:
-            eval_metrics = do_eval(step, state)
+        # Also the eval owed by a run killed during it: the resume lands here at the last step.
+        eval_metrics = do_eval(step, state)
+        ckpt.attach_metrics(step, evaluation.scalars(eval_metrics))
         results = {"step": step, "eval_split": eval_split, **eval_metrics}
         test = evaluation.test_of_selected(runner, state, step, ckpt, config, data_fn, num_classes)
         if test is not None:
