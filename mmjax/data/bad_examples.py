@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, Tuple
 
 import numpy as np
 
@@ -76,8 +76,9 @@ def find_bad(cfg, cols: Dict[str, np.ndarray]) -> Dict[str, Dict[str, np.ndarray
         elif mc.kind == "audio":
             x, lengths = cols[m], np.asarray(cols[m + "__length"])
             scale = float(mc.get("scale", 1.0)) if np.issubdtype(x.dtype, np.integer) else 1.0
-            valid = np.arange(x.shape[1])[None, :] < lengths[:, None]
-            peak = np.where(valid, np.abs(x.astype(np.float32)), 0.0).max(1) / np.float32(scale) if x.shape[1] else np.zeros(len(x), np.float32)
+            valid = np.minimum(lengths, x.shape[1])
+            peak = np.array([np.abs(row[:k].astype(np.float32)).max() if k > 0 else 0.0 for row, k in zip(x, valid)],
+                            np.float32) / np.float32(scale)
             found["empty_audio"] = lengths == 0
             found["silent_audio"] = (lengths > 0) & (peak < SILENCE_THRESHOLD)
         elif mc.kind == "text":

@@ -43,7 +43,9 @@ def decode_image(value: Any, shape: Tuple[int, int, int], size: Optional[Sequenc
             img.load()
         except Exception:  # PIL raises several types for truncated or foreign bytes
             return None
-    img = img.convert("L" if c == 1 else "RGB")
+    mode = "L" if c == 1 else "RGB"
+    if img.mode != mode:  # converting to the mode it has would only copy
+        img = img.convert(mode)
     if size:
         h, w = int(size[0]), int(size[1])
         if img.size != (w, h):

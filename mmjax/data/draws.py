@@ -9,7 +9,7 @@ is read in, and a process draws only for the rows it reads.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, List, Sequence
 
 import numpy as np
 
@@ -43,3 +43,17 @@ class RowDraws:
 
     def standard_normal(self, size=1, dtype=np.float64):
         return self._each(lambda r, s: r.standard_normal(s, dtype=dtype), size)
+
+    def standard_normal_rows(self, lengths: Sequence[int], dtype=np.float64) -> List[np.ndarray]:
+        """Row r's first ``lengths[r]`` standard normals: the start of what ``standard_normal``
+        gives row r for any longer row, as numpy's generators fill arrays in order."""
+        if len(lengths) != len(self._rngs):
+            raise ValueError(f"RowDraws: asked for {len(lengths)} rows, holds {len(self._rngs)} generators")
+        return [r.standard_normal(int(n), dtype=dtype) for r, n in zip(self._rngs, lengths)]
+
+
+def normal_rows(rng, lengths: Sequence[int], dtype=np.float64) -> List[np.ndarray]:
+    """``lengths[r]`` standard normals for each row r, from a RowDraws or a plain Generator."""
+    if isinstance(rng, RowDraws):
+        return rng.standard_normal_rows(lengths, dtype)
+    return [rng.standard_normal(int(n), dtype=dtype) for n in lengths]

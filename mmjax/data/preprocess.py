@@ -7,11 +7,12 @@ depend on the process count and a resumed iterator redraws the same numbers.
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
 from mmjax import tokenizer as _tok
+from mmjax.data.draws import normal_rows
 
 # Text uses the library's byte tokenizer (mmjax.tokenizer.ByteTokenizer: byte b -> b + 4,
 # pad 0 / unk 1 / bos 2 / eos 3, vocab 260), so ids agree with the text encoders' vocab.
@@ -70,12 +71,16 @@ def add_noise_at_snr(waves: np.ndarray, lengths: np.ndarray, rng: np.random.Gene
     """Adds white noise to the valid part of each wave (N, L) at ``snr_db`` (None disables)."""
     if snr_db is None:
         return waves
-    noise = rng.standard_normal(waves.shape, dtype=np.float32)  # float32 draws: half the cost of float64
     mask = length_mask(lengths, waves.shape[1])
     x = waves.astype(np.float32)
     power = (np.where(mask, x, 0) ** 2).sum(1) / np.maximum(lengths, 1)
     scale = np.sqrt(power / (10.0 ** (snr_db / 10.0)))
-    return np.where(mask, x + scale[:, None] * noise, 0.0).astype(np.float32)
+    valid = np.minimum(np.asarray(lengths), waves.shape[1])
+    # Noise is drawn for the valid samples only (float32: half the cost of float64 draws).
+    out = np.zeros(waves.shape, np.float32)
+    for i, noise in enumerate(normal_rows(rng, valid, np.float32)):
+        out[i, : noise.size] = x[i, : noise.size] + scale[i : i + 1] * noise
+    return out
 
 
 def augment_images(x: np.ndarray, rng: np.random.Generator, pad: int, flip: bool, fill=0) -> np.ndarray:

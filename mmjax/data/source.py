@@ -214,14 +214,21 @@ class SplitReader:
         # (the mock also decodes its random images itself, so it gets no decoders)
         decoders = _skip_image_decoding(cfg) if self._batched else None
         self._source = b.as_data_source(split=split, decoders=decoders)
+        # Only the features the config reads, parsed without tfds's generic converter (mmjax.data.records).
+        self._records, self._parse = (_record_parser(cfg, b, split, decoders) if self._batched else None) or (None, None)
 
     def __len__(self) -> int:
         return len(self._source)
 
     def raw(self, indices: Sequence[int]) -> List[Dict[str, Any]]:
-        """The stored examples at ``indices`` (images still encoded)."""
+        """The stored examples at ``indices``, every feature (images still encoded)."""
+        return self._examples(indices, needed_only=False)
+
+    def _examples(self, indices: Sequence[int], needed_only: bool) -> List[Dict[str, Any]]:
         idx = [int(i) for i in indices]
         try:
+            if needed_only and self._parse is not None:
+                return [self._parse(r) for r in self._records.__getitems__(idx)]
             if self._batched and hasattr(self._source, "__getitems__"):
                 return list(self._source.__getitems__(idx))
             return [self._source[i] for i in idx]
@@ -234,9 +241,33 @@ class SplitReader:
 
     def read(self, indices: Sequence[int]) -> Dict[str, np.ndarray]:
         """Decoded columns of the examples at ``indices`` (``index`` holds the indices)."""
-        cols = decode.columns(self.cfg, self.raw(indices), self.names, self.shapes, self.standardize)
+        cols = decode.columns(self.cfg, self._examples(indices, needed_only=True), self.names, self.shapes, self.standardize)
         cols["index"] = np.asarray(indices, np.int64)
         return cols
+
+
+def _needed_features(cfg) -> List[str]:
+    paths = [mc.feature for mc in cfg.modalities.values()]
+    paths += [mc.present for mc in cfg.modalities.values() if mc.get("present")]
+    return paths + ([cfg.label] if cfg.label else [])
+
+
+def _record_parser(cfg, b, split: str, decoders):
+    """(raw record source, :class:`mmjax.data.records.FeatureParser`) for the features ``cfg`` reads,
+    or None where tfds's own deserialization must do."""
+    from mmjax.data.records import make_parser
+
+    tfds = _tfds()
+    try:
+        records = b.as_data_source(split=split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+        sample = records[0] if len(records) else None
+    except Exception:  # read errors surface, named, at the first read
+        return None
+    features = b.info.features
+    images = [mc.feature for mc in cfg.modalities.values() if mc.kind == "image"]
+    parser = make_parser(features, _needed_features(cfg), images,
+                         lambda r: features.deserialize_example_np(r, decoders=decoders), sample)
+    return None if parser is None else (records, parser)
 
 
 def standardize_stats(cfg, b) -> Dict[str, Any]:
