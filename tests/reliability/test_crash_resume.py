@@ -68,23 +68,23 @@ def test_crash_preempt_lock_corruption_then_identical_results(tmp_path, referenc
     assert steps(wd) == [4, 5]
     assert not os.path.exists(os.path.join(wd, "run.lock"))  # released on a clean exit
 
-    # 4. kill -9 during the final evaluation (step 6 trained, not yet saved).
+    # 4. kill -9 during the final evaluation: step 6 is already saved (before its eval).
     d = Child(train_cmd(wd), dict(env, MMJAX_FAULT="during_eval@6:sleep"), tmp_path / "m4")
     d.wait_marker()
     d.kill()
     assert "at step 5" in d.output()
-    assert steps(wd) == [4, 5] and not os.path.exists(os.path.join(wd, "results.json"))
+    assert steps(wd) == [5, 6] and not os.path.exists(os.path.join(wd, "results.json"))
 
-    # 5. The latest checkpoint (5) is damaged on disk: reported, set aside, 4 is used.
-    _corrupt(os.path.join(wd, "checkpoints", "5"))
+    # 5. The latest checkpoint (6) is damaged on disk: reported, set aside, 5 is used.
+    _corrupt(os.path.join(wd, "checkpoints", "6"))
     p = run(train_cmd(wd), env)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     bad = [l for l in p.stdout.splitlines() if "unreadable" in l]
-    assert bad and bad[0].startswith("checkpoint 5 in ") and "trying an older one" in bad[0], p.stdout
+    assert bad and bad[0].startswith("checkpoint 6 in ") and "trying an older one" in bad[0], p.stdout
     log.append(bad[0])
-    assert "at step 4" in p.stdout
+    assert "at step 5" in p.stdout
     assert os.listdir(os.path.join(wd, "checkpoints_corrupt"))
-    assert steps(wd) == [4, 6]
+    assert steps(wd) == [5, 6]
 
     # The result is the uninterrupted run's, exactly.
     got = read_metrics(wd)
@@ -101,6 +101,6 @@ def test_crash_preempt_lock_corruption_then_identical_results(tmp_path, referenc
     assert err[0].startswith("error: checkpoint 6 in ") and "model.fusion: 'concat' -> 'gated'" in err[0], err[0]
     assert "params/fusion/gate/kernel" in err[0] and "--config.init_from.source=encoder_a_0,encoder_b_0" in err[0]
     log.append(err[0][:200])
-    assert steps(wd) == [4, 6] and sorted(os.listdir(os.path.join(wd, "checkpoints_corrupt"))) == corrupt
+    assert steps(wd) == [5, 6] and sorted(os.listdir(os.path.join(wd, "checkpoints_corrupt"))) == corrupt
     assert read_results(wd) == ref_results
     print("\n".join(log))
