@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from mmjax import encoders as encoder_registry
 from mmjax import errors
+from mmjax import tokenizer
 from mmjax.layers import dense
 from mmjax.layers.decoder import LSTMDecoder, TransformerDecoder
 from mmjax.models import decoding
@@ -110,9 +111,9 @@ class Captioner(nn.Module):
     dropout_rate: float = 0.0
     tie_embeddings: bool = True
     lstm_attention: bool = True
-    bos_id: int = 1
-    eos_id: int = 2
-    pad_id: int = 0
+    bos_id: int = tokenizer.BOS_ID  # the ids the library's tokenizer writes
+    eos_id: int = tokenizer.EOS_ID
+    pad_id: int = tokenizer.PAD_ID
     decode: bool = False
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32

@@ -319,7 +319,9 @@ class CaptioningTask(Task):
     def _target(self, batch):
         """The targets the Captioner is trained on (without a leading BOS, as it sees them)."""
         targets = batch["inputs"][self.model_cfg.get("target", "text")]
-        return strip_bos(targets, int(self.model_cfg.get("bos_id", 2)), int(self.model_cfg.get("pad_id", 0)))
+        # The model's own defaults, so a config that leaves the ids out strips what the model expects.
+        return strip_bos(targets, int(self.model_cfg.get("bos_id", Captioner.bos_id)),
+                         int(self.model_cfg.get("pad_id", Captioner.pad_id)))
 
     def loss_terms(self, state, params, batch_stats, batch, rng, *, train: bool):
         logits, new_stats = _apply(state, params, batch_stats, batch, rng, train)

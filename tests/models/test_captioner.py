@@ -27,7 +27,7 @@ def rkey(seed):
 
 def make_batch(seed=0, b=2, s=3):
     rng = np.random.default_rng(seed)
-    text = np.array([[4, 5, 6, 2, 0, 0], [7, 3, 2, 0, 0, 0]], np.int32)[:b]
+    text = np.array([[4, 5, 6, 3, 0, 0], [7, 4, 3, 0, 0, 0]], np.int32)[:b]  # EOS is the tokenizer's 3
     return {
         "inputs": {"image": rng.normal(size=(b, s, 5)).astype(np.float32), "text": text},
         "token_mask": {"image": np.array([[True, True, False], [True, True, True]])[:b]},
@@ -82,7 +82,7 @@ def test_teacher_forcing_shapes_and_loss(transformer, forward):
     model, variables, batch = transformer
     logits = forward(variables, batch)
     assert logits.shape == (2, L, V) and logits.dtype == jnp.float32
-    np.testing.assert_array_equal(shift_right(batch["inputs"]["text"], 1)[1], [1, 7, 3, 2, 0, 0])
+    np.testing.assert_array_equal(shift_right(batch["inputs"]["text"], 2)[1], [2, 7, 4, 3, 0, 0])
     loss, metrics = caption_loss(logits, batch["inputs"]["text"])
     # numpy reference: mean NLL over the 4 + 3 real target tokens.
     lg = np.asarray(logits, np.float64)

@@ -98,3 +98,19 @@ def test_write_samples(tmp_path):
     text = open(path).read()
     assert "| 0 | a red cat | a red cat / red cat | 1.500 |" in text
     assert "| 1 | (empty) | a \\| b | 0.000 |" in text and "BLEU-4 12.00, CIDEr-D 0.750 over 2" in text
+
+
+def test_captioning_ids_default_to_the_tokenizers_in_model_and_loss(batch):
+    from mmjax import tokenizer
+    from mmjax.models.captioner import strip_bos
+
+    cfg = _config("captioning", {"encoder": {"encoder": "mlp", "features": (8,)}, "width": 8, "num_layers": 1,
+                                 "num_heads": 2, "mlp_dim": 16})
+    task = tasks.get_task(cfg, synthetic.info(DATA))
+    model = task.build_model()
+    assert (model.bos_id, model.eos_id, model.pad_id) == (tokenizer.BOS_ID, tokenizer.EOS_ID, tokenizer.PAD_ID)
+    ids, _ = tokenizer.ByteTokenizer().encode_batch(["ab", "c"], 6)
+    assert (ids[:, 0] == tokenizer.BOS_ID).all()
+    text = batch["inputs"][cfg.model.get("target", "text")]
+    np.testing.assert_array_equal(task._target(batch), strip_bos(text, tokenizer.BOS_ID, tokenizer.PAD_ID))
+    assert not (np.asarray(task._target(batch)) == tokenizer.BOS_ID).any()
