@@ -104,10 +104,12 @@ class Checkpointer:
                                              item_handlers=_handlers())
 
     def _set_aside_unreadable_metrics(self) -> None:
-        """Moves aside the steps whose metrics item is damaged (process 0 finds them, all agree)."""
-        found = checksum.damaged_metrics(self.directory) if self.agreement.is_main else {}
-        for step in self.agreement.share(sorted(found)):
-            self.set_aside(step, checksum.DamagedCheckpointError(found.get(step, "its metrics item (process 0)")))
+        """Process 0 moves aside the steps whose metrics item is damaged; every process waits for it."""
+        if self.agreement.is_main:
+            for step, reason in sorted(checksum.damaged_metrics(self.directory).items()):
+                moved = self._move_aside(step)
+                self.say(_set_aside_line(self.directory, step, checksum.DamagedCheckpointError(reason), moved))
+        self.agreement.barrier("mmjax_metrics_scan")
 
     def latest_step(self) -> Optional[int]:
         return self.manager.latest_step()
@@ -327,22 +329,22 @@ class Checkpointer:
 
     def set_aside(self, step: int, error: Exception, say: Optional[Callable[[str], None]] = None) -> None:
         """Moves damaged step ``step`` aside (:meth:`quarantine`) and says why (every process calls it)."""
-        what = "is damaged" if isinstance(error, checksum.DamagedCheckpointError) else "is unreadable"
         moved = self.quarantine(step)
-        (say or self.say)(f"checkpoint {step} in {self.directory} {what} ({_reason(error)}); "
-                          f"moved to {moved}, trying an older one")
+        (say or self.say)(_set_aside_line(self.directory, step, error, moved))
 
     def quarantine(self, step: int) -> str:
         """Moves step ``step`` out of the checkpoint directory (process 0 only); returns where it went."""
-        if self.manager is not None:
-            self.manager.wait_until_finished()
+        self.manager.wait_until_finished()
+        moved = self._move_aside(step) if self.agreement.is_main else "checkpoints_corrupt (by process 0)"
+        self.agreement.barrier(f"mmjax_quarantine_{step}")
+        self.manager.reload()
+        return moved
+
+    def _move_aside(self, step: int) -> str:
+        """Moves ``DIR/step`` to ``DIR_corrupt/step-<time>-<pid>`` (so the step can be written again)."""
         dest = files.path(self.directory.rstrip("/" + os.sep) + "_corrupt") / (
             f"{step}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
-        if self.agreement.is_main:
-            files.move_tree(files.path(self.directory) / str(step), dest)
-        self.agreement.barrier(f"mmjax_quarantine_{step}")
-        if self.manager is not None:
-            self.manager.reload()
+        files.move_tree(files.path(self.directory) / str(step), dest)
         return os.fspath(dest)
 
     def attach_metrics(self, step: int, metrics: Mapping[str, Any]) -> None:
@@ -419,6 +421,11 @@ def _handlers() -> Dict[str, Any]:
     """The items of a step: the state, its meta JSON and the checksums JSON."""
     return {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler(),
             checksum.ITEM: ocp.JsonCheckpointHandler()}
+
+
+def _set_aside_line(directory: str, step: int, error: BaseException, moved: str) -> str:
+    what = "is damaged" if isinstance(error, checksum.DamagedCheckpointError) else "is unreadable"
+    return f"checkpoint {step} in {directory} {what} ({_reason(error)}); moved to {moved}, trying an older one"
 
 
 def _reason(error: BaseException) -> str:

@@ -20,3 +20,19 @@ def test_keeps_latest_and_best(tmp_path):
     meta = ck.metadata(4)
     assert meta["data_position"] == 4 and meta["config"] == {"seed": 0} and meta["metrics"]["accuracy"] == 0.7
     ck.close()
+
+
+def test_nonfinite_params_are_set_aside_and_the_previous_step_restored(tmp_path):
+    """A checkpoint whose params hold NaN (saved so, checksums agree) is not a good one to resume from."""
+    ck = Checkpointer(str(tmp_path / "checkpoints"), keep=3)
+    good = np.arange(3, dtype=np.float32)
+    ck.save(1, {"params": {"w": good}, "step": np.int32(1)})
+    ck.save(2, {"params": {"w": np.array([np.nan, 1, 2], np.float32)}, "step": np.int32(2)})
+    ck.wait()
+    said = []
+    abstract = {"params": {"w": jax.ShapeDtypeStruct((3,), np.float32)}, "step": jax.ShapeDtypeStruct((), np.int32)}
+    state, step = ck.restore_latest_good(abstract, said.append)
+    assert step == 1 and ck.all_steps() == [1]
+    np.testing.assert_array_equal(state["params"]["w"], good)
+    assert len(said) == 1 and said[0].startswith("checkpoint 2 in ") and "non-finite values in params/w" in said[0]
+    ck.close()

@@ -5,10 +5,12 @@ The unit tests drive :meth:`Checkpointer.restore_latest_good` with a scripted
 real processes (gloo on CPU, a few seconds) where only process 0 finds the
 newest checkpoint damaged.
 """
+import json
 import os
 import socket
 import subprocess
 import sys
+import zlib
 
 import jax
 import numpy as np
@@ -79,7 +81,7 @@ def test_process_0_sets_aside_what_it_cannot_read(tmp_path, monkeypatch):
     assert step == 4 and np.array_equal(state["w"], np.full(3, 4))
     assert len(said) == 1 and said[0].startswith("checkpoint 6 in ") and "MMJAX_FAULT" in said[0]
     assert ck.all_steps() == [2, 4] and len(os.listdir(tmp_path / "checkpoints_corrupt")) == 1
-    assert agree.barriers == ["mmjax_quarantine_6"]
+    assert agree.barriers == ["mmjax_metrics_scan", "mmjax_quarantine_6"]
     ck.close()
 
 
@@ -93,7 +95,7 @@ def test_other_process_follows_process_0_and_moves_nothing(tmp_path):
     assert step == 2 and np.array_equal(state["w"], np.full(3, 2))
     assert "unreadable for process 0" in said[0]
     assert sorted(ck.all_steps()) == [2, 4, 6] and not os.path.exists(tmp_path / "checkpoints_corrupt")
-    assert agree.barriers == ["mmjax_quarantine_4"]  # waited for process 0's move
+    assert agree.barriers == ["mmjax_metrics_scan", "mmjax_quarantine_4"]  # waited for process 0's moves
     ck.close()
 
 
@@ -131,6 +133,12 @@ def test_two_processes_fall_back_together_when_process_0_finds_damage(tmp_path):
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
     lines = [out.strip().splitlines()[-1] for out, _ in outs]
-    assert lines == ["restored 2 w=2.0"] * 2, lines
+    assert lines == ["restored 2 w=2.0 v=[2.0, 3.0]", "restored 2 w=2.0 v=[4.0, 5.0]"], lines
     assert len(os.listdir(tmp_path / "checkpoints_corrupt")) == 1  # moved once, by process 0
     assert "checkpoint 4 in " in outs[0][0] and "moved to" in outs[0][0]
+    # Each process hashed the half of v it holds; process 0 wrote both, as crc32 of those bytes.
+    with open(tmp_path / "checkpoints" / "2" / "checksums" / "metadata") as f:
+        record = json.load(f)["arrays"]
+    v = np.arange(4, dtype=np.float32) + 2
+    assert record["v"]["shards"] == [[[[0, 2]], zlib.crc32(v[:2].tobytes())], [[[2, 4]], zlib.crc32(v[2:].tobytes())]]
+    assert record["w"]["shards"] == [[[[0, 3]], zlib.crc32(np.full(3, 2, np.float32).tobytes())]]
