@@ -3,9 +3,12 @@
 The step functions of :mod:`mmjax.train.step` are never rewritten; a
 :class:`Runner` compiles them for one of three modes (``config.parallel.mode``):
 
-* ``single``: ``jax.jit`` with the state donated; one device.
+* ``single``: ``jax.jit`` with the state donated; one device of one process
+  (refused in a run of several processes: see :func:`check_processes`).
 * ``pmap``: data parallel with ``jax.pmap`` over the local devices; the step
-  receives ``grad_reduce=partial(lax.pmean, axis_name="batch")``. Note that
+  receives ``grad_reduce=partial(lax.pmean, axis_name="batch")``, and each
+  replica applies its rows of the global batch's dropout masks
+  (:mod:`mmjax.train.pmap_dropout`), so pmap, single and sharded agree. Note that
   ``jax.pmap`` is in maintenance mode in recent JAX (it is implemented on
   ``jit`` + ``shard_map``); prefer ``sharded`` for new work.
 * ``sharded``: ``jax.jit`` with ``in_shardings``/``out_shardings`` and
@@ -43,6 +46,7 @@ from mmjax.data.normalize import normalize_images
 from mmjax.sharding import LOGICAL_RULES, MESH_AXES
 from mmjax.train import step as step_lib
 from mmjax.train.mesh import ParallelConfigError, device_grid, mesh_shape, rows_follow_processes  # noqa: F401
+from mmjax.train.pmap_dropout import global_batch_masks
 from mmjax.train.state import TrainState, _init_fn, create_train_state, example_inputs, state_shardings
 
 PyTree = Any
@@ -293,10 +297,14 @@ class Runner:
             self._eval = jax.jit(evaluate)
         elif self.mode == "pmap":
             reduce = functools.partial(jax.lax.pmean, axis_name=PMAP_AXIS)
-            own_rng = lambda r: jax.random.fold_in(r, jax.lax.axis_index(PMAP_AXIS))  # noqa: E731
-            self._train = jax.pmap(functools.partial(train, grad_reduce=reduce, replica_rng=own_rng),
-                                   axis_name=PMAP_AXIS,
-                                   donate_argnums=0, devices=self._pmap_devices)
+            replicas = jax.device_count() if self._pmap_devices is None else len(self._pmap_devices)
+            masks = global_batch_masks(replicas, PMAP_AXIS)
+
+            def replica_step(state, batch):
+                # The step's maths unchanged; its dropout masks are the global batch's rows.
+                with nn.intercept_methods(masks):
+                    return train(state, batch, grad_reduce=reduce)
+            self._train = jax.pmap(replica_step, axis_name=PMAP_AXIS, donate_argnums=0, devices=self._pmap_devices)
             summed = lambda s, b: jax.lax.psum(evaluate(s, b), PMAP_AXIS)  # noqa: E731
             self._eval = jax.pmap(summed, axis_name=PMAP_AXIS, devices=self._pmap_devices)
         else:

@@ -1,7 +1,9 @@
 """Pure train and eval steps: ``train_step(state, batch) -> (state, metrics)``.
 
 The steps know nothing about devices. Data parallelism over ``jax.pmap`` is
-obtained by passing ``grad_reduce=partial(lax.pmean, axis_name=...)``; under
+obtained by passing ``grad_reduce=partial(lax.pmean, axis_name=...)`` (the
+pmap runner also gives each replica its rows of the global batch's dropout
+masks from outside, :mod:`mmjax.train.pmap_dropout`); under
 sharded ``jax.jit`` the compiler inserts the reductions and ``grad_reduce``
 stays the identity. The step calls ``grad_reduce`` on the gradients *and* on
 the weight totals used as denominators, so replicas whose batches carry
@@ -100,7 +102,6 @@ def train_step(
     grad_accum_steps: int = 1,
     nan_policy: str = "skip",
     grad_reduce: Callable[[PyTree], PyTree] = _identity,
-    replica_rng: Callable[[jax.Array], jax.Array] = _identity,
     task: Any = None,
 ) -> Tuple[TrainState, Metrics]:
     """One optimizer update on ``batch``.
@@ -117,9 +118,6 @@ def train_step(
         counter still advances, as the data did); "stop" applies nothing
         either and reports ``finite=0`` so the loop can stop.
       grad_reduce: mean over data-parallel replicas (``lax.pmean`` under pmap).
-      replica_rng: makes the step's key this replica's own (under pmap: folds in the device's
-        axis index, so each replica draws its own dropout masks for its own rows; single and
-        sharded draw one mask for the whole batch and keep the identity).
       task: a :class:`mmjax.train.tasks.Task` whose ``loss_terms`` replaces the
         classification loss; its aux sums are reported divided by the weight.
 
@@ -130,7 +128,7 @@ def train_step(
     """
     if nan_policy not in ("skip", "stop"):
         raise StepConfigError(f"train.nan_policy must be 'skip' or 'stop', got {nan_policy!r}")
-    step_rng = replica_rng(jax.random.fold_in(state.rng, state.step))
+    step_rng = jax.random.fold_in(state.rng, state.step)
     terms = functools.partial(
         loss_terms, state, loss=loss, label_smoothing=label_smoothing,
         class_weights=class_weights, train=True,

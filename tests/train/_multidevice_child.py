@@ -1,8 +1,8 @@
 """Runs in a child process with 8 (or --devices) CPU devices; prints one JSON line of results.
 
 Modes:
-  compare: single vs pmap vs sharded (data / data x fsdp / data x tensor) losses,
-           parameter shard shapes, and a sharded checkpoint save/restore.
+  compare: single vs pmap vs sharded (data / data x fsdp / data x tensor) losses, also
+           with dropout on, parameter shard shapes, and a sharded checkpoint save/restore.
   multiproc: one of N processes (gloo collectives) training the sharded model;
              process 0 prints its losses.
   tensor2: the sharded model on mesh {data: -1, tensor: 2}, in 1 process or (with
@@ -46,10 +46,16 @@ BATCH = 16
 DATA = {"name": "synthetic", "num_classes": 3, "dims": {"a": 6, "b": 4}}
 MODEL = {"encoders": {"a": {"name": "mlp", "features": [8]}, "b": {"name": "mlp", "features": [8]}},
          "fusion_config": {"out_dim": 8}, "head_hidden": [8]}
+# Dropout in an encoder ((B, 1, 8) activations) and in the head ((B, 8)): every mode must draw
+# the same mask for each example.
+DROPOUT = dict(MODEL, dropout_rate=0.3,
+               encoders={"a": {"name": "mlp", "features": [8, 8], "dropout_rate": 0.3}, "b": MODEL["encoders"]["b"]})
+NO_DROPOUT = dict(DROPOUT, dropout_rate=0.0, encoders=dict(DROPOUT["encoders"], a=dict(DROPOUT["encoders"]["a"],
+                                                                                        dropout_rate=0.0)))
 
 
-def runner(mode, mesh=None):
-    model = build_classifier(MODEL, 3)
+def runner(mode, mesh=None, model_cfg=MODEL):
+    model = build_classifier(model_cfg, 3)
     mk = lambda p: make_optimizer({"learning_rate": 0.05, "weight_decay": 0.01, "clip_norm": 1.0,  # noqa: E731
                                    "warmup_steps": 0}, p, 10)
     return Runner(mode, model, mk, step_kwargs={}, eval_kwargs={"num_classes": 3}, mesh_cfg=mesh)
@@ -72,6 +78,9 @@ def compare():
     meshes = {"data": {"data": -1}, "data_fsdp": {"data": 2, "fsdp": 4}, "data_tensor": {"data": 2, "tensor": 4}}
     out["single"] = train(runner("single"))[1]
     out["pmap"] = train(runner("pmap"))[1]
+    for mode, mesh in (("single", None), ("pmap", None), ("sharded", {"data": 2, "tensor": 4})):
+        out[f"{mode}_dropout"] = train(runner(mode, mesh, DROPOUT))[1]
+    out["single_dropout_0"] = train(runner("single", None, NO_DROPOUT))[1]
     for name, mesh in meshes.items():
         r = runner("sharded", mesh)
         state, losses, example = train(r)

@@ -54,6 +54,15 @@ def test_all_modes_give_the_same_losses(compare):
         np.testing.assert_allclose(compare[mode], ref, rtol=RTOL, err_msg=mode)
 
 
+def test_all_modes_draw_the_same_dropout_masks(compare):
+    # Each example's mask is the one a single device draws for it: pmap replicas take their rows of
+    # the global batch's mask, sharded jit draws it partitioned (jax_threefry_partitionable).
+    ref = np.asarray(compare["single_dropout"])
+    assert np.all(np.abs(ref - np.asarray(compare["single_dropout_0"])) > 1e-3)  # dropout is on
+    for mode in ("pmap", "sharded"):
+        np.testing.assert_allclose(compare[f"{mode}_dropout"], ref, rtol=RTOL, err_msg=mode)
+
+
 def test_parameters_are_really_sharded(compare):
     # fusion/proj/kernel is (fusion_in, fusion_out) -> (fsdp, tensor) under the default rules.
     k = "fusion/proj/kernel"

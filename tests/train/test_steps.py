@@ -198,25 +198,43 @@ def test_train_split_reaches_the_data_function(tmp_path):
     assert ("train[:10%]", True) in seen and all(s != "train" for s, t in seen if t)
 
 
-def test_replicas_draw_their_own_dropout_masks():
-    """Under pmap each replica folds its axis index into the step key: replicas given the same rows
-    then draw different dropout masks (before, every replica reused one mask). vmap with an axis
-    name stands in for the devices."""
+def test_pmap_replicas_apply_their_rows_of_the_global_dropout_masks():
+    """Under pmap a replica holds B/n rows; the runner's interceptor gives each row the dropout mask
+    the one-device step draws for it, so the replicas' loss and gradient norm are the one-device
+    step's (also with strided grad-accumulation microbatches). vmap with the pmap axis name stands
+    in for the devices. Local masks from the shared key (the old pmap: every replica reused the
+    mask of the first rows) do not agree."""
     import functools
 
-    from mmjax.train import step as step_lib
+    import flax.linen as nn
 
-    cfg = _config(**{"model.dropout_rate": 0.5})
+    from mmjax.train import step as step_lib
+    from mmjax.train.parallel import PMAP_AXIS
+    from mmjax.train.pmap_dropout import global_batch_masks
+
+    replicas = 2  # and 2 accumulation microbatches per replica (8 devices: test_multidevice.py)
+    cfg = _config(**{"model.dropout_rate": 0.5, "train.grad_accum_steps": 2})
+    cfg.model.encoders.a = {"name": "mlp", "features": (8, 8), "dropout_rate": 0.5}  # a (B, 1, 8) dropout too
     batch = _batches(1)[0]
     runner, state = _state(cfg, batch)
-    copies = lambda x: jnp.broadcast_to(jnp.asarray(x), (4,) + jnp.shape(x))  # noqa: E731
+    kwargs = dict(runner.step_kwargs)
+    _, ref = jax.jit(functools.partial(step_lib.train_step, **kwargs))(state, batch)
+    _, off = jax.jit(functools.partial(step_lib.train_step, **kwargs))(state.replace(rng=state.rng + 1), batch)
+    assert abs(float(off["loss"]) - float(ref["loss"])) > 1e-3  # dropout really changes the loss
+    copies = lambda x: jnp.broadcast_to(jnp.asarray(x), (replicas,) + jnp.shape(x))  # noqa: E731
+    split = lambda x: jnp.reshape(x, (replicas, x.shape[0] // replicas) + x.shape[1:])  # noqa: E731
+    reduce = functools.partial(jax.lax.pmean, axis_name=PMAP_AXIS)
 
-    def losses(replica_rng):
-        step = functools.partial(step_lib.train_step, replica_rng=replica_rng)
-        _, m = jax.vmap(step, axis_name="batch")(jax.tree.map(copies, state), jax.tree.map(copies, batch))
-        return np.asarray(m["loss"])
+    def on_replicas(interceptor):
+        def step(s, b):
+            with nn.intercept_methods(interceptor):
+                return step_lib.train_step(s, b, grad_reduce=reduce, **kwargs)
+        _, m = jax.jit(jax.vmap(step, axis_name=PMAP_AXIS))(jax.tree.map(copies, state), jax.tree.map(split, batch))
+        return np.asarray(m["loss"]), np.asarray(m["grad_norm"])
 
-    own = losses(lambda r: jax.random.fold_in(r, jax.lax.axis_index("batch")))
-    assert len(set(own.round(6).tolist())) == 4  # four replicas, four masks
-    shared = losses(lambda r: r)
-    assert np.allclose(shared, shared[0])  # the same key: the same mask on every replica
+    loss, grad_norm = on_replicas(global_batch_masks(replicas, PMAP_AXIS))
+    np.testing.assert_allclose(loss, np.full(replicas, float(ref["loss"])), rtol=1e-6)
+    np.testing.assert_allclose(grad_norm, np.full(replicas, float(ref["grad_norm"])), rtol=1e-5)
+    local = lambda f, args, kw, ctx: f(*args, **kw)  # noqa: E731  nn.Dropout on the replica's rows alone
+    old_loss, _ = on_replicas(local)
+    assert abs(old_loss[0] - float(ref["loss"])) > 1e-3, (old_loss, ref["loss"])
