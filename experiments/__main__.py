@@ -65,15 +65,26 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         compilation_cache.enable()
     from mmjax.errors import MmjaxError
+    from mmjax.train import files
+    from experiments import storage_faults
 
-    try:
-        return int(args._run(args) or 0)
-    except (UserError, MmjaxError) as e:  # a mistake the message names; anything else is a bug: traceback
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    with storage_faults.HeldBack() as held:
+        try:
+            return int(args._run(args) or 0)
+        except (UserError, MmjaxError) as e:  # a mistake the message names; anything else is a bug: traceback
+            held.finish(storage_failed=isinstance(e, files.StorageError))
+            print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+        except Exception as e:  # a full or read-only disk (eval, data, export...): one line too
+            fault = files.storage_fault(e)
+            if fault is None:
+                raise
+            held.finish(storage_failed=True)
+            print(f"error: {' '.join(str(fault).split())}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

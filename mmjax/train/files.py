@@ -16,10 +16,12 @@ environment already sets ``EPATH_USE_TF``.
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
-from typing import Union
+import tempfile
+from typing import Optional, Union
 
 from etils import epath
 
@@ -77,16 +79,27 @@ def write_text(p: PathLike, text: str) -> None:
 
 
 def write_bytes(p: PathLike, data: bytes) -> None:
-    """Replaces the file ``p`` with ``data`` as one step; creates its parent directory."""
+    """Replaces the file ``p`` with ``data`` as one step; creates its parent directory.
+
+    Locally the bytes go to a temporary file next to ``p`` that is renamed over it, so a
+    failed write (disk full) leaves the old file whole and no temporary file behind.
+    """
     target = path(p)
     if is_remote(target):
         target.write_bytes(data)  # one object upload: atomic
         return
     os.makedirs(os.fspath(target.parent), exist_ok=True)
-    tmp = os.fspath(target) + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, os.fspath(target))
+    tmp = f"{os.fspath(target)}.{os.getpid()}.tmp"  # per process: two writers never share one
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, os.fspath(target))
+    except BaseException as e:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        if isinstance(e, OSError) and e.filename is None:  # a failed write() names no file: name the target
+            raise OSError(e.errno, e.strerror, os.fspath(target)) from e
+        raise
 
 
 def read_text(p: PathLike) -> str:
@@ -124,3 +137,99 @@ def move_tree(src: PathLike, dst: PathLike) -> None:
 def display(p: PathLike) -> str:
     """How a path is shown in messages: absolute for local paths, the URL for object stores."""
     return os.fspath(path(p))
+
+
+# --------------------------------------------------------------------------- storage faults
+class StorageError(errors.RunError):
+    """The run's storage refused a write: the disk is full, read-only or not writable by this user."""
+
+
+# errno -> what the message calls it; EFBIG is a file size limit (ulimit -f) met like a full disk.
+_FAULTS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+           errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+           errno.EFBIG: "file size limit exceeded"}
+# Tensorstore (Orbax) and tensorflow report the OS error in their message text.
+_CODE_IN_TEXT = re.compile(r"os_error_code='(\d+)'")
+_QUOTED_PATH = re.compile(r"\"(/[^\"]+)\"")
+
+
+def _fault_in(exc: BaseException) -> tuple:
+    """-> (errno, path or None) when ``exc`` itself reports a storage fault, else (0, None)."""
+    if isinstance(exc, OSError) and exc.errno in _FAULTS:
+        where = exc.filename if exc.filename is not None else exc.filename2
+        return exc.errno, (os.fsdecode(where) if where is not None else None)
+    text = str(exc)
+    m = _CODE_IN_TEXT.search(text)
+    code = int(m.group(1)) if m else next((c for c in _FAULTS if os.strerror(c) in text), 0)
+    if code not in _FAULTS:
+        return 0, None
+    quoted = _QUOTED_PATH.findall(text)
+    return code, (quoted[-1] if quoted else None)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+def free_space(p: PathLike) -> str:
+    """``"12.0 KiB free of 256.0 KiB"`` for the file system holding ``p`` (its nearest existing folder)."""
+    d = os.path.abspath(os.fspath(p))
+    while not os.path.isdir(d) and os.path.dirname(d) != d:
+        d = os.path.dirname(d)
+    try:
+        usage = shutil.disk_usage(d)
+    except OSError:
+        return "free space unknown"
+    return f"{_size(usage.free)} free of {_size(usage.total)}"
+
+
+def storage_fault(exc: BaseException, where: Optional[PathLike] = None) -> Optional[StorageError]:
+    """``exc``, or an exception it was raised from, as a one-line :class:`StorageError`; None if not a storage fault.
+
+    A storage fault is an ``OSError`` with ENOSPC, EDQUOT, EROFS, EACCES or EFBIG, or an error of
+    tensorstore or tensorflow whose text carries one. ``where`` names the path when the error does not.
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, StorageError):
+            return exc
+        code, found = _fault_in(exc)
+        if code:
+            target = os.fspath(where) if where is not None else found
+            if target is None:
+                return StorageError(f"{_FAULTS[code]} ({type(exc).__name__}: {' '.join(str(exc).split())})")
+            local = not is_remote(target)
+            space = f" ({free_space(target)} there)" if local else ""
+            hint = {errno.EROFS: "; use a writable --workdir", errno.EACCES: "; check its owner and mode, or use "
+                    "another --workdir"}.get(code, "; free some space (or use another --workdir) and run the command again")
+            return StorageError(f"{_FAULTS[code]}: cannot write {target}{space}{hint}")
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def check_writable(directory: PathLike) -> None:
+    """Raises :class:`StorageError` unless a file can be written, synced and removed in the local ``directory``.
+
+    Run at start, before anything compiles, so that read-only or full storage is found then and
+    not at the first checkpoint. Object stores are not probed here (the workdir lease writes there first).
+    """
+    if is_remote(directory):
+        return
+    d = os.fspath(path(directory))
+    try:
+        fd, probe = tempfile.mkstemp(dir=d, prefix=".write-probe-")
+    except OSError as e:
+        raise (storage_fault(e, where=d) or e) from None
+    try:
+        os.write(fd, b"\0" * 4096)  # one page: a disk with less than that left cannot hold a checkpoint
+        os.fsync(fd)
+    except OSError as e:
+        raise (storage_fault(e, where=d) or e) from None
+    finally:
+        os.close(fd)
+        os.remove(probe)

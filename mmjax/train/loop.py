@@ -84,8 +84,11 @@ def check_workdir(workdir: str) -> None:
         os.makedirs(workdir, exist_ok=True)
     except OSError as e:
         raise WorkdirError(f"--workdir {workdir}: cannot create it ({e.strerror})") from None
-    if not os.access(workdir, os.W_OK):
-        raise WorkdirError(f"--workdir {workdir} is not writable")
+    # A real write in each folder a run writes: read-only, full or foreign storage is found now,
+    # before anything compiles, not at the first checkpoint (root passes os.access where it may not write).
+    for d in (workdir, os.path.join(workdir, "checkpoints")):
+        if os.path.isdir(d):
+            files.check_writable(d)
 
 
 def check_config(config: Any) -> None:
@@ -224,6 +227,11 @@ def train_and_evaluate(config: Any, workdir: str, *, data_fn: Optional[DataFn] =
         with health.PreemptionGuard() as guard:
             return _train(config, workdir, data_fn, info_fn, console, stop_at, guard, lock,
                           (allow_config_change, experiment))
+    except Exception as e:  # a full or read-only disk met by Orbax, a log or a report: one StorageError
+        fault = files.storage_fault(e)
+        if fault is None or fault is e:
+            raise
+        raise fault from e
     finally:
         lock.release()
 
