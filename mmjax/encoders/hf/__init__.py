@@ -9,12 +9,19 @@ CLIP       clip, clip_vision_model,               vision,     ``image_embeds`` /
            clip_text_model                        text        (projected, before L2 normalisation)
 SigLIP     siglip, siglip_vision_model,           vision,     ``image_embeds`` / ``text_embeds``
            siglip_text_model                      text        (= the towers' ``pooler_output``)
+Whisper    whisper (the encoder)                  audio       mean of ``tokens`` over time (no pooler)
+AST        audio-spectrogram-transformer          audio       ``pooler_output`` (mean of [CLS], distill.)
+VideoMAE   videomae                               video       ``fc_norm`` of the token mean (classifier
+                                                              checkpoints), else the token mean
 =========  =====================================  ==========  =====================================
 
 ``tokens`` is always the reference model's ``last_hidden_state``. A directory
 holds ``config.json`` and ``model.safetensors`` (or ``pytorch_model.bin``, read
 by a restricted unpickler); ``preprocessor_config.json`` / ``tokenizer.json``
 are needed only for ``preprocess``. Nothing here imports torch or transformers.
+Inputs are channels / time last-but-one as everywhere in mmjax: images
+(B, H, W, C), clips (B, F, H, W, C), Whisper's log-mel (B, frames, n_mels)
+and AST's filterbank (B, frames, n_mels).
 
 >>> enc, variables, prep = from_transformers("/models/clip-vit-base-patch32", tower="vision")
 >>> out = enc.apply(variables, prep(uint8_images))            # pooled (B, 512), tokens (B, 50, 768)
@@ -33,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from mmjax.encoders.hf import bert, clip, siglip, vit
+from mmjax.encoders.hf import audio_spectrogram, bert, clip, siglip, videomae, vit, whisper
 from mmjax.encoders.hf.preprocess import ImagePreprocess, TextPreprocess
 from mmjax.encoders.hf.weights import HFCheckpointError, HFUnavailableError, read_config, read_state_dict
 from mmjax.encoders.registry import register
@@ -41,22 +48,35 @@ from mmjax.encoders.registry import register
 MODULE_OPTIONS = ("pooling", "pooler", "normalize", "dropout_rate", "dtype", "param_dtype")
 
 
+# The single-tower families: name -> (module, encoder class, tower).
+SINGLE = {
+    "bert": (bert, bert.BertEncoder, "text"),
+    "vit": (vit, vit.ViTEncoder, "vision"),
+    "whisper": (whisper, whisper.WhisperEncoder, "audio"),
+    "ast": (audio_spectrogram, audio_spectrogram.ASTEncoder, "audio"),
+    "videomae": (videomae, videomae.VideoMAEEncoder, "video"),
+}
+POOLER_FAMILIES = ("bert", "vit", "videomae")  # those whose checkpoints may or may not hold pooler weights
+
+
 def family(cfg: Mapping[str, Any]) -> str:
-    """"bert", "vit", "clip" or "siglip" for a config.json."""
+    """"bert", "vit", "clip", "siglip", "whisper", "ast" or "videomae" for a config.json."""
     mt = cfg.get("model_type", "")
-    for name, mod in (("bert", bert), ("vit", vit), ("clip", clip), ("siglip", siglip)):
+    for name, mod in (("bert", bert), ("vit", vit), ("clip", clip), ("siglip", siglip), ("whisper", whisper),
+                      ("ast", audio_spectrogram), ("videomae", videomae)):
         if mt in mod.MODEL_TYPES:
             return name
     raise HFCheckpointError(f"unsupported model_type {mt!r}; supported: bert, roberta, xlm-roberta, vit, "
-                            "clip(_vision_model/_text_model), siglip(_vision_model/_text_model)")
+                            "clip(_vision_model/_text_model), siglip(_vision_model/_text_model), whisper, "
+                            "audio-spectrogram-transformer, videomae")
 
 
 def towers(cfg: Mapping[str, Any]) -> Tuple[str, ...]:
-    """The towers a config holds: ("text",), ("vision",) or ("vision", "text")."""
+    """The towers a config holds: ("text",), ("vision",), ("audio",), ("video",) or ("vision", "text")."""
     fam, mt = family(cfg), cfg.get("model_type", "")
-    if fam == "bert":
-        return ("text",)
-    if fam == "vit" or mt.endswith("_vision_model"):
+    if fam in SINGLE:
+        return (SINGLE[fam][2],)
+    if mt.endswith("_vision_model"):
         return ("vision",)
     return ("text",) if mt.endswith("_text_model") else ("vision", "text")
 
@@ -77,11 +97,13 @@ def build_module(cfg: Mapping[str, Any], tower: Optional[str] = None, **options:
         raise HFCheckpointError(f"pretrained encoder: unknown options {unknown}; known: {list(MODULE_OPTIONS)}")
     fam, tower = family(cfg), _tower(cfg, tower, "pretrained encoder")
     options = {k: v for k, v in options.items() if v is not None}
-    if fam in ("bert", "vit"):
-        cls, kwargs = (bert.BertEncoder, bert.module_kwargs) if fam == "bert" else (vit.ViTEncoder, vit.module_kwargs)
-        return cls(**kwargs(cfg), **options)
-    if set(options) & {"pooling", "pooler"}:
-        raise HFCheckpointError(f"{fam}: options pooling / pooler apply to bert and vit only")
+    if "pooling" in options and fam not in ("bert", "vit"):
+        raise HFCheckpointError(f"{fam}: option pooling applies to bert and vit only")
+    if "pooler" in options and fam not in POOLER_FAMILIES:
+        raise HFCheckpointError(f"{fam}: option pooler applies to {', '.join(POOLER_FAMILIES)} only")
+    if fam in SINGLE:
+        mod, cls, _ = SINGLE[fam]
+        return cls(**{**mod.module_kwargs(cfg), **options})
     mod = clip if fam == "clip" else siglip
     if tower == "vision":
         return clip.VisionTower(**mod.vision_kwargs(cfg), **options)
@@ -92,9 +114,11 @@ def convert(state: Mapping[str, Any], cfg: Mapping[str, Any], tower: Optional[st
             pooler: Optional[bool] = None) -> Dict[str, Any]:
     """A checkpoint's tensors -> the params of :func:`build_module` (float32 numpy)."""
     fam, tower = family(cfg), _tower(cfg, tower, "convert")
-    if fam in ("bert", "vit"):
-        mod = bert if fam == "bert" else vit
+    if fam in POOLER_FAMILIES:
+        mod = SINGLE[fam][0]
         return mod.convert(state, cfg, pooler=mod.has_pooler(state) if pooler is None else pooler)
+    if fam in SINGLE:
+        return SINGLE[fam][0].convert(state, cfg)
     mod = clip if fam == "clip" else siglip
     return mod.convert_vision(state, cfg) if tower == "vision" else mod.convert_text(state, cfg)
 
@@ -148,9 +172,9 @@ def from_transformers(model_dir: str, tower: Optional[str] = None, *, max_len: O
     cfg, state = read_config(model_dir), read_state_dict(model_dir)
     tower = _tower(cfg, tower, model_dir)
     fam = family(cfg)
-    if fam in ("bert", "vit") and "pooler" not in options:
-        options["pooler"] = (bert if fam == "bert" else vit).has_pooler(state)
-        if not options["pooler"]:
+    if fam in POOLER_FAMILIES and "pooler" not in options:
+        options["pooler"] = SINGLE[fam][0].has_pooler(state)
+        if not options["pooler"] and fam != "videomae":
             options.setdefault("pooling", "mean" if fam == "bert" else "cls")
     module = build_module(cfg, tower, **options)
     params = convert(state, cfg, tower, options.get("pooler"))
@@ -162,6 +186,8 @@ def from_transformers(model_dir: str, tower: Optional[str] = None, *, max_len: O
 def _has_preprocessing(model_dir: str, tower: str) -> bool:
     from pathlib import Path
 
+    if tower not in ("vision", "text"):
+        return False  # audio / video preprocessing: not yet
     return (Path(model_dir) / ("preprocessor_config.json" if tower == "vision" else "tokenizer.json")).is_file()
 
 

@@ -7,7 +7,7 @@ native mmjax encoders, so converted towers shard by the same rules.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence, Union
 
 import flax.linen as nn
 import jax
@@ -91,12 +91,15 @@ def key_mask(mask: Optional[Array]) -> Optional[Array]:
     return None if mask is None else mask.astype(bool)[:, None, :]
 
 
-def patch_embed(x: Array, features: int, patch: int, use_bias: bool, dtype: Any, param_dtype: Any,
-                name: str) -> Array:
-    """Non-overlapping patches: images (B, H, W, C) -> (B, (H/p)*(W/p), features), row-major like torch."""
-    y = nn.Conv(features, (patch, patch), strides=(patch, patch), padding="VALID", use_bias=use_bias,
+def patch_embed(x: Array, features: int, patch: Union[int, Sequence[int]], use_bias: bool, dtype: Any,
+                param_dtype: Any, name: str, strides: Optional[Sequence[int]] = None) -> Array:
+    """Patches by a strided conv, flattened row-major like torch's ``flatten(2)``: images (B, H, W, C) with
+    ``patch`` p -> (B, (H/p)*(W/p), features); also (B, F, H, W, C) with a (t, p, p) tubelet, or overlapping
+    patches with ``strides`` smaller than the kernel (AST)."""
+    kernel = (patch, patch) if isinstance(patch, int) else tuple(patch)
+    y = nn.Conv(features, kernel, strides=tuple(strides or kernel), padding="VALID", use_bias=use_bias,
                 dtype=dtype, param_dtype=param_dtype,
-                kernel_init=logical(nn.initializers.lecun_normal(), (None, None, None, EMBED)),
+                kernel_init=logical(nn.initializers.lecun_normal(), (None,) * (len(kernel) + 1) + (EMBED,)),
                 bias_init=logical(nn.initializers.zeros_init(), (EMBED,)), name=name)(x)
     return y.reshape(y.shape[0], -1, features)
 
@@ -123,3 +126,12 @@ def convert_layer(sd, num_heads: int, names: dict) -> dict:
         "fc1": sd.linear(names["fc1"]),
         "fc2": sd.linear(names["fc2"]),
     }
+
+
+def vit_layer_names(prefix: str) -> dict:
+    """The tensor names of one ViT-style layer (ViT, AST, VideoMAE) under ``prefix`` ("encoder.layer.{i}.")."""
+    p = prefix
+    return {"q": p + "attention.attention.query", "k": p + "attention.attention.key",
+            "v": p + "attention.attention.value", "o": p + "attention.output.dense",
+            "ln_1": p + "layernorm_before", "ln_2": p + "layernorm_after",
+            "fc1": p + "intermediate.dense", "fc2": p + "output.dense"}

@@ -9,7 +9,7 @@ Sharded checkpoints (``model.safetensors.index.json``) are read shard by shard.
 :class:`StateDict` turns torch layouts into the Flax ones the families use:
 ``Linear`` weights (out, in) -> kernels (in, out), attention projections split
 into (embed, heads, head_dim) as :class:`mmjax.layers.MultiHeadAttention`
-stores them, conv weights (O, I, kh, kw) -> (kh, kw, I, O).
+stores them, conv weights (O, I, kh, kw) -> (kh, kw, I, O) (and 1D / 3D alike).
 """
 from __future__ import annotations
 
@@ -112,8 +112,9 @@ class StateDict:
         return {"kernel": w.T.reshape(num_heads, -1, w.shape[0]), "bias": self.get(f"{name}.bias")}
 
     def conv(self, name: str, bias: bool = True) -> Dict[str, np.ndarray]:
-        """torch Conv2d (O, I, kh, kw) -> {"kernel": (kh, kw, I, O), "bias": (O,)}."""
-        out = {"kernel": self.get(f"{name}.weight").transpose(2, 3, 1, 0)}
+        """torch Conv1d/2d/3d (O, I, *k) -> {"kernel": (*k, I, O), "bias": (O,)}: (kh, kw, I, O) for 2D."""
+        w = self.get(f"{name}.weight")
+        out = {"kernel": w.transpose(*range(2, w.ndim), 1, 0)}
         if bias:
             out["bias"] = self.get(f"{name}.bias")
         return out
