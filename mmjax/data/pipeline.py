@@ -34,6 +34,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import os
 import threading
 import zlib
 from typing import Any, Dict, Iterator, Optional
@@ -70,6 +71,10 @@ def dataset_info(data_config) -> DatasetInfo:
     process has read (see :mod:`mmjax.data.bad_examples`)."""
     cfg = _prepared_config(data_config)
     info = source.info(cfg)
+    if not info.splits and os.path.isdir(info.data_dir):  # its folder written, its splits never recorded
+        raise DataConfigError(
+            f"dataset {cfg.name!r} in {info.data_dir} has no splits: its build did not finish; move that folder "
+            f"away and build it again (python -m experiments data build {cfg.name})")
     info.bad_examples = bad_examples.reports_for(cfg.name)
     info.image_norms = image_norms(cfg)
     return info
