@@ -9,7 +9,9 @@ import jax.numpy as jnp
 
 from mmjax import errors
 from mmjax.layers.dense import dense
-from mmjax.sharding import CONV_IN, CONV_OUT, EMBED, LENGTH, NORM, logical
+from mmjax.layers.masked import masked_mean  # noqa: F401 (the encoders' pooling)
+from mmjax.layers.transformer import layer_norm
+from mmjax.sharding import CONV_IN, CONV_OUT, EMBED, LENGTH, logical
 
 Array = jax.Array
 
@@ -39,12 +41,6 @@ def no_mask(name: str, mask: Optional[Array]) -> None:
         raise EncoderInputError(
             f"{name} encoder: images have no padding, so mask must be None (got shape {tuple(mask.shape)})"
         )
-
-
-def masked_mean(x: Array, mask: Array) -> Array:
-    """(B, T, D), (B, T) bool -> (B, D); an all-padding row gives zeros, never NaN."""
-    m = mask[..., None].astype(x.dtype)
-    return (x * m).sum(1) / jnp.maximum(m.sum(1), 1)
 
 
 def conv(
@@ -103,16 +99,9 @@ def block_max_pool(x: Array, window: Sequence[int]) -> Array:
     return x.reshape(shape).max(axis=tuple(range(2, 2 * len(window) + 1, 2)))
 
 
-def channel_norm(dtype: Any, param_dtype: Any, name: Optional[str] = None) -> nn.LayerNorm:
-    """LayerNorm over channels only: per position, so padded positions never
-    leak into real ones (unlike BatchNorm/GroupNorm statistics)."""
-    return nn.LayerNorm(
-        dtype=dtype,
-        param_dtype=param_dtype,
-        scale_init=logical(nn.initializers.ones_init(), (NORM,)),
-        bias_init=logical(nn.initializers.zeros_init(), (NORM,)),
-        name=name,
-    )
+# LayerNorm over channels only: per position, so padded positions never leak into real ones
+# (unlike BatchNorm/GroupNorm statistics).
+channel_norm = layer_norm
 
 
 def embedding_param(module: nn.Module, name: str, shape: Tuple[int, ...], axes: Sequence[str], dtype: Any):

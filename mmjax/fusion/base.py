@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from mmjax import errors
+from mmjax.layers.masked import masked_mean
 from mmjax.types import Encoded
 
 Array = jax.Array
@@ -56,13 +57,6 @@ class FusionInputs:
     def present_matrix(self, dtype: Any = jnp.float32) -> Array:
         """(B, M) presence as numbers, modalities in ``names`` order."""
         return jnp.stack([self.present[n] for n in self.names], axis=1).astype(dtype)
-
-
-def masked_mean(tokens: Array, mask: Array) -> Array:
-    """tokens (B, T, D), mask (B, T) bool -> (B, D) mean over real tokens (0 if none)."""
-    m = mask[..., None].astype(tokens.dtype)
-    count = jnp.maximum(m.sum(axis=1), 1.0)
-    return jnp.where(mask[..., None], tokens, 0).sum(axis=1) / count
 
 
 def _as_parts(name: str, value: Any, block: str) -> Tuple[Optional[Array], Array, Array]:

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 
 from mmjax import errors
 from mmjax.layers.dense import dense
+from mmjax.layers.masked import masked_mean
 from mmjax.layers.transformer import (
     HeadMerge,
     HeadProjection,
@@ -307,8 +308,7 @@ class LSTMDecoder(nn.Module):
         _check_context(context, context_mask, tokens.shape[0], "lstm decoder")
         context = context.astype(self.dtype)
         if pooled is None:
-            m = (jnp.ones(context.shape[:2], bool) if context_mask is None else context_mask)[..., None]
-            pooled = jnp.where(m, context, 0).sum(1) / jnp.maximum(m.sum(1), 1).astype(context.dtype)
+            pooled = masked_mean(context, jnp.ones(context.shape[:2], bool) if context_mask is None else context_mask)
         init = functools.partial(dense, self.hidden, axes=(EMBED, MLP), dtype=self.dtype, param_dtype=self.param_dtype)
         carry0 = (jnp.tanh(init(name="init_c")(pooled)), jnp.tanh(init(name="init_h")(pooled)))
         keys = None

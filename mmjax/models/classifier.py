@@ -32,6 +32,7 @@ from mmjax import errors
 from mmjax import fusion as fusion_registry
 from mmjax.registry import BadSizeError, check_sizes
 from mmjax.layers import TransformerStack, dense
+from mmjax.layers.masked import masked_mean
 from mmjax.sharding import CLASSES, EMBED, FUSION_IN, MLP, logical
 from mmjax.types import Encoded
 
@@ -299,8 +300,7 @@ class Classifier(nn.Module):
         h = TransformerStack(self.early_layers, self.early_heads, self.early_mlp_dim, self.dropout_rate,
                              dtype=self.dtype, param_dtype=self.param_dtype, name="shared")(h_in := tokens, mask, train=train)
         del h_in
-        m = mask[..., None]
-        pooled = jnp.where(m, h, 0).sum(1) / jnp.maximum(m.sum(1), 1).astype(h.dtype)
+        pooled = masked_mean(h, mask)
         return Head(self.num_classes, tuple(self.head_hidden), self.dropout_rate, self.dtype,
                     self.param_dtype, name="head")(pooled, train=train)
 
