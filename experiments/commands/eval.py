@@ -79,9 +79,6 @@ def evaluate(config, workdir: str, *, which: str = "best", noise_levels: Sequenc
     for d in (workdir, os.path.join(workdir, "eval")):  # read-only or full storage: found now, not after the eval
         if jax.process_index() == 0 and os.path.isdir(d):
             files.check_writable(d)
-    for d in (workdir, os.path.join(workdir, "eval")):  # read-only or full storage: found now, not after the eval
-        if jax.process_index() == 0 and os.path.isdir(d):
-            files.check_writable(d)
     ckpt = builder.open_checkpoints(config, workdir, for_eval=True)
     seed = int(config.get("seed", 0))
     split = split or config.get("test_split") or config.get("eval_split", "test")
