@@ -41,7 +41,8 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from mmjax.encoders.hf import audio_spectrogram, bert, clip, siglip, videomae, vit, whisper
-from mmjax.encoders.hf.preprocess import ImagePreprocess, TextPreprocess
+from mmjax.encoders.hf.audio_preprocess import ASTFeatures, WhisperFeatures
+from mmjax.encoders.hf.preprocess import ImagePreprocess, TextPreprocess, VideoPreprocess
 from mmjax.encoders.hf.weights import HFCheckpointError, HFUnavailableError, read_config, read_state_dict
 from mmjax.encoders.registry import register
 
@@ -142,9 +143,14 @@ def pretrained_variables(model_dir: str, tower: Optional[str] = None, *, pooler:
 
 
 def preprocessor(model_dir: str, cfg: Mapping[str, Any], tower: str, max_len: Optional[int] = None) -> Callable:
-    """The raw-input function of a tower: images -> pixel_values, or strings -> (ids, mask)."""
+    """The raw-input function of a tower: images -> pixel_values, clips -> (B, F, H, W, C), waveforms ->
+    Whisper's / AST's features, or strings -> (ids, mask)."""
     if tower == "vision":
         return ImagePreprocess.from_dir(model_dir)
+    if tower == "video":
+        return VideoPreprocess.from_dir(model_dir)
+    if tower == "audio":
+        return (WhisperFeatures if family(cfg) == "whisper" else ASTFeatures).from_dir(model_dir)
     text_cfg = cfg.get("text_config") or cfg
     default = 128 if family(cfg) == "bert" else text_cfg["max_position_embeddings"]
     return TextPreprocess(model_dir, max_len or default)
@@ -163,11 +169,15 @@ def from_transformers(model_dir: str, tower: Optional[str] = None, *, max_len: O
         ``pooling`` "pooler" | "mean" (BERT) | "cls" (ViT); ``normalize`` to
         L2-normalise ``pooled``).
 
-    ``module.apply(variables, pixel_values (B, H, W, C))`` or
+    ``module.apply(variables, pixel_values (B, H, W, C))``, ``(variables, clips (B, F, H, W, C))``,
+    ``(variables, features (B, frames, n_mels))`` or
     ``module.apply(variables, input_ids (B, L), mask (B, L))`` gives
     ``Encoded(pooled, tokens, mask)``; ``preprocess`` maps uint8 images
-    (H, W, C) / (B, H, W, C) to pixel_values, or strings to ``(ids, mask)``;
-    it is None when the directory has no preprocessor_config.json / tokenizer.json.
+    (H, W, C) / (B, H, W, C) to pixel_values, uint8 clips (F, H, W, C) /
+    (B, F, H, W, C) to clips, waveforms ((N,), (B, N) or a list; optional
+    ``sampling_rate=`` checked against the checkpoint's) to features, or
+    strings to ``(ids, mask)``; it is None when the directory has no
+    preprocessor_config.json / tokenizer.json.
     """
     cfg, state = read_config(model_dir), read_state_dict(model_dir)
     tower = _tower(cfg, tower, model_dir)
@@ -186,9 +196,7 @@ def from_transformers(model_dir: str, tower: Optional[str] = None, *, max_len: O
 def _has_preprocessing(model_dir: str, tower: str) -> bool:
     from pathlib import Path
 
-    if tower not in ("vision", "text"):
-        return False  # audio / video preprocessing: not yet
-    return (Path(model_dir) / ("preprocessor_config.json" if tower == "vision" else "tokenizer.json")).is_file()
+    return (Path(model_dir) / ("tokenizer.json" if tower == "text" else "preprocessor_config.json")).is_file()
 
 
 @register("pretrained")
@@ -199,4 +207,5 @@ def pretrained(path: str, tower: Optional[str] = None, **options: Any) -> nn.Mod
 
 
 __all__ = ["from_transformers", "pretrained_variables", "build_module", "convert", "family", "towers",
-           "ImagePreprocess", "TextPreprocess", "HFCheckpointError", "HFUnavailableError"]
+           "ImagePreprocess", "VideoPreprocess", "TextPreprocess", "WhisperFeatures", "ASTFeatures",
+           "HFCheckpointError", "HFUnavailableError"]

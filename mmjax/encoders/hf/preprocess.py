@@ -7,6 +7,7 @@
   The resize is PIL's own, as the reference processor's: ``jax.image.resize``
   with the same cubic kernel differs by up to ~8 uint8 levels on
   high-frequency images (PIL rounds to uint8 between its two passes).
+* :class:`VideoPreprocess` applies those steps to every frame of a clip.
 * :class:`TextPreprocess` tokenises with ``tokenizers`` from ``tokenizer.json``
   (the special tokens its post-processor adds), truncates and pads to a fixed
   length with the pad token of ``tokenizer_config.json``.
@@ -93,6 +94,27 @@ class ImagePreprocess:
     def mean_std(self) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
         """(mean, std) per channel in [0, 1] units: what a data config's image modality should use."""
         return tuple(self.config["image_mean"]), tuple(self.config["image_std"])
+
+
+class VideoPreprocess:
+    """uint8 clip(s) (F, H, W, C) or (B, F, H, W, C) -> (B, F, h, w, C) float32: every frame as
+    :class:`ImagePreprocess` prepares an image (the VideoMAE image processor's per-frame steps)."""
+
+    def __init__(self, config: Mapping[str, Any]):
+        self.image = ImagePreprocess(config)
+
+    @classmethod
+    def from_dir(cls, model_dir: str) -> "VideoPreprocess":
+        return cls(ImagePreprocess.from_dir(model_dir).config)
+
+    def __call__(self, videos: Union[np.ndarray, Sequence[np.ndarray]]) -> jax.Array:
+        if isinstance(videos, np.ndarray) and videos.ndim == 4:
+            videos = [videos]
+        clips = [np.asarray(v) for v in videos]
+        if any(c.ndim != 4 for c in clips):
+            raise HFCheckpointError(f"video preprocessing: clips must be (F, H, W, C) uint8 frames, got shapes "
+                                    f"{[c.shape for c in clips]}")
+        return jnp.stack([self.image(list(c)) for c in clips])
 
 
 class TextPreprocess:
