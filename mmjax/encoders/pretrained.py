@@ -192,7 +192,8 @@ def pretrained_names() -> Tuple[str, ...]:
 def from_transformers(model_dir: str, tower: Any = None, **options: Any) -> Tuple[Any, Dict[str, Any], Any]:
     """A local Hugging Face model directory as ``(module, variables, preprocess)``.
 
-    BERT / RoBERTa, ViT, CLIP and SigLIP (``tower="vision"`` or ``"text"``); see
+    BERT / RoBERTa, ViT, CLIP and SigLIP (``tower="vision"`` or ``"text"``), Whisper's
+    encoder, AST and VideoMAE; see
     :func:`mmjax.encoders.hf.from_transformers` for the options and
     :mod:`mmjax.encoders.hf` for what ``pooled`` / ``tokens`` equal per family.
     """
