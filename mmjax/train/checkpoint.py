@@ -1,9 +1,10 @@
 """Orbax checkpoints: the last K steps plus the best by an eval metric.
 
-Layout: ``WORKDIR/checkpoints/<step>/{state, meta}`` where ``state`` is the
-TrainState as a state dict (params, batch_stats, opt_state, step, rng) and
-``meta`` is JSON: the step (= data pipeline position), the config and the
-metrics of that step. A run pointed at a workdir with checkpoints restores the
+Layout: ``WORKDIR/checkpoints/<step>/{state, meta, checksums[, metrics]}`` where
+``state`` is the TrainState as a state dict (params, batch_stats, opt_state, step,
+rng), ``meta`` is JSON: the step (= data pipeline position), the config and the
+metrics of that step, ``checksums`` the crc32 record of :mod:`mmjax.train.checksum`
+and ``metrics`` Orbax's ranking item. A run pointed at a workdir with checkpoints restores the
 latest one and continues from its step.
 
 ``directory`` may be local or an object-store URL (``gs://bucket/run/checkpoints``):
@@ -186,7 +187,7 @@ class Checkpointer:
         if verdict == agreement_lib.DAMAGED:
             error = error or CheckpointError("unreadable for process 0")
             raise checksum.DamagedCheckpointError(
-                f"checkpoint {step} in {self.directory} is damaged ({_reason(error)})") from error
+                f"checkpoint {step} in {self.directory} is damaged ({checksum.reason(error)})") from error
         if state is None:  # several processes: every one restores the step process 0 read back
             state = self._restore(abstract_state, step)
         return state
@@ -356,7 +357,10 @@ class Checkpointer:
         ``best_metric`` or when the step is already ranked.
         """
         self.manager.wait_until_finished()
-        if not self.best_metric or step not in self.all_steps() or self.manager.metrics(step) is not None:
+        if not self.best_metric:
+            return
+        owed = step in self.all_steps() and self.manager.metrics(step) is None
+        if not self.agreement.decision(int(owed)):  # process 0's view, so all or none wait below
             return
         ranked = self._ranked(metrics)
         if self.agreement.is_main:
@@ -397,24 +401,8 @@ def load_params(path: str, step: Optional[int] = None, say: Optional[Callable[[s
     candidates = found if step is None else [int(step)]
     if not candidates or candidates[0] not in found:
         raise CheckpointError(f"init_from: no checkpoint {'' if step is None else f'{step} '}in {path}")
-    for s in candidates:
-        try:
-            with ocp.StandardCheckpointer() as reader:
-                state = reader.restore(path / str(s) / "state")
-            meta = json.loads((path / str(s) / "meta" / "metadata").read_text())
-            verified = checksum.check(path / str(s), state, meta)
-        except Exception as e:  # noqa: BLE001 - any read failure means "do not use this step"
-            line = f"init_from: checkpoint {s} in {path} is damaged ({_reason(e)})"
-            if step is not None:
-                raise checksum.DamagedCheckpointError(line) from None
-            (say or (lambda text: print(text, file=sys.stderr)))(
-                line + ("; trying an older one" if s != candidates[-1] else ""))
-            continue
-        if not verified and say is not None:
-            say(f"init_from: checkpoint {s} in {path} has no checksums (written before they were recorded): "
-                "used unverified")
-        return jax.tree.map(lambda x: jax.device_get(x), state["params"])
-    raise checksum.DamagedCheckpointError(f"init_from: no checkpoint in {path} could be read")
+    state = checksum.newest_good_state(path, candidates, must=step is not None, say=say)
+    return jax.tree.map(lambda x: jax.device_get(x), state["params"])
 
 
 def _handlers() -> Dict[str, Any]:
@@ -425,12 +413,4 @@ def _handlers() -> Dict[str, Any]:
 
 def _set_aside_line(directory: str, step: int, error: BaseException, moved: str) -> str:
     what = "is damaged" if isinstance(error, checksum.DamagedCheckpointError) else "is unreadable"
-    return f"checkpoint {step} in {directory} {what} ({_reason(error)}); moved to {moved}, trying an older one"
-
-
-def _reason(error: BaseException) -> str:
-    """One line about ``error``: its message, with the exception type unless it is a checksum verdict."""
-    text = " ".join(str(error).split())[:300]
-    if isinstance(error, checksum.DamagedCheckpointError):
-        return text or "damaged"
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return f"checkpoint {step} in {directory} {what} ({checksum.reason(error)}); moved to {moved}, trying an older one"

@@ -29,8 +29,9 @@ were recorded have no such item: they restore unverified (with a log line).
 from __future__ import annotations
 
 import json
+import sys
 import zlib
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -200,3 +201,42 @@ def damaged_metrics(directory) -> Dict[int, str]:
         except (ValueError, UnicodeDecodeError, OSError) as e:
             bad[int(child.name)] = f"{type(e).__name__}: {e} in {'/'.join(METRICS_FILE)}"
     return bad
+
+
+def reason(error: BaseException) -> str:
+    """One line about ``error``: its message, with the exception type unless it is a checksum verdict."""
+    text = " ".join(str(error).split())[:300]
+    if isinstance(error, DamagedCheckpointError):
+        return text or "damaged"
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def newest_good_state(directory, steps: Sequence[int], *, must: bool = False,
+                      say: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
+    """The state dict of the first of ``steps`` in ``directory`` that reads back and verifies (init_from).
+
+    Each step is read on its own (no CheckpointManager, which reads every step's metrics
+    item first); a damaged one is reported through ``say`` and skipped, nothing is moved
+    (the directory belongs to another run). ``must``: the first step is the one asked for,
+    and damage is an error.
+    """
+    import orbax.checkpoint as ocp
+    say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+    root = files.path(directory)
+    for k, step in enumerate(steps):
+        try:
+            with ocp.StandardCheckpointer() as reader:
+                state = reader.restore(root / str(step) / "state")
+            meta = json.loads((root / str(step) / "meta" / FILENAME).read_text())
+            verified = check(root / str(step), state, meta)
+        except Exception as e:  # noqa: BLE001 - any read failure means "do not use this step"
+            line = f"init_from: checkpoint {step} in {root} is damaged ({reason(e)})"
+            if must:
+                raise DamagedCheckpointError(line) from None
+            say(line + ("; trying an older one" if k + 1 < len(steps) else ""))
+            continue
+        if not verified:
+            say(f"init_from: checkpoint {step} in {root} has no checksums (written before they were recorded): "
+                "used unverified")
+        return state
+    raise DamagedCheckpointError(f"init_from: no checkpoint in {root} could be read")
