@@ -34,8 +34,13 @@ def run(enc, variables, x):
 
 
 def save(cls, config, path):
+    """A random model saved to ``path``: every tensor, zero-initialised ones too (AST's [CLS] and
+    distillation tokens, VideoMAE's q / v biases, LayerNorm biases), gets noise so each one matters."""
     torch.manual_seed(0)
     model = cls(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
     model.save_pretrained(str(path))
     return model
 
@@ -73,6 +78,11 @@ def test_whisper_encoder_matches_reference(tmp_path, cls):
     assert towers(read_config(str(tmp_path))) == ("audio",)
     with pytest.raises(HFCheckpointError, match=r"input_features must be \(B, 12, 8\)"):
         enc.apply(variables, jnp.asarray(feats.transpose(0, 2, 1)))  # channels first is refused
+    if cls == "WhisperModel":  # bf16 compute (the convs included) stays close to float32
+        enc16, _, _ = from_transformers(str(tmp_path), dtype=jnp.bfloat16)
+        out16 = run(enc16, variables, feats)
+        assert out16.tokens.dtype == jnp.bfloat16
+        assert rel(out16.tokens.astype(jnp.float32), out.tokens) < 3e-2
 
 
 def test_ast_matches_reference(tmp_path):
