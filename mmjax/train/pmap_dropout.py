@@ -13,7 +13,11 @@ the split of :meth:`mmjax.train.parallel.Runner.put_batch`).
 Exact when the dropout input's leading axis is the batch, batch-major (``(B, ...)``
 or ``(B*T, ...)``), which holds for every dropout in mmjax. The cost: each replica
 draws the random bits of the whole global mask (``replicas`` times its share) and
-keeps 1/``replicas`` of them; the rest of the step is unchanged.
+keeps 1/``replicas`` of them; the rest of the step is unchanged. Measured on 8 host
+CPU devices (batch 256, an MLP with 5 dropout layers of rate 0.1): 42.6 instead of
+29.9 ms per step at width 256, 1746 instead of 1381 ms at width 1024. Drawing only
+the replica's rows would need JAX's private counter layout of threefry bits; pmap is
+in maintenance, and ``sharded`` (the default on several devices) has no such cost.
 """
 from __future__ import annotations
 

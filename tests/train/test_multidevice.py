@@ -87,8 +87,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_processes(mode, devices, n=2, timeout=400):
-    """``n`` child processes of ``mode`` joined by jax.distributed (gloo) -> process 0's RESULT."""
+def _run_processes(mode, devices, n=2, timeout=400, every=False):
+    """``n`` child processes of ``mode`` joined by jax.distributed (gloo) -> process 0's RESULT
+    (``every``: each process's, in process order)."""
     port = _free_port()
     procs = [
         subprocess.Popen(
@@ -108,7 +109,7 @@ def _run_processes(mode, devices, n=2, timeout=400):
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    return _result(outs[0])
+    return [_result(out) for out in outs] if every else _result(outs[0])
 
 
 @pytest.mark.slow
@@ -133,11 +134,12 @@ def test_tensor_axis_across_two_processes_matches_one_process():
 
 def test_single_mode_in_two_processes_is_refused():
     # Each process would run its own one-device step on its own rows: two models, no gradient sync.
-    out = _run_processes("single", devices=1)
-    assert out["processes"] == 2
-    for where in ("check_config", "train_step"):
-        err = out[where]
-        assert err.get("kind") == "ParallelConfigError", (where, err)
-        assert "\n" not in err["error"]
-        for word in ("parallel.mode=single", "2 processes", "parallel.mode=auto", "sharded"):
-            assert word in err["error"], (where, word, err["error"])
+    outs = _run_processes("single", devices=1, every=True)
+    assert [out["processes"] for out in outs] == [2, 2]
+    for out in outs:
+        for where in ("check_config", "train_step"):  # the CLI's first check, and a library Runner
+            err = out[where]
+            assert err.get("kind") == "ParallelConfigError", (where, err)
+            assert "\n" not in err["error"]
+            for word in ("parallel.mode=single", "2 processes", "parallel.mode=auto", "sharded"):
+                assert word in err["error"], (where, word, err["error"])
