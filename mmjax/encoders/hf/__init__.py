@@ -19,9 +19,9 @@ VideoMAE   videomae                               video       ``fc_norm`` of the
 holds ``config.json`` and ``model.safetensors`` (or ``pytorch_model.bin``, read
 by a restricted unpickler); ``preprocessor_config.json`` / ``tokenizer.json``
 are needed only for ``preprocess``. Nothing here imports torch or transformers.
-Inputs are channels / time last-but-one as everywhere in mmjax: images
-(B, H, W, C), clips (B, F, H, W, C), Whisper's log-mel (B, frames, n_mels)
-and AST's filterbank (B, frames, n_mels).
+Inputs follow the mmjax layouts: channels last for images (B, H, W, C) and
+clips (B, F, H, W, C), time first for audio features (B, frames, n_mels)
+(for Whisper the transpose of ``transformers``' ``input_features``).
 
 >>> enc, variables, prep = from_transformers("/models/clip-vit-base-patch32", tower="vision")
 >>> out = enc.apply(variables, prep(uint8_images))            # pooled (B, 512), tokens (B, 50, 768)
@@ -162,7 +162,8 @@ def from_transformers(model_dir: str, tower: Optional[str] = None, *, max_len: O
 
     Args:
       model_dir: a directory written by ``save_pretrained`` (config.json + weights).
-      tower: "vision" or "text" for CLIP / SigLIP (single-tower families need none).
+      tower: "vision" or "text" for CLIP / SigLIP (single-tower families need none;
+        theirs is "text", "vision", "audio" or "video", see :func:`towers`).
       max_len: the text preprocessor's fixed length (default 128 for BERT, the
         position table's length for CLIP / SigLIP).
       options: module options (``dtype``, ``param_dtype``, ``dropout_rate``;
