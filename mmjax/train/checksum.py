@@ -146,8 +146,8 @@ def array_problems(state: Any, rec: Mapping[str, Any]) -> List[str]:
 def nonfinite_params(state: Any) -> List[str]:
     """Paths of the float arrays under ``params`` that hold NaN or Inf."""
     params = state.get("params", {}) if isinstance(state, Mapping) else {}
-    return [f"params/{path}" for path, x in leaves(params)
-            if np.asarray(x).dtype.kind == "f" and not np.isfinite(np.asarray(x)).all()]
+    return [f"params/{path}" for path, x in leaves(params)  # issubdtype: bfloat16 (numpy kind "V") too
+            if jax.numpy.issubdtype(np.asarray(x).dtype, jax.numpy.floating) and not np.isfinite(np.asarray(x)).all()]
 
 
 def check(step_dir, state: Any, meta: Optional[Mapping[str, Any]] = None) -> bool:

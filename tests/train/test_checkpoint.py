@@ -1,6 +1,8 @@
 """Checkpoint retention: the last K plus the best by the chosen eval metric."""
 import jax
+import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from mmjax.train.checkpoint import Checkpointer
 
@@ -22,15 +24,16 @@ def test_keeps_latest_and_best(tmp_path):
     ck.close()
 
 
-def test_nonfinite_params_are_set_aside_and_the_previous_step_restored(tmp_path):
+@pytest.mark.parametrize("dtype", [np.float32, jnp.bfloat16])
+def test_nonfinite_params_are_set_aside_and_the_previous_step_restored(tmp_path, dtype):
     """A checkpoint whose params hold NaN (saved so, checksums agree) is not a good one to resume from."""
     ck = Checkpointer(str(tmp_path / "checkpoints"), keep=3)
-    good = np.arange(3, dtype=np.float32)
+    good = np.arange(3).astype(dtype)
     ck.save(1, {"params": {"w": good}, "step": np.int32(1)})
-    ck.save(2, {"params": {"w": np.array([np.nan, 1, 2], np.float32)}, "step": np.int32(2)})
+    ck.save(2, {"params": {"w": np.array([np.nan, 1, 2]).astype(dtype)}, "step": np.int32(2)})
     ck.wait()
     said = []
-    abstract = {"params": {"w": jax.ShapeDtypeStruct((3,), np.float32)}, "step": jax.ShapeDtypeStruct((), np.int32)}
+    abstract = {"params": {"w": jax.ShapeDtypeStruct((3,), dtype)}, "step": jax.ShapeDtypeStruct((), np.int32)}
     state, step = ck.restore_latest_good(abstract, said.append)
     assert step == 1 and ck.all_steps() == [1]
     np.testing.assert_array_equal(state["params"]["w"], good)
