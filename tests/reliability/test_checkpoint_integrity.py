@@ -88,29 +88,9 @@ def test_flipped_bytes_train_resume_falls_back_and_reproduces_the_run(tmp_path, 
 
 def test_flipped_bytes_eval_load_and_init_from_use_the_good_checkpoint(tmp_path, reference, cache_dir, capsys):
     import mmjax
+    from mmjax.errors import CheckpointError
     from mmjax.train.checkpoint import load_params
-    from mmjax.train.checksum import DamagedCheckpointError
     import jax
-
-    clean4 = load_params(reference[0], step=4)
-    # init_from (another run's directory, nothing moved): the newest good step, said in one line.
-    wd = _copy(reference, tmp_path, "for_init")
-    _silent_flip(os.path.join(wd, "checkpoints", "6"), tmp_path / "s1")
-    said = []
-    params = load_params(wd, say=said.append)
-    assert len(said) == 1 and said[0].startswith("init_from: checkpoint 6 in ") and "checksum mismatch" in said[0]
-    jax.tree.map(np.testing.assert_array_equal, params, clean4)
-    with pytest.raises(DamagedCheckpointError, match="checkpoint 6 in .* is damaged"):
-        load_params(wd, step=6)
-    assert steps(wd) == [4, 6]
-
-    # mmjax.load: set aside, the next best (4) restored.
-    wd = _copy(reference, tmp_path, "for_load")
-    _silent_flip(os.path.join(wd, "checkpoints", "6"), tmp_path / "s2")
-    model = mmjax.load(wd)
-    assert model.step == 4 and steps(wd) == [4]
-    jax.tree.map(np.testing.assert_array_equal, model.variables["params"], clean4)
-    assert "checkpoint 6 in " in capsys.readouterr().err
 
     # The eval command: one line about it, then the eval of step 4.
     wd = _copy(reference, tmp_path, "for_eval")
@@ -122,6 +102,26 @@ def test_flipped_bytes_eval_load_and_init_from_use_the_good_checkpoint(tmp_path,
     assert "eval of step 4 (best) on validation" in p.stdout
     with open(os.path.join(wd, "eval", "metrics.json")) as f:
         assert json.load(f)["step"] == 4
+
+    # mmjax.load: set aside, the next best (4) restored.
+    clean4 = load_params(reference[0], step=4)
+    wd = _copy(reference, tmp_path, "for_load")
+    _silent_flip(os.path.join(wd, "checkpoints", "6"), tmp_path / "s2")
+    model = mmjax.load(wd)
+    assert model.step == 4 and steps(wd) == [4]
+    jax.tree.map(np.testing.assert_array_equal, model.variables["params"], clean4)
+    assert "checkpoint 6 in " in capsys.readouterr().err
+
+    # init_from (another run's directory, nothing moved): the newest good step, said in one line.
+    wd = _copy(reference, tmp_path, "for_init")
+    _silent_flip(os.path.join(wd, "checkpoints", "6"), tmp_path / "s1")
+    said = []
+    params = load_params(wd, say=said.append)
+    assert len(said) == 1 and said[0].startswith("init_from: checkpoint 6 in ") and "checksum mismatch" in said[0]
+    jax.tree.map(np.testing.assert_array_equal, params, clean4)
+    with pytest.raises(CheckpointError, match="checkpoint 6 in .* is damaged"):  # DamagedCheckpointError
+        load_params(wd, step=6)
+    assert steps(wd) == [4, 6]
 
 
 def test_truncated_metrics_item_is_set_aside_before_anything_reads_it(tmp_path, reference, cache_dir):
