@@ -240,3 +240,13 @@ def test_a_killed_save_leaves_no_partial_folder_for_the_next_run(tmp_path, cache
         assert not [d for d in os.listdir(ckdir) if "orbax-checkpoint-tmp" in d], os.listdir(ckdir)
     finally:
         b.kill()
+
+
+def test_rerun_of_a_finished_run_keeps_one_eval_record_per_step(tmp_path, reference, cache_dir):
+    """The same command on a finished run resumes at the last step and evaluates it again: the earlier
+    eval record of that step is replaced, not repeated (before, metrics.jsonl held it twice)."""
+    _, ref_metrics, ref_results = reference
+    wd = _copy(reference, tmp_path)
+    p = run(train_cmd(wd), child_env(cache_dir))
+    assert p.returncode == 0 and "at step 6" in p.stdout, p.stdout[-3000:] + p.stderr[-3000:]
+    assert read_metrics(wd) == ref_metrics and read_results(wd) == ref_results
