@@ -203,10 +203,12 @@ def train_and_evaluate(config: Any, workdir: str, *, data_fn: Optional[DataFn] =
     Reliability (see RELIABILITY.md): the workdir is locked against a second
     run; the first batch is validated on the host against the spec of the
     config and dataset before anything compiles (later batches per
-    ``train.validate_batches`` / ``train.check_finite``); the newest readable
-    checkpoint is restored (a damaged one is reported and set aside);
-    SIGTERM saves a checkpoint at the next step boundary and returns
-    ``{"step", "stopped_at", "preempted": True}``.
+    ``train.validate_batches`` / ``train.check_finite``); the newest checkpoint
+    that reads back and matches its checksums is restored (a damaged one is
+    reported and set aside); SIGTERM saves a checkpoint at the next step
+    boundary (after that step's eval, on an eval step) and returns
+    ``{"step", "stopped_at", "preempted": True}``; the final checkpoint is
+    saved before the final eval.
 
     Writes WORKDIR/config.json, WORKDIR/metrics.jsonl, WORKDIR/tensorboard/,
     WORKDIR/checkpoints/ and (when training finished) WORKDIR/results.json.
