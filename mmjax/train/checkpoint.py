@@ -199,7 +199,7 @@ class Checkpointer:
         )
         return serialization.from_state_dict(abstract_state, restored["state"])
 
-    def arrayshapes(self, step: int) -> Dict[str, Tuple[int, ...]]:
+    def array_shapes(self, step: int) -> Dict[str, Tuple[int, ...]]:
         """{"params/fusion/kernel": shape, ...} of step ``step`` as written on disk (reads metadata only)."""
         tree = self.manager.item_metadata(step)["state"]
         if tree is None:
@@ -214,9 +214,9 @@ class Checkpointer:
         ``config``, the error also names the config keys that differ from the
         config saved with the checkpoint.
         """
-        self._checkshapes(self.arrayshapes(step), abstract_state, step, config)
+        self._check_shapes(self.array_shapes(step), abstract_state, step, config)
 
-    def _checkshapes(self, on_disk: Mapping[str, Tuple[int, ...]], abstract_state: TrainState, step: int,
+    def _check_shapes(self, on_disk: Mapping[str, Tuple[int, ...]], abstract_state: TrainState, step: int,
                       config: Optional[Mapping[str, Any]]) -> None:
         wanted = shapes(serialization.to_state_dict(abstract_state))
         differences = tree_differences(on_disk, wanted)
@@ -295,7 +295,7 @@ class Checkpointer:
         except Exception as e:  # noqa: BLE001 - any read failure means "do not trust this step"
             return agreement_lib.DAMAGED, None, e
         try:
-            self._checkshapes(on_disk, abstract_state, step, config)
+            self._check_shapes(on_disk, abstract_state, step, config)
         except CheckpointMismatchError as e:
             return agreement_lib.MISMATCH, None, e
         try:

@@ -39,9 +39,9 @@ def tree_differences(on_disk: Mapping[str, Tuple[int, ...]], wanted: Mapping[str
 
 def fitting_params(on_disk: Mapping[str, Tuple[int, ...]], wanted: Mapping[str, Tuple[int, ...]]) -> list:
     """Top-level params subtrees ("encoder_a_0", ...) whose arrays have the same paths and shapes in both maps."""
-    def by_top(shapes):
+    def by_top(sizes):
         groups: Dict[str, Dict[str, Tuple[int, ...]]] = {}
-        for path, shape in shapes.items():
+        for path, shape in sizes.items():
             parts = path.split("/")
             if parts[0] == "params" and len(parts) > 2:
                 groups.setdefault(parts[1], {})[path] = tuple(shape)
