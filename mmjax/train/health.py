@@ -186,10 +186,14 @@ class PreemptionGuard:
         self.signal_name: Optional[str] = None
         self._previous: Dict[int, Any] = {}
         self._multihost = False
+        self.stop_now = False
 
     def _handler(self, signum, frame):  # noqa: ARG002
         if signum == signal.SIGINT:
             if self.flag.is_set():
+                # Raised wherever the main thread is; where that swallows it (a gc callback
+                # during compilation: "Exception ignored"), requested() raises it again.
+                self.stop_now = True
                 raise KeyboardInterrupt
             sys.stderr.write("\ninterrupted: saving a checkpoint after this step (Ctrl-C again to stop without it)\n")
         self.signal_name = signal.Signals(signum).name
@@ -214,6 +218,8 @@ class PreemptionGuard:
 
     def requested(self, step: int) -> bool:
         """Whether to save and stop after ``step`` (call at the same steps on every process)."""
+        if self.stop_now:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop without the checkpoint
         if not self._multihost:
             return self.flag.is_set()
         try:
