@@ -77,8 +77,8 @@ def record(state: Any, meta: Optional[Mapping[str, Any]] = None,
     Call it on every process (with several, it ends in one allgather).
     """
     arrays: Dict[str, Any] = {}
-    owned: List[Tuple[str, int]] = []  # (path, position in the gathered vector) of sharded slices
-    slots: List[int] = []
+    sharded: List[str] = []  # paths of jax arrays, whose slice values come from the gathered vector
+    slots: List[int] = []  # this process's crc32 of each distinct slice it holds replica 0 of, else 0
     for path, x in leaves(state):
         if isinstance(x, jax.Array):
             shape = tuple(x.shape)
@@ -91,19 +91,19 @@ def record(state: Any, meta: Optional[Mapping[str, Any]] = None,
                     slots[position[tuple(map(tuple, _bounds(shard.index, shape)))]] = crc(np.asarray(shard.data))
             arrays[path] = {"dtype": str(x.dtype), "shape": list(shape),
                             "shards": [[[list(b) for b in bounds], position[bounds]] for bounds in distinct]}
-            owned.append((path, 0))
+            sharded.append(path)
         else:
             a = np.asarray(x)
             arrays[path] = {"dtype": str(a.dtype), "shape": list(a.shape),
                             "shards": [[[[0, n] for n in a.shape], crc(a)]]}
-    if owned:
+    if sharded:
         values = np.asarray(slots, np.uint32)
-        if jax.process_count() > 1:
+        if jax.process_count() > 1:  # exactly one process holds replica 0 of each slice: a sum collects them
             from jax.experimental import multihost_utils
             values = np.asarray(multihost_utils.process_allgather(values)).astype(np.uint64).sum(axis=0)
-        for path, _ in owned:
+        for path in sharded:
             for shard in arrays[path]["shards"]:
-                shard[1] = int(values[shard[1]])
+                shard[1] = int(values[shard[1]])  # position -> crc32
     items = {}
     if meta is not None:
         items["meta"] = json_crc(meta)
