@@ -63,6 +63,13 @@ def check_workdir(workdir: str) -> None:
     An object-store URL needs its fsspec backend (gcsfs for ``gs://``) and must not name an object;
     whether it is writable shows at the first write (the lock).
     """
+    raw = os.fsencode(workdir if files.is_remote(workdir) else os.path.abspath(workdir))
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as e:  # tensorstore (Orbax's checkpoint store) cannot take the path: fail before any step
+        raise WorkdirError(
+            f"--workdir {raw!r} is not valid UTF-8 (byte {raw[e.start]:#04x} at position {e.start}): checkpoints "
+            "are written through tensorstore, which takes UTF-8 paths only; rename it or use another --workdir") from None
     if files.is_remote(workdir):
         bucket = "/".join(os.fspath(workdir).split("/")[:3])  # gs://bucket
         try:
@@ -112,12 +119,14 @@ def check_config(config: Any) -> None:
         fusion_registry.FUSION.get(model.get("fusion", "concat"))
     elif placement == "late" and model.get("fusion", "concat") != "concat":
         fusion_registry.FUSION.get(model["fusion"])
-    total = int(config.total_steps)
-    if total < 1:
-        raise ParallelConfigError(f"total_steps must be >= 1, got {total}")
+    for key in ("total_steps", "batch_size"):
+        value = config[key]
+        whole = isinstance(value, (int, np.integer)) or isinstance(value, float) and value.is_integer()
+        if isinstance(value, bool) or not whole:
+            raise ParallelConfigError(f"{key} must be a whole number >= 1, got {value!r}")
+        if int(value) < 1:
+            raise ParallelConfigError(f"{key} must be >= 1, got {int(value)}")
     batch = int(config.batch_size)
-    if batch < 1:
-        raise ParallelConfigError(f"batch_size must be >= 1, got {batch}")
     mode = builder.parallel_mode(config)
     check_processes(mode, jax.process_count())
     n = jax.device_count()

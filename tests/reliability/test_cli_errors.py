@@ -38,6 +38,7 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path, cache_dir):
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
     base = ["train", "synthetic", "--workdir", wd, "--config.total_steps=2", "--config.batch_size=8"]
+    bad_dir = bytes(tmp_path) + b"/w\xff"
     cases = {
         "unknown config key": (base + ["--config.optim.lerning_rate=0.1"], "optim.learning_rate"),
         "unknown encoder": (base + ["--config.model.encoders={'a': {'name': 'mpl'}, 'b': {'name': 'mlp'}}"],
@@ -64,6 +65,10 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path, cache_dir):
         "eval of a missing workdir": (["eval", "synthetic", "--workdir", str(tmp_path / "nope")],
                                       f"no checkpoints in {tmp_path / 'nope'}"),
         "unavailable command": (["broken"], "command 'broken' is unavailable"),
+        "total_steps None": (base + ["--config.total_steps=None"], "total_steps must be a whole number >= 1, got None"),
+        # A byte that is not UTF-8 (as Python's argv holds it): tensorstore cannot write checkpoints there.
+        "non-UTF-8 workdir": (["train", "synthetic", "--workdir", os.fsdecode(bad_dir)],
+                              f"--workdir {bad_dir!r} is not valid UTF-8 (byte 0xff at position {len(bytes(tmp_path)) + 2})"),
     }
     p = subprocess.run([sys.executable, "-c", DRIVER, json.dumps([c[0] for c in cases.values()])],
                        capture_output=True, text=True, env=child_env(cache_dir, devices=4), cwd=ROOT, timeout=300)
@@ -77,6 +82,7 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path, cache_dir):
         assert expected in msg[0], f"{what}: {msg[0]}"
     assert len(results) == len(cases)
     assert not os.path.exists(tmp_path / "nope")  # a mistyped eval workdir is not created
+    assert not os.path.exists(bad_dir)
 
 
 def test_python_m_experiments_reports_in_one_line(tmp_path, cache_dir):
