@@ -1,7 +1,7 @@
 """Runs in a child process with 8 (or --devices) CPU devices; prints one JSON line of results.
 
 Modes:
-  compare: single vs pmap vs sharded (data / data x fsdp / data x tensor) losses, also
+  compare: single vs pmap vs sharded (data / data x fsdp / data x tensor) losses, all
            with dropout on, parameter shard shapes, and a sharded checkpoint save/restore.
   multiproc: one of N processes (gloo collectives) training the sharded model;
              process 0 prints its losses.
@@ -46,8 +46,8 @@ BATCH = 16
 DATA = {"name": "synthetic", "num_classes": 3, "dims": {"a": 6, "b": 4}}
 MODEL = {"encoders": {"a": {"name": "mlp", "features": [8]}, "b": {"name": "mlp", "features": [8]}},
          "fusion_config": {"out_dim": 8}, "head_hidden": [8]}
-# Dropout in an encoder ((B, 1, 8) activations) and in the head ((B, 8)): every mode must draw
-# the same mask for each example.
+# compare's model: dropout in an encoder ((B, 1, 8) activations) and in the head ((B, 8)), so every
+# mode must also draw the same mask for each example.
 DROPOUT = dict(MODEL, dropout_rate=0.3,
                encoders={"a": {"name": "mlp", "features": [8, 8], "dropout_rate": 0.3}, "b": MODEL["encoders"]["b"]})
 NO_DROPOUT = dict(DROPOUT, dropout_rate=0.0, encoders=dict(DROPOUT["encoders"], a=dict(DROPOUT["encoders"]["a"],
@@ -76,13 +76,11 @@ def train(r):
 def compare():
     out = {"devices": jax.device_count()}
     meshes = {"data": {"data": -1}, "data_fsdp": {"data": 2, "fsdp": 4}, "data_tensor": {"data": 2, "tensor": 4}}
-    out["single"] = train(runner("single"))[1]
-    out["pmap"] = train(runner("pmap"))[1]
-    for mode, mesh in (("single", None), ("pmap", None), ("sharded", {"data": 2, "tensor": 4})):
-        out[f"{mode}_dropout"] = train(runner(mode, mesh, DROPOUT))[1]
-    out["single_dropout_0"] = train(runner("single", None, NO_DROPOUT))[1]
+    out["single"] = train(runner("single", model_cfg=DROPOUT))[1]
+    out["pmap"] = train(runner("pmap", model_cfg=DROPOUT))[1]
+    out["single_dropout_0"] = train(runner("single", model_cfg=NO_DROPOUT))[1]
     for name, mesh in meshes.items():
-        r = runner("sharded", mesh)
+        r = runner("sharded", mesh, DROPOUT)
         state, losses, example = train(r)
         out[name] = losses
         shards = {}
