@@ -14,6 +14,7 @@ import os
 from typing import Any, Dict
 
 from experiments.configs.stamps import FUSION_CONFIGS  # small encoders pooled by mean, as here
+from mmjax.train import files
 
 TEMPLATE = '''"""{name}: {description}
 
@@ -107,6 +108,5 @@ def write(name: str, plan, data_cfg, path: str) -> str:
     """Writes :func:`render`'s text to ``path`` -> the path."""
     text = render(name, plan, data_cfg, path)
     compile(text, path, "exec")  # a template bug must not leave a broken file
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
+    files.write_text(path, text)  # whole or not at all (temporary file + rename)
     return os.path.abspath(path)

@@ -16,6 +16,7 @@ import time
 
 from experiments import config_utils, modalities
 from experiments.errors import UserError
+from mmjax.train import files
 
 
 def add_parser(subparsers):
@@ -55,8 +56,7 @@ def _train(name: str, config, workdir: str, fresh: bool) -> dict:
     res = loop.train_and_evaluate(config, workdir, console=sys.stdout)
     res = dict(res, wall_time_sec=time.time() - t)
     print(f"[demo] {name}: test accuracy {res['test']['accuracy']:.4f} ({res['wall_time_sec']:.0f} s)", flush=True)
-    with open(done, "w", encoding="utf-8") as f:
-        json.dump(res, f, indent=2, default=float)
+    files.write_text(done, json.dumps(res, indent=2, default=float))  # whole or not at all: it marks the model done
     return res
 
 
@@ -100,9 +100,7 @@ def run(args) -> int:
             f"total {total:.0f} s.\n\nFusion model without image: {ev['masked'].get('image', float('nan')):.4f}, "
             f"without audio: {ev['masked'].get('audio', float('nan')):.4f}.\n\nReport: {report}/ "
             "(metrics.json, confusion_matrix.png, roc.png, robustness.png)\n")
-    os.makedirs(args.workdir, exist_ok=True)
-    with open(os.path.join(args.workdir, "demo.md"), "w", encoding="utf-8") as f:
-        f.write(text)
+    files.write_text(os.path.join(args.workdir, "demo.md"), text)
     print("\n" + table)
     print(f"\n[demo] done in {total:.0f} s; report in {report}/ and {os.path.join(args.workdir, 'demo.md')}")
     return 0

@@ -22,6 +22,7 @@ import os
 from typing import Any, Dict, List, Optional, Sequence
 
 from mmjax.inference.load import LoadedModel
+from mmjax.train import files
 
 FORMAT = "mmjax.export/1"
 
@@ -88,10 +89,7 @@ def export(model: LoadedModel, path: str, *, platforms: Optional[Sequence[str]] 
 
     exported = jax.export.export(jax.jit(probs), platforms=platforms)(batch_spec(model, b))
     blob = exported.serialize()
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(blob)
+    files.write_bytes(path, blob)  # whole or not at all (temporary file + rename); creates the folder
     doc = {
         "format": FORMAT,
         "load": "jax.export.deserialize(open(FILE, 'rb').read()).call(batch)",
@@ -107,7 +105,5 @@ def export(model: LoadedModel, path: str, *, platforms: Optional[Sequence[str]] 
         "preprocessing": _preprocessing_doc(model),
         "bytes": len(blob),
     }
-    with open(path + ".json", "w") as f:
-        json.dump(doc, f, indent=2)
-        f.write("\n")
+    files.write_text(os.fspath(path) + ".json", json.dumps(doc, indent=2) + "\n")
     return doc

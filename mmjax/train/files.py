@@ -151,6 +151,7 @@ _FAULTS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota ex
 # Tensorstore (Orbax) and tensorflow report the OS error in their message text.
 _CODE_IN_TEXT = re.compile(r"os_error_code='(\d+)'")
 _QUOTED_PATH = re.compile(r"\"(/[^\"]+)\"")
+_NAMED_PATH = re.compile(r"(?:writing|opening|file) (/[^\s;,\"')]+)")  # ArrayRecord: "...; writing /x/y; at byte 3"
 
 
 def _fault_in(exc: BaseException) -> tuple:
@@ -163,8 +164,8 @@ def _fault_in(exc: BaseException) -> tuple:
     code = int(m.group(1)) if m else next((c for c in _FAULTS if os.strerror(c) in text), 0)
     if code not in _FAULTS:
         return 0, None
-    quoted = _QUOTED_PATH.findall(text)
-    return code, (quoted[-1] if quoted else None)
+    found = _QUOTED_PATH.findall(text) or _NAMED_PATH.findall(text)
+    return code, (found[-1] if found else None)
 
 
 def _size(n: float) -> str:

@@ -141,6 +141,12 @@ def test_storage_faults_in_tensorstore_text_and_chains():
             raise RuntimeError("wrapped") from e
     except RuntimeError as e:
         assert str(files.storage_fault(e)).startswith("read-only file system: cannot write /ro/file (")
+    # tensorflow-datasets' ArrayRecord writer during `data build` names the file unquoted.
+    text = ('Failed to finalize writing of split "train": write() failed: No space left on device; writing '
+            "/d/tfds/av_digits/tiny/incomplete.X_1.0.0/av_digits-train.array_record-00000-of-00001; at byte 303104")
+    assert str(files.storage_fault(RuntimeError(text))).startswith(
+        "no space left on device: cannot write /d/tfds/av_digits/tiny/incomplete.X_1.0.0/"
+        "av_digits-train.array_record-00000-of-00001 (")
     assert files.storage_fault(ValueError("shape mismatch")) is None
     assert files.storage_fault(OSError(errno.ENOENT, "No such file or directory", "/x")) is None
 
