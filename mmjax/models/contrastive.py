@@ -71,11 +71,15 @@ class ContrastiveModel(nn.Module):
       towers: modality -> {"encoder": registry name, **encoder kwargs}. At least two.
       embed_dim: E, the shared embedding width.
       loss: "clip" (softmax InfoNCE) or "siglip" (pairwise sigmoid).
+      project: add the linear projection to ``embed_dim`` (False: the towers'
+        pooled outputs are the embeddings, as for converted CLIP / SigLIP
+        towers whose pooled output is already the checkpoint's projection).
     """
 
     towers: Mapping[str, Mapping[str, Any]]
     embed_dim: int = 128
     loss: str = "clip"
+    project: bool = True
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -97,6 +101,8 @@ class ContrastiveModel(nn.Module):
             cfg.setdefault("dtype", self.dtype)
             cfg.setdefault("param_dtype", self.param_dtype)
             encs[m] = encoder_registry.create(name, **cfg)
+            if not self.project:
+                continue
             projs[m] = dense(
                 self.embed_dim,
                 axes=(EMBED, FUSION_OUT),
@@ -116,8 +122,8 @@ class ContrastiveModel(nn.Module):
 
     def embed(self, modality: str, inputs: Array, mask: Optional[Array] = None, *, train: bool = False) -> Array:
         """One tower: raw input -> (B, E) unit embedding."""
-        encoded = self.encoders[modality](inputs, mask, train=train)
-        return l2_normalize(self.projections[modality](encoded.pooled))
+        pooled = self.encoders[modality](inputs, mask, train=train).pooled
+        return l2_normalize(self.projections[modality](pooled) if self.project else pooled)
 
     def __call__(self, batch: Mapping[str, Any], *, train: bool = False) -> Dict[str, Array]:
         """batch (see ARCHITECTURE.md) -> {modality: (B, E) unit embeddings}."""
@@ -136,6 +142,18 @@ class ContrastiveModel(nn.Module):
     def logit_params(self) -> Dict[Tuple[str, str], Tuple[Array, Optional[Array]]]:
         """(a, b) -> (log_scale, bias or None) for every tower pair."""
         return {(a, b): self.pair_logits[f"{a}_{b}"]() for a, b in self.pairs()}
+
+    def logits(self, a: str, b: str, emb_a: Array, emb_b: Array) -> Array:
+        """Unit embeddings (Na, E) of tower ``a`` and (Nb, E) of ``b`` -> (Na, Nb) f32 pair logits:
+        ``scale * emb_a @ emb_b.T`` (+ ``bias`` for SigLIP), the scale as in the loss (CLIP's clamped
+        to 100). For converted CLIP / SigLIP: ``transformers``' ``logits_per_image`` with a = image."""
+        pair = tuple(sorted((a, b)))
+        if pair not in self.pairs():
+            raise ContrastiveConfigError(f"contrastive: no tower pair {pair}; pairs are {list(self.pairs())}")
+        log_scale, bias = self.pair_logits[f"{pair[0]}_{pair[1]}"]()
+        scale = losses.clip_scale(log_scale) if self.loss == "clip" else jnp.exp(log_scale)
+        out = scale * (emb_a.astype(jnp.float32) @ emb_b.astype(jnp.float32).T)
+        return out if bias is None else out + bias
 
     def loss_fn(
         self,

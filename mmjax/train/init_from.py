@@ -76,6 +76,21 @@ def _subtree(loaded: Any, path: str) -> Any:
     return loaded
 
 
+def _init_contrastive(runner: Runner, state, model_dir: str, towers: Mapping[str, Any],
+                      say: Optional[Callable[[str], None]]):
+    """A contrastive model's towers (and their pair's logit scale / bias) from a CLIP / SigLIP directory."""
+    from mmjax.encoders.hf.dual import contrastive_params
+
+    loaded = contrastive_params(model_dir, towers)
+    host = runner.host_state(state)
+    params = host.params
+    for key in sorted(loaded):
+        params = _graft(params, [key], loaded[key], "params")
+    if say is not None:
+        say(f"initialised {', '.join(sorted(loaded))} from pretrained {model_dir}")
+    return runner.place_restored(host.replace(params=params))
+
+
 def apply_init_from(runner: Runner, state, spec: Mapping[str, Any], say: Optional[Callable[[str], None]] = None):
     """Copies params subtrees from a checkpoint, a given pytree or a pretrained encoder into ``state``.
 
@@ -84,7 +99,9 @@ def apply_init_from(runner: Runner, state, spec: Mapping[str, Any], say: Optiona
     e.g. "minilm": its offline weights, and BatchNorm statistics where it has
     them; or the path of a Hugging Face model directory, for an encoder
     ``{name: "pretrained", path: DIR}``: CLIP / SigLIP directories hold two
-    towers, picked by ``source`` "vision" or "text"); ``source`` (path inside
+    towers, picked by ``source`` "vision" or "text"; for a contrastive model, given
+    without source and target, its towers ``{encoder: "pretrained", path: DIR}``
+    and their pair's logit scale / bias: see ``mmjax.encoders.hf.dual``); ``source`` (path inside
     the loaded params, "" = all) and ``target``
     (path in the model's params, default = source), both "a/b/c", or
     comma-separated lists of as many paths each. For a classifier the encoder
@@ -96,6 +113,9 @@ def apply_init_from(runner: Runner, state, spec: Mapping[str, Any], say: Optiona
     if spec.get("pretrained"):
         from mmjax.encoders.pretrained import pretrained_variables
 
+        towers = getattr(runner.model, "towers", None)
+        if towers is not None and not spec.get("target") and not spec.get("source"):
+            return _init_contrastive(runner, state, str(spec["pretrained"]), towers, say)
         if not spec.get("target"):
             raise CheckpointError("init_from.pretrained needs init_from.target (e.g. 'encoder_text_0')")
         variables = pretrained_variables(str(spec["pretrained"]))

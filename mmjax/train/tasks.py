@@ -187,6 +187,7 @@ class ContrastiveTask(Task):
             towers=towers,
             embed_dim=int(cfg.get("embed_dim", 128)),
             loss=str(cfg.get("loss", "clip")),
+            project=bool(cfg.get("project", True)),
             dtype=_dtype(cfg.get("dtype", "float32"), "model.dtype"),
             param_dtype=_dtype(cfg.get("param_dtype", "float32"), "model.param_dtype"),
         )

@@ -153,7 +153,8 @@ def preprocessor(model_dir: str, cfg: Mapping[str, Any], tower: str, max_len: Op
         return (WhisperFeatures if family(cfg) == "whisper" else ASTFeatures).from_dir(model_dir)
     text_cfg = cfg.get("text_config") or cfg
     default = 128 if family(cfg) == "bert" else text_cfg["max_position_embeddings"]
-    return TextPreprocess(model_dir, max_len or default)
+    # SigLIP's processor pads to max_length without an attention mask: the model attends over padding.
+    return TextPreprocess(model_dir, max_len or default, mask_padding=family(cfg) != "siglip")
 
 
 def from_transformers(model_dir: str, tower: Optional[str] = None, *, max_len: Optional[int] = None,
@@ -207,6 +208,8 @@ def pretrained(path: str, tower: Optional[str] = None, **options: Any) -> nn.Mod
     return build_module(read_config(path), tower, **options)
 
 
-__all__ = ["from_transformers", "pretrained_variables", "build_module", "convert", "family", "towers",
+from mmjax.encoders.hf.dual import dual_encoder  # noqa: E402  (needs the names above)
+
+__all__ = ["from_transformers", "dual_encoder", "pretrained_variables", "build_module", "convert", "family", "towers",
            "ImagePreprocess", "VideoPreprocess", "TextPreprocess", "WhisperFeatures", "ASTFeatures",
            "HFCheckpointError", "HFUnavailableError"]

@@ -120,7 +120,7 @@ class VideoPreprocess:
 class TextPreprocess:
     """strings -> (input_ids (B, L) int32, attention mask (B, L) bool), L = max_len, from tokenizer.json."""
 
-    def __init__(self, model_dir: str, max_len: int, pad_id: Optional[int] = None):
+    def __init__(self, model_dir: str, max_len: int, pad_id: Optional[int] = None, mask_padding: bool = True):
         path = Path(model_dir) / "tokenizer.json"
         if not path.is_file():
             raise HFCheckpointError(f"{model_dir}: no tokenizer.json (a fast tokenizer's file)")
@@ -130,13 +130,15 @@ class TextPreprocess:
         if pad_id is None:
             pad_id = _pad_id(model_dir, self.tokenizer)
         self.pad_id = pad_id
+        # False: the mask is all True, as for SigLIP, whose processor gives no attention mask
+        self.mask_padding = mask_padding
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length=self.max_len)
 
     def __call__(self, texts: Union[str, Sequence[str]]) -> Tuple[np.ndarray, np.ndarray]:
         texts = [texts] if isinstance(texts, str) else list(texts)
         ids = np.full((len(texts), self.max_len), self.pad_id, np.int32)
-        mask = np.zeros((len(texts), self.max_len), bool)
+        mask = np.full((len(texts), self.max_len), not self.mask_padding)
         for i, enc in enumerate(self.tokenizer.encode_batch(texts)):
             ids[i, :len(enc.ids)] = enc.ids
             mask[i, :len(enc.ids)] = True
