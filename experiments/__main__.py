@@ -80,7 +80,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print("interrupted", file=sys.stderr)
             return 130
         except Exception as e:  # a full or read-only disk (eval, data, export...): one line too
-            fault = files.storage_fault(e)
+            fault = files.storage_fault(e, fallback=getattr(args, "workdir", None) or getattr(args, "data_dir", None))
             if fault is None:
                 raise
             held.finish(storage_failed=True)

@@ -37,7 +37,8 @@ class HeldBack(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         if (exc is not None and _is_echo(exc)) or files.storage_fault(Exception(record.getMessage())) is not None:
-            self.records.append(record)
+            if not self.dropping:
+                self.records.append(record)
             return False
         return True
 
@@ -51,8 +52,10 @@ class HeldBack(logging.Filter):
 
     def __enter__(self) -> "HeldBack":
         root = logging.getLogger()
-        # A logger's filter sees only records logged to it; handlers see those propagated to them as well.
-        self._targets = [logging.getLogger("absl"), root, *root.handlers]
+        # A logger's filter sees only records logged to it, a handler's those propagated to it as well; the
+        # root's handlers may come later (a module calling basicConfig), so the loggers that report are named.
+        loggers = [logging.getLogger(name) for name in ("absl", "asyncio", "concurrent.futures")]
+        self._targets = [*loggers, root, *root.handlers, *filter(None, [logging.lastResort])]
         for t in self._targets:
             t.addFilter(self)
         self._previous_hook, sys.unraisablehook = sys.unraisablehook, self._hook
@@ -61,11 +64,14 @@ class HeldBack(logging.Filter):
     def finish(self, storage_failed: bool) -> None:
         """Drops what was held when the command ended in a storage fault's line; prints it otherwise."""
         self._finished = True
+        if storage_failed:
+            # Filters and hook stay until the process exits: background saves fail after the main thread did.
+            self.dropping = True
+            self.records.clear()
+            self.unraisable.clear()
+            return
         for t in self._targets:
             t.removeFilter(self)
-        if storage_failed:
-            self.dropping = True  # the hook stays in place until the process exits
-            return
         sys.unraisablehook = self._previous_hook
         for record in self.records:
             logging.getLogger(record.name).handle(record)

@@ -188,11 +188,13 @@ def free_space(p: PathLike) -> str:
     return f"{_size(usage.free)} free of {_size(usage.total)}"
 
 
-def storage_fault(exc: BaseException, where: Optional[PathLike] = None) -> Optional[StorageError]:
+def storage_fault(exc: BaseException, where: Optional[PathLike] = None,
+                  fallback: Optional[PathLike] = None) -> Optional[StorageError]:
     """``exc``, or an exception it was raised from, as a one-line :class:`StorageError`; None if not a storage fault.
 
     A storage fault is an ``OSError`` with ENOSPC, EDQUOT, EROFS, EACCES or EFBIG, or an error of
-    tensorstore or tensorflow whose text carries one. ``where`` names the path when the error does not.
+    tensorstore or tensorflow whose text carries one. ``where`` names the path in place of the error's,
+    ``fallback`` (the run's folder) when the error names none (a failed ``write()`` on an open file).
     """
     seen = set()
     while exc is not None and id(exc) not in seen:
@@ -202,13 +204,16 @@ def storage_fault(exc: BaseException, where: Optional[PathLike] = None) -> Optio
         code, found = _fault_in(exc)
         if code:
             target = os.fspath(where) if where is not None else found
+            under = ""
+            if target is None and fallback is not None:
+                target, under = os.fspath(fallback), "under "
             if target is None:
                 return StorageError(f"{_FAULTS[code]} ({type(exc).__name__}: {' '.join(str(exc).split())})")
             local = not is_remote(target)
             space = f" ({free_space(target)} there)" if local else ""
             hint = {errno.EROFS: "; use a writable --workdir", errno.EACCES: "; check its owner and mode, or use "
                     "another --workdir"}.get(code, "; free some space (or use another --workdir) and run the command again")
-            return StorageError(f"{_FAULTS[code]}: cannot write {target}{space}{hint}")
+            return StorageError(f"{_FAULTS[code]}: cannot write {under}{target}{space}{hint}")
         exc = exc.__cause__ or exc.__context__
     return None
 

@@ -239,7 +239,7 @@ def train_and_evaluate(config: Any, workdir: str, *, data_fn: Optional[DataFn] =
             return _train(config, workdir, data_fn, info_fn, console, stop_at, guard, lock,
                           (allow_config_change, experiment))
     except Exception as e:  # a full or read-only disk met by Orbax, a log or a report: one StorageError
-        fault = files.storage_fault(e)
+        fault = files.storage_fault(e, fallback=workdir)
         if fault is None or fault is e:
             raise
         raise fault from e
