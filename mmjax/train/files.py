@@ -168,7 +168,8 @@ def _fault_in(exc: BaseException) -> tuple:
     return code, (found[-1] if found else None)
 
 
-def _size(n: float) -> str:
+def human_size(n: float) -> str:
+    """``12.0 KiB`` for 12288 bytes."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -176,16 +177,20 @@ def _size(n: float) -> str:
     raise AssertionError
 
 
-def free_space(p: PathLike) -> str:
-    """``"12.0 KiB free of 256.0 KiB"`` for the file system holding ``p`` (its nearest existing folder)."""
+def _nearest_folder(p: PathLike) -> str:
     d = os.path.abspath(os.fspath(p))
     while not os.path.isdir(d) and os.path.dirname(d) != d:
         d = os.path.dirname(d)
+    return d
+
+
+def free_space(p: PathLike) -> str:
+    """``"12.0 KiB free of 256.0 KiB"`` for the file system holding ``p`` (its nearest existing folder)."""
     try:
-        usage = shutil.disk_usage(d)
+        usage = shutil.disk_usage(_nearest_folder(p))
     except OSError:
         return "free space unknown"
-    return f"{_size(usage.free)} free of {_size(usage.total)}"
+    return f"{human_size(usage.free)} free of {human_size(usage.total)}"
 
 
 def storage_fault(exc: BaseException, where: Optional[PathLike] = None,
@@ -239,3 +244,20 @@ def check_writable(directory: PathLike) -> None:
     finally:
         os.close(fd)
         os.remove(probe)
+
+
+def space_warning(directory: PathLike, need: int, what: str) -> Optional[str]:
+    """A warning when the file system of the local ``directory`` has less than ``need`` bytes free, else None.
+
+    Said at start, so that a run that cannot hold its checkpoints is known before it spends its steps.
+    """
+    if is_remote(directory):
+        return None
+    try:
+        free = shutil.disk_usage(_nearest_folder(directory)).free
+    except OSError:
+        return None
+    if free >= need:
+        return None
+    return (f"warning: {human_size(free)} free where {what} go ({display(directory)}), less than the "
+            f"{human_size(need)} they need: the first save that does not fit will stop the run")

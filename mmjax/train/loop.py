@@ -338,6 +338,13 @@ def _train(config, workdir, data_fn, info_fn, console, stop_at, guard, lock, rec
             + f"; training on {info.get('name') or _get(config.data, 'name', '')} "
             f"{_get(config, 'train_split', 'train')}, selecting on {_get(config, 'eval_split', 'test')}, "
             f"{total_steps} steps of {batch_size}")
+        # The checkpoints kept plus the one being written, from the state's bytes (metadata comes on top).
+        keep = int(_as_dict(_get(config, "checkpoint", {})).get("keep", 2))
+        state_bytes = sum(int(getattr(x, "nbytes", 0)) for x in jax.tree.leaves(state))
+        low = files.space_warning(ckpt.directory, state_bytes * (keep + 1), f"{keep} + 1 checkpoints of "
+                                  f"{files.human_size(state_bytes)}")
+        if low:
+            say(low)
         return _loop(config, workdir, runner, state, ckpt, writer, say, data_fn, train_iter, spec, start,
                      num_classes, stop_at, guard, nan_stop, validate_mode, finite_mode, lock)
     finally:

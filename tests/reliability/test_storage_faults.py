@@ -126,7 +126,7 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     assert isinstance(fault, files.StorageError)
     usage = shutil.disk_usage(tmp_path)
     assert str(fault).startswith(f"no space left on device: cannot write {target} (")
-    assert f"free of {files._size(usage.total)} there)" in str(fault)
+    assert f"free of {files.human_size(usage.total)} there)" in str(fault)
 
 
 def test_storage_faults_in_tensorstore_text_and_chains():
@@ -163,3 +163,12 @@ def test_read_only_checkpoints_folder_is_refused_by_the_probe(tmp_path):
             files.check_writable(d)
     finally:
         d.chmod(0o755)
+
+
+def test_space_warning_compares_with_the_free_space_of_the_file_system(tmp_path):
+    free = shutil.disk_usage(tmp_path).free
+    assert files.space_warning(tmp_path / "checkpoints", 1024, "2 + 1 checkpoints") is None  # not yet created
+    line = files.space_warning(tmp_path / "checkpoints", free + 2**40, "2 + 1 checkpoints of 1.0 TiB")
+    assert line.startswith("warning: ") and f"where 2 + 1 checkpoints of 1.0 TiB go ({tmp_path}/checkpoints)" in line
+    assert f"less than the {files.human_size(free + 2**40)} they need" in line
+    assert files.space_warning("gs://bucket/run", 2**60, "checkpoints") is None  # object stores: not measured
