@@ -56,6 +56,16 @@ def _config(args):
     return cfg
 
 
+def _check_writable(data_dir) -> None:
+    """A read-only or full data dir is found now, before a build spends its time (mmjax.train.files.StorageError)."""
+    from mmjax.data.config import resolve_data_dir
+    from mmjax.train import files
+
+    path = os.path.abspath(resolve_data_dir(data_dir))
+    if os.path.isdir(path):
+        files.check_writable(path)
+
+
 def _image_size(text):
     if text is None:
         return None
@@ -82,6 +92,7 @@ def build_from_manifest(args) -> int:
     if os.path.exists(out) and not args.overwrite:
         raise UserError(f"{out} exists: pass --overwrite to write it again (or --config_out elsewhere)")
     manifest.check_name(name, args.data_dir, args.overwrite)
+    _check_writable(args.data_dir)
     t = time.time()
     plan = manifest_gen.make_plan(
         args.manifest, args.modality, image_size=_image_size(args.image_size), sample_rate=args.sample_rate,
@@ -120,6 +131,8 @@ def run(args) -> int:
             raise UserError(f"--from MANIFEST goes with data build, not data {args.action}")
         return build_from_manifest(args)
     cfg = _config(args)
+    if args.action in ("build", "convert"):
+        _check_writable(cfg.data_dir)
     if args.action == "build":
         t = time.time()
         b = source.builder(cfg)

@@ -216,8 +216,8 @@ def storage_fault(exc: BaseException, where: Optional[PathLike] = None,
                 return StorageError(f"{_FAULTS[code]} ({type(exc).__name__}: {' '.join(str(exc).split())})")
             local = not is_remote(target)
             space = f" ({free_space(target)} there)" if local else ""
-            hint = {errno.EROFS: "; use a writable --workdir", errno.EACCES: "; check its owner and mode, or use "
-                    "another --workdir"}.get(code, "; free some space (or use another --workdir) and run the command again")
+            hint = {errno.EROFS: "; use a writable location", errno.EACCES: "; check its owner and mode, or use "
+                    "another location"}.get(code, "; free some space (or use another location) and run the command again")
             return StorageError(f"{_FAULTS[code]}: cannot write {under}{target}{space}{hint}")
         exc = exc.__cause__ or exc.__context__
     return None

@@ -29,8 +29,10 @@ step full_in_save "$OUT/train"
 dd if=/dev/zero of="$T/filler" bs=4k 2>/dev/null
 step full_at_start "$OUT/train"
 rm "$T/filler"
+mkdir "$T/data"
 mount -o remount,ro "$T"
 step read_only "$OUT/train"
+step data_read_only "$OUT/data"
 mount -o remount,rw "$T"
 mount --bind "$T/run/checkpoints" "$T/run/checkpoints"
 mount -o remount,bind,ro "$T/run/checkpoints"
@@ -73,7 +75,8 @@ def test_full_and_read_only_storage(tmp_path, cache_dir, reference):
     wd = f"{mnt}/run"
     env = child_env(cache_dir)
     for name, argv in (("train", ["train", "synthetic", "--workdir", wd, *RUN_ARGS]),
-                       ("eval", ["eval", "synthetic", "--workdir", wd, "--latest"])):
+                       ("eval", ["eval", "synthetic", "--workdir", wd, "--latest"]),
+                       ("data", ["data", "build", "av_digits/tiny", "--data_dir", f"{mnt}/data"])):
         script = out / name
         script.write_text("#!/bin/sh\nexec " + " ".join(f"'{a}'" for a in [sys.executable, "-m", "experiments", *argv])
                           + "\n")
@@ -88,10 +91,11 @@ def test_full_and_read_only_storage(tmp_path, cache_dir, reference):
     assert line.startswith((f"error: no space left on device: cannot write {wd}/",
                             f"error: no space left on device: cannot write under {wd} (")), line
     assert re.search(r" \((\d+ B|\d+\.\d KiB) free of 256\.0 KiB there\); free some space", line), line
-    # Full, read-only, read-only checkpoints/: refused at start, before anything compiles.
+    # Full, read-only, read-only checkpoints/: refused at start, before anything compiles (or a data build starts).
     for name, expected in (("full_at_start", f"error: no space left on device: cannot write {wd} (0 B free of 256.0 KiB"),
                            ("read_only", f"error: read-only file system: cannot write {wd} ("),
-                           ("checkpoints_read_only", f"error: read-only file system: cannot write {wd}/checkpoints (")):
+                           ("checkpoints_read_only", f"error: read-only file system: cannot write {wd}/checkpoints ("),
+                           ("data_read_only", f"error: read-only file system: cannot write {mnt}/data (")):
         line, stdout = _one_error_line(out, name)
         assert line.startswith(expected), f"{name}: {line}"
         assert "compiling" not in stdout, f"{name}: {stdout}"
