@@ -261,3 +261,17 @@ def space_warning(directory: PathLike, need: int, what: str) -> Optional[str]:
         return None
     return (f"warning: {human_size(free)} free where {what} go ({display(directory)}), less than the "
             f"{human_size(need)} they need: the first save that does not fit will stop the run")
+
+
+def remove_partial_saves(checkpoints: PathLike) -> None:
+    """Removes the ``N.orbax-checkpoint-tmp*`` folders of the local ``checkpoints`` directory.
+
+    Called by the run whose save a full disk cut short (it holds the lock, so no save of another run
+    is under way there): the partial folder holds the space the next run needs to start.
+    """
+    d = os.fspath(checkpoints)
+    if is_remote(d) or not os.path.isdir(d):
+        return
+    for name in os.listdir(d):
+        if ".orbax-checkpoint-tmp" in name:
+            shutil.rmtree(os.path.join(d, name), ignore_errors=True)

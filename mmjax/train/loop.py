@@ -242,6 +242,8 @@ def train_and_evaluate(config: Any, workdir: str, *, data_fn: Optional[DataFn] =
         fault = files.storage_fault(e, fallback=workdir)
         if fault is None or fault is e:
             raise
+        if is_main:
+            files.remove_partial_saves(os.path.join(workdir, "checkpoints"))
         raise fault from e
     finally:
         lock.release()

@@ -26,6 +26,7 @@ T=$1; OUT=$2
 step() { name=$1; shift; "$@" > "$OUT/$name.out" 2> "$OUT/$name.err"; echo $? > "$OUT/$name.rc"; }
 mount -t tmpfs -o size=256k tmpfs "$T" || exit 99
 step full_in_save "$OUT/train"
+ls -a "$T/run/checkpoints" > "$OUT/after_full_in_save"
 dd if=/dev/zero of="$T/filler" bs=4k 2>/dev/null
 step full_at_start "$OUT/train"
 rm "$T/filler"
@@ -91,6 +92,9 @@ def test_full_and_read_only_storage(tmp_path, cache_dir, reference):
     assert line.startswith((f"error: no space left on device: cannot write {wd}/",
                             f"error: no space left on device: cannot write under {wd} (")), line
     assert re.search(r" \((\d+ B|\d+\.\d KiB) free of 256\.0 KiB there\); free some space", line), line
+    # The partial save that met the full disk is removed by that run: its space is free for the next start.
+    left = (out / "after_full_in_save").read_text().split()
+    assert "2" in left and not [n for n in left if "orbax-checkpoint-tmp" in n], left
     # Full, read-only, read-only checkpoints/: refused at start, before anything compiles (or a data build starts).
     for name, expected in (("full_at_start", f"error: no space left on device: cannot write {wd} (0 B free of 256.0 KiB"),
                            ("read_only", f"error: read-only file system: cannot write {wd} ("),
