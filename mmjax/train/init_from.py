@@ -33,7 +33,9 @@ def _graft(tree: Any, target: Sequence[str], loaded: Any, what: str) -> Any:
         new = np.asarray(new)
         if new.shape != old.shape:
             raise CheckpointError(f"init_from: shape {new.shape} does not match model {what} {old.shape}")
-        return jax.device_put(new.astype(old.dtype), old.sharding)
+        # Shard by shard: each (addressable) device gets only its slice, cast on the host per slice.
+        return jax.make_array_from_callback(old.shape, old.sharding,
+                                            lambda idx: np.asarray(new[idx], old.dtype))
 
     replaced = jax.tree.map(place, current, loaded)
     if not target:

@@ -209,7 +209,8 @@ def pretrained(path: str, tower: Optional[str] = None, **options: Any) -> nn.Mod
 
 
 from mmjax.encoders.hf.dual import dual_encoder  # noqa: E402  (needs the names above)
+from mmjax.encoders.hf.sharded import sharded_variables  # noqa: E402
 
-__all__ = ["from_transformers", "dual_encoder", "pretrained_variables", "build_module", "convert", "family", "towers",
+__all__ = ["from_transformers", "dual_encoder", "sharded_variables", "pretrained_variables", "build_module", "convert", "family", "towers",
            "ImagePreprocess", "VideoPreprocess", "TextPreprocess", "WhisperFeatures", "ASTFeatures",
            "HFCheckpointError", "HFUnavailableError"]

@@ -82,7 +82,8 @@ class BertEncoder(nn.Module):
             raise HFCheckpointError(f"bert: pooling must be one of {POOLINGS} ('pooler' needs pooler=True), "
                                     f"got {self.pooling!r}")
         if self.pooler:  # BertModel's pooler: its params exist whichever pooling is read
-            pooled = jnp.tanh(dense(self.hidden_size, axes=(EMBED, EMBED), dtype=self.dtype,
+            # (embed, None): a mesh axis may appear once per weight, so the output side is replicated
+            pooled = jnp.tanh(dense(self.hidden_size, axes=(EMBED, None), dtype=self.dtype,
                                     param_dtype=self.param_dtype, name="pooler")(x[:, 0]))
         if self.pooling == "mean":
             m = mask[..., None]

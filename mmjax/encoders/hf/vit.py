@@ -66,7 +66,8 @@ class ViTEncoder(nn.Module):
                                     f"got {self.pooling!r}")
         pooled = x[:, 0]
         if self.pooler:  # ViTModel's pooler: its params exist whichever pooling is read
-            pooler = jnp.tanh(dense(d, axes=(EMBED, EMBED), dtype=self.dtype, param_dtype=self.param_dtype,
+            # (embed, None): a mesh axis may appear once per weight, so the output side is replicated
+            pooler = jnp.tanh(dense(d, axes=(EMBED, None), dtype=self.dtype, param_dtype=self.param_dtype,
                                     name="pooler")(x[:, 0]))
             pooled = pooler if self.pooling == "pooler" else pooled
         return Encoded(pooled=pooled, tokens=x, mask=jnp.ones(x.shape[:2], bool))
