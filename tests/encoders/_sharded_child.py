@@ -11,7 +11,7 @@ import numpy as np
 
 from mmjax.encoders import create
 from mmjax.encoders.hf import build_module, pretrained_variables, read_config
-from mmjax.encoders.hf.sharded import param_shardings, sharded_variables
+from mmjax.encoders.hf.sharded import sharded_variables
 from mmjax.train.parallel import make_mesh
 
 # Converted path <- native path of the same weight (ViT encoder "vit", text encoder "transformer").
@@ -67,10 +67,37 @@ def check(model_dir, mesh, pairs, native, example):
             "devices": len(per_device), "specs": {p: str(v) for p, v in specs.items()}}
 
 
+def init_from_check(vit_dir, mesh_cfg, converted):
+    """init_from.pretrained into a sharded classifier: each device's shard is its slice of the
+    conversion and the shardings are those sharded_variables gives (the train state's)."""
+    from mmjax.models.classifier import build_classifier
+    from mmjax.train.init_from import apply_init_from
+    from mmjax.train.optim import make_optimizer
+    from mmjax.train.parallel import Runner
+
+    model = build_classifier({"encoders": {"image": {"name": "pretrained", "path": vit_dir},
+                                           "a": {"name": "mlp", "features": [8]}},
+                              "fusion_config": {"out_dim": 8}, "head_hidden": []}, 3)
+    runner = Runner("sharded", model, lambda p: make_optimizer({"learning_rate": 0.01, "warmup_steps": 0}, p, 10),
+                    step_kwargs={}, eval_kwargs={"num_classes": 3}, mesh_cfg=mesh_cfg)
+    batch = {"inputs": {"image": np.zeros((8, 32, 32, 3), np.float32), "a": np.zeros((8, 6), np.float32)},
+             "modality_mask": {"image": np.ones(8, bool), "a": np.ones(8, bool)}, "label": np.zeros(8, np.int32)}
+    state = runner.create_state(batch, jax.random.PRNGKey(0))
+    state = apply_init_from(runner, state, {"pretrained": vit_dir, "target": "encoder_image_0"})
+    got = flat(runner.host_state(state).params["encoder_image_0"])
+    want = flat(pretrained_variables(vit_dir)["params"])
+    equal = all(np.array_equal(np.asarray(s.data), want[p][s.index]) for p, a in got.items()
+                for s in a.addressable_shards)
+    same = all(a.sharding.spec == converted[p].sharding.spec for p, a in got.items())
+    return {"shards_equal": equal, "same_shardings": same,
+            "sharded_leaves": sum(len({str(s.index) for s in a.addressable_shards}) > 1 for a in got.values())}
+
+
 def main():
     vit_dir, bert_dir = sys.argv[1:3]
     assert jax.device_count() == 8, jax.device_count()
-    mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    mesh_cfg = {"data": 2, "fsdp": 2, "tensor": 2}
+    mesh = make_mesh(mesh_cfg)
     pixels = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)), jnp.float32)
     ids = jnp.asarray(np.random.default_rng(1).integers(3, 90, (2, 8)), jnp.int32)
     vit = check(vit_dir, mesh, VIT_PAIRS, native_specs("vit", pixels, patch_size=8, hidden_dim=32, num_layers=1,
@@ -78,7 +105,9 @@ def main():
     bert = check(bert_dir, mesh, BERT_PAIRS, native_specs("transformer", ids, vocab_size=99, hidden_dim=32,
                                                           num_layers=1, num_heads=4, mlp_dim=64, max_len=16),
                  (ids, jnp.ones(ids.shape, bool)))
-    print("RESULT " + json.dumps({"vit": vit, "bert": bert}))
+    converted = flat(sharded_variables(vit_dir, mesh=mesh)["params"])
+    init = init_from_check(vit_dir, mesh_cfg, converted)
+    print("RESULT " + json.dumps({"vit": vit, "bert": bert, "init_from": init}))
 
 
 if __name__ == "__main__":

