@@ -30,7 +30,11 @@ clips (B, F, H, W, C), time first for audio features (B, frames, n_mels)
 
 In a training config, ``{name: "pretrained", path: DIR, tower: "vision"}``
 builds the module (from config.json alone); ``init_from.pretrained=DIR``
-loads its weights (see :func:`pretrained_variables`).
+loads its weights (see :func:`pretrained_variables`). :func:`dual_encoder`
+gives a CLIP / SigLIP directory as a contrastive model with the checkpoint's
+logit scale (zero-shot, retrieval; :mod:`mmjax.encoders.hf.dual`);
+:func:`sharded_variables` converts onto a mesh shard by shard
+(:mod:`mmjax.encoders.hf.sharded`).
 """
 from __future__ import annotations
 
