@@ -29,7 +29,7 @@ from mmjax import tokenizer
 from mmjax.layers import dense
 from mmjax.layers.decoder import LSTMDecoder, TransformerDecoder
 from mmjax.models import decoding
-from mmjax.sharding import EMBED
+from mmjax.sharding import EMBED, FUSION_IN
 
 Array = jax.Array
 DECODERS = ("transformer", "lstm")
@@ -134,7 +134,7 @@ class Captioner(nn.Module):
         cfg.setdefault("param_dtype", self.param_dtype)
         self.source_encoder = encoder_registry.create(name, **cfg)
         self.context_proj = dense(
-            self.width, axes=(EMBED, EMBED), use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype
+            self.width, axes=(FUSION_IN, EMBED), use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype
         )
         if self.decoder == "transformer":
             self.text_decoder = TransformerDecoder(

@@ -229,3 +229,20 @@ def test_leading_bos_in_targets_is_dropped_before_teacher_forcing():
     with_bos = {"inputs": {"x": x, "text": jnp.array([[2, 9, 8, 3, 0, 0]])}}
     variables = model.init(jax.random.PRNGKey(1), plain)
     np.testing.assert_allclose(model.apply(variables, with_bos), model.apply(variables, plain), rtol=1e-6)
+
+
+@pytest.mark.parametrize("decoder", ["transformer", "lstm"])
+def test_every_weight_maps_onto_the_mesh_rules(decoder):
+    """Each weight's logical axes are distinct and resolve under the default rules (a repeated name,
+    as the context projection once had, makes every sharded run fail at the state's sharding)."""
+    import flax.linen as nn
+
+    from mmjax.sharding import LOGICAL_RULES
+
+    model = small(decoder, num_layers=1)
+    abstract = jax.eval_shape(model.init, rkey(0), make_batch())
+    specs = jax.tree.leaves(nn.get_partition_spec(abstract)["params"],
+                            is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+    assert specs and all(len(set(s)) == len(s) for s in specs if s), specs
+    for s in specs:
+        nn.logical_to_mesh_axes(s, LOGICAL_RULES)
