@@ -218,7 +218,8 @@ def storage_fault(exc: BaseException, where: Optional[PathLike] = None,
             space = f" ({free_space(target)} there)" if local else ""
             hint = {errno.EROFS: "; use a writable location", errno.EACCES: "; check its owner and mode, or use "
                     "another location"}.get(code, "; free some space (or use another location) and run the command again")
-            return StorageError(f"{_FAULTS[code]}: cannot write {under}{target}{space}{hint}")
+            verb = "for" if code == errno.EACCES else "cannot write"  # EACCES may come from a read as well
+            return StorageError(f"{_FAULTS[code]}: {verb} {under}{target}{space}{hint}")
         exc = exc.__cause__ or exc.__context__
     return None
 

@@ -157,6 +157,9 @@ def test_storage_faults_in_tensorstore_text_and_chains():
     assert str(files.storage_fault(RuntimeError(text))).startswith(
         "no space left on device: cannot write /d/tfds/av_digits/tiny/incomplete.X_1.0.0/"
         "av_digits-train.array_record-00000-of-00001 (")
+    denied = files.storage_fault(PermissionError(errno.EACCES, os.strerror(errno.EACCES), "/srv/run/results.json"))
+    assert str(denied).startswith("permission denied: for /srv/run/results.json (")
+    assert str(denied).endswith("; check its owner and mode, or use another location")
     assert files.storage_fault(ValueError("shape mismatch")) is None
     assert files.storage_fault(OSError(errno.ENOENT, "No such file or directory", "/x")) is None
 
@@ -167,7 +170,7 @@ def test_read_only_checkpoints_folder_is_refused_by_the_probe(tmp_path):
     d.mkdir()
     d.chmod(0o555)
     try:
-        with pytest.raises(files.StorageError, match=f"permission denied: cannot write {d} "):
+        with pytest.raises(files.StorageError, match=f"permission denied: for {d} "):
             files.check_writable(d)
     finally:
         d.chmod(0o755)
