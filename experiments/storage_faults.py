@@ -36,7 +36,11 @@ class HeldBack(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if (exc is not None and _is_echo(exc)) or files.storage_fault(Exception(record.getMessage())) is not None:
+        try:
+            text = record.getMessage()
+        except Exception:  # a record whose arguments do not fit: logging reports that itself
+            return True
+        if (exc is not None and _is_echo(exc)) or files.storage_fault(Exception(text)) is not None:
             if not self.dropping:
                 self.records.append(record)
             return False

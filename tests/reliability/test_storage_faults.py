@@ -183,3 +183,32 @@ def test_space_warning_compares_with_the_free_space_of_the_file_system(tmp_path)
     assert line.startswith("warning: ") and f"where 2 + 1 checkpoints of 1.0 TiB go ({tmp_path}/checkpoints)" in line
     assert f"less than the {files.human_size(free + 2**40)} they need" in line
     assert files.space_warning("gs://bucket/run", 2**60, "checkpoints") is None  # object stores: not measured
+
+
+def test_echoes_are_held_then_replayed_or_dropped():
+    """Log records carrying a storage fault wait for the command's end: printed then, or dropped with its line."""
+    import logging
+
+    from experiments import storage_faults
+
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logging.getLogger().addHandler(handler)
+    try:
+        with storage_faults.HeldBack():
+            logging.getLogger("asyncio").error("write failed: No space left on device")
+            logging.getLogger("absl").warning("unrelated")
+            assert seen == ["unrelated"]
+        assert seen == ["unrelated", "write failed: No space left on device"]  # the command went on: printed
+        seen.clear()
+        held = storage_faults.HeldBack().__enter__()
+        logging.getLogger("asyncio").error("write failed: No space left on device")
+        held.finish(storage_failed=True)  # the command's one line says it
+        logging.getLogger("absl").error("a late save thread: No space left on device")
+        assert seen == []
+        for t in held._targets:
+            t.removeFilter(held)
+        sys.unraisablehook = held._previous_hook
+    finally:
+        logging.getLogger().removeHandler(handler)
