@@ -131,9 +131,9 @@ def render_catalogue(doc: Mapping[str, Any]) -> List[str]:
         ok = [r for r in rows if "error" not in r]
         inputs = f"tokens T={grid['token_length']}" if spec.tokens else "pooled"
         if not ok:
-            err = rows[0]["error"][:80] if rows else "not measured"
+            what = f"error: {rows[0]['error'][:80]}" if rows else "not measured"
             lines.append(f"| {name} | {spec.source or '-'} | {inputs} | {_config_cell(spec.config)} "
-                         f"| error: {err} | | | |")
+                         f"| {what} | | | |")
             continue
         r = max(ok, key=lambda x: x["batch"])
         a = r.get("analytic", {})
