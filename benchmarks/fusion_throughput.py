@@ -662,7 +662,7 @@ def run(
 
     Args:
       out_dir: output directory (created).
-      quick: the ~2 minute grid (``QUICK``) instead of the full one.
+      quick: the small grid (``QUICK``; 179 cases for the 27 blocks) instead of the full one.
       blocks: fusion block names (default: all registered).
       grid: overrides ``quick``.
       plots: write the PNG plots (needs matplotlib).
