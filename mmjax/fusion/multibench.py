@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax.errors import ConfigError
 from mmjax.fusion.base import FusionInputError, prepare
 from mmjax.fusion.cost import Cost, register_cost
 from mmjax.fusion.registry import register
@@ -238,7 +239,7 @@ def _multiplicative_cost(dims, out_dim, output="matrix", mi_dim=None, order=None
     """
     if order is not None:
         if names is None:
-            raise ValueError("multiplicative cost: order given by name needs names=[sorted modality names]")
+            raise ConfigError("multiplicative cost: order given by name needs names=[sorted modality names]")
         dims = [dims[sorted(names).index(n)] for n in order]
     o, params, flops = mi_dim or out_dim, 0, 0
     h = dims[0]
@@ -264,7 +265,7 @@ def _nl_gate_cost(dims, out_dim, query=None, dim=None, kv_tokens=None, token_len
     ``token_lengths`` are (T, S) per modality in sorted order.
     """
     if len(dims) != 2:
-        raise ValueError(f"nl_gate cost: needs exactly 2 modalities, got {len(dims)}")
+        raise ConfigError(f"nl_gate cost: needs exactly 2 modalities, got {len(dims)}")
     qi = 0 if query is None else (sorted(names).index(query) if isinstance(query, str) else query)
     dq, dg, t, s = dims[qi], dims[1 - qi], token_lengths[qi], token_lengths[1 - qi]
     c = dim or dq
@@ -293,7 +294,7 @@ def _stack_cost(dims, out_dim, inputs="tokens", token_length=1, token_lengths=No
     """
     if token_lengths is not None:
         if len(set(token_lengths)) != 1:
-            raise ValueError(f"stack cost: aligned sequences need equal lengths, got {list(token_lengths)}")
+            raise ConfigError(f"stack cost: aligned sequences need equal lengths, got {list(token_lengths)}")
         token_length = token_lengths[0]
     width = token_length * sum(dims) if inputs == "tokens" else dims[0] * len(dims)
     if out_dim is None:

@@ -156,3 +156,13 @@ def test_flops_close_to_xla(name, cfg, dims):
     # The model counts matmuls only; XLA also counts elementwise ops, so it may
     # be a little above, never far below.
     assert 0.95 * model <= measured <= 1.15 * model, (name, cfg, model, measured)
+
+
+def test_stack_cost_takes_the_common_token_length():
+    """stack's Dense sees T * sum(D_m) inputs; token_lengths (as the bench passes them) give T."""
+    from mmjax.errors import ConfigError
+
+    want = F.Cost(params=(6 * (3 + 5) + 1) * 4, flops=2 * 6 * (3 + 5) * 4)
+    assert F.cost("stack", [3, 5], 4, token_lengths=[6, 6]) == want == F.cost("stack", [3, 5], 4, token_length=6)
+    with pytest.raises(ConfigError, match="equal lengths"):
+        F.cost("stack", [3, 5], 4, token_lengths=[6, 5])
