@@ -141,6 +141,8 @@ def apply(cfg, split: str, cols: Dict[str, np.ndarray]) -> Tuple[Dict[str, np.nd
                     cols[m + "__present"] = ~b
                 else:
                     cols[m + "__length"] = np.where(b, 0, cols[m + "__length"]).astype(np.int32)
+                    if m + "__mask" in cols:  # as zero byte ids give: no real token
+                        cols[m + "__mask"] = cols[m + "__mask"] & ~b[:, None]
     _record(cfg.name, split, policy, cols["index"], bad, ~keep)
     return cols, keep
 

@@ -12,7 +12,10 @@ Keys of a data config:
     image: size (H, W) or None to keep the stored size; mean, std (per channel, in [0, 1] units);
       occlusion, noise_std: fixed per-example corruption (difficulty knob, also at eval);
       augment_pad (random crop after zero padding), augment_flip (train only).
-    text: max_len; index: which element to take from a sequence of texts (e.g. COCO's 5 captions).
+    text: max_len; index: which element to take from a sequence of texts (e.g. COCO's 5 captions);
+      tokenizer: None (mmjax's byte tokenizer, pad 0) or a model directory holding ``tokenizer.json``
+      (a converted tower's checkpoint): ids and token_mask as that tower reads them
+      (:func:`mmjax.encoders.hf.text_preprocess`: its special tokens, its pad id, loaded once per reader).
     audio: length (samples, crop/pad, mask over real samples); scale (divide int samples by it);
       snr_db: fixed per-example white noise at this SNR (None: clean);
       augment_gain_db, augment_shift, augment_noise (train only).
@@ -53,7 +56,7 @@ KINDS = ("image", "text", "audio", "vector", "video")
 def _modality(**kw) -> ml_collections.ConfigDict:
     defaults = {
         "image": dict(size=None, mean=(0.5,), std=(0.5,), occlusion=0.0, noise_std=0.0, augment_pad=0, augment_flip=False),
-        "text": dict(max_len=64, index=0),
+        "text": dict(max_len=64, index=0, tokenizer=None),
         "audio": dict(length=16000, scale=32768.0, snr_db=None, augment_gain_db=0.0, augment_shift=0, augment_noise=0.0),
         "vector": dict(present=None, standardize=False),
         "video": dict(mean=(0.5,), std=(0.5,), occlusion=0.0, noise_std=0.0),
@@ -149,6 +152,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
             raise DataConfigError(f"data config: modalities.{m}.kind must be one of {KINDS}, got {mc.get('kind')!r}")
         if not mc.get("feature"):
             raise DataConfigError(f"data config: modalities.{m}.feature (a feature path) is required")
+        if mc.get("tokenizer") is not None and (mc.get("kind") != "text" or not isinstance(mc.tokenizer, str)):
+            raise DataConfigError(f"data config: modalities.{m}.tokenizer must be a model directory (a string) "
+                                  f"on a text modality, got {mc.tokenizer!r} on kind {mc.get('kind')!r}")
         if mc.get("kind") != "vector" and (mc.get("present") or mc.get("standardize")):
             raise DataConfigError(f"data config: modalities.{m}: 'present' and 'standardize' are keys of kind 'vector'")
     for m, p in (cfg.get("modality_dropout") or {}).items():

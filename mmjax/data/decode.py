@@ -2,9 +2,10 @@
 
 Columns: for each modality m, ``m`` (N, ...) (images and video clips uint8, text int32 ids,
 audio in its stored dtype, vectors float32) and, for text and audio,
-``m__length`` (N,) int32, for images ``m__undecodable`` (N,) bool (bytes that
-failed to decode: a zero image), for vectors with a ``present`` feature
-``m__present`` (N,) bool (False: a zero vector); plus ``label``. What is done
+``m__length`` (N,) int32 (0 for an empty text), for text tokenised with a checkpoint's
+tokenizer ``m__mask`` (N, L) bool (its attention mask: its pad id need not be 0), for
+images ``m__undecodable`` (N,) bool (bytes that failed to decode: a zero image), for
+vectors with a ``present`` feature ``m__present`` (N,) bool (False: a zero vector); plus ``label``. What is done
 with bad examples is the pipeline's choice (:mod:`mmjax.data.bad_examples`).
 """
 from __future__ import annotations
@@ -102,10 +103,13 @@ def _vector_column(values: List[Any], stats, present: Optional[np.ndarray]) -> n
 
 def columns(cfg, raws: Sequence[Mapping[str, Any]], label_names: Sequence[str],
             image_shapes: Mapping[str, Tuple[int, ...]],
-            standardize: Optional[Mapping[str, Tuple[np.ndarray, np.ndarray]]] = None) -> Columns:
+            standardize: Optional[Mapping[str, Tuple[np.ndarray, np.ndarray]]] = None,
+            tokenizers: Optional[Mapping[str, Any]] = None) -> Columns:
     """The columns of ``raws`` (stored examples with encoded images), one row per example.
 
-    ``standardize``: vector modality -> (mean, std) float32 (D,), applied as (x - mean) / std."""
+    ``standardize``: vector modality -> (mean, std) float32 (D,), applied as (x - mean) / std.
+    ``tokenizers``: text modality -> its checkpoint tokenizer (:func:`preprocess.checkpoint_tokenizer`,
+    for the modalities whose config sets ``tokenizer``; the others use the byte tokenizer)."""
     cols: Columns = {}
     for m, mc in sorted(cfg.modalities.items()):
         values = [_get(ex, mc.feature) for ex in raws]
@@ -113,6 +117,9 @@ def columns(cfg, raws: Sequence[Mapping[str, Any]], label_names: Sequence[str],
             cols[m], cols[m + "__undecodable"] = _image_column(values, image_shapes[m], mc.size)
         elif mc.kind == "text":
             texts = [_text(v, int(mc.index)) for v in values]
+            if m in (tokenizers or {}):
+                cols[m], cols[m + "__mask"], cols[m + "__length"] = pp.tokenize_checkpoint(tokenizers[m], texts)
+                continue
             cols[m], mask = pp.tokenize_bytes(texts, int(mc.max_len))
             # An empty text has length 0 (BOS/EOS do not count); bad_examples decides its fate.
             empty = np.array([len(t) == 0 for t in texts], bool)

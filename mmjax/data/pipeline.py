@@ -115,8 +115,8 @@ def _assemble(cfg, cols, draws, train: bool) -> Dict[str, Any]:
                 x = pp.augment_images(x, draws, mc.augment_pad, mc.augment_flip, fill=fill)
             # m__present exists only when bad_examples="missing" marked undecodable images.
             present.append(cols.get(m + "__present", np.ones(n, bool)))
-        elif mc.kind == "text":
-            token_mask[m] = x != pp.PAD_ID
+        elif mc.kind == "text":  # a checkpoint tokenizer's own mask (its pad id may not be 0), else ids != 0
+            token_mask[m] = cols[m + "__mask"] if m + "__mask" in cols else x != pp.PAD_ID
             present.append(cols[m + "__length"] > 0)
         elif mc.kind == "audio":
             lengths = cols[m + "__length"]

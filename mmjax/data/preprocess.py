@@ -13,6 +13,7 @@ import numpy as np
 
 from mmjax import tokenizer as _tok
 from mmjax.data.draws import normal_rows
+from mmjax.data.errors import DataConfigError
 
 # Text uses the library's byte tokenizer (mmjax.tokenizer.ByteTokenizer: byte b -> b + 4,
 # pad 0 / unk 1 / bos 2 / eos 3, vocab 260), so ids agree with the text encoders' vocab.
@@ -25,6 +26,34 @@ def tokenize_bytes(texts: Sequence, max_len: int) -> Tuple[np.ndarray, np.ndarra
     truncated (EOS kept last) or right-padded with 0."""
     texts = [t.decode("utf-8", errors="replace") if isinstance(t, bytes) else str(t) for t in texts]
     return _tok.ByteTokenizer().encode_batch(texts, max_len)
+
+
+def checkpoint_tokenizer(model_dir: str, max_len: int, where: str):
+    """The :class:`mmjax.encoders.hf.preprocess.TextPreprocess` of ``model_dir``'s tokenizer.json at
+    ``max_len`` (``where`` names the config key in errors). Built once per reader: loading parses the file."""
+    from mmjax.encoders.hf import HFCheckpointError, HFUnavailableError, text_preprocess
+    from mmjax.encoders.hf.weights import read_json
+
+    try:
+        tp = text_preprocess(str(model_dir), int(max_len))
+    except HFUnavailableError:
+        raise
+    except HFCheckpointError as e:
+        raise DataConfigError(f"{where}: {e}") from None
+    text_cfg = read_json(str(model_dir), "config.json")
+    positions = (text_cfg.get("text_config") or text_cfg).get("max_position_embeddings")
+    if positions and int(max_len) > int(positions):  # JAX clamps the position lookup: wrong, not an error
+        raise DataConfigError(f"{where}: max_len {max_len} exceeds the checkpoint's {positions} positions")
+    return tp
+
+
+def tokenize_checkpoint(tp, texts: Sequence) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Texts (str or UTF-8 bytes) -> ids (N, L) int32, mask (N, L) bool, lengths (N,) int32 with a
+    checkpoint's tokenizer; an empty text has length 0 (the special tokens it still gets do not count)."""
+    texts = [t.decode("utf-8", errors="replace") if isinstance(t, bytes) else str(t) for t in texts]
+    ids, mask, lengths = tp.encode(texts)
+    empty = np.array([len(t) == 0 for t in texts], bool)
+    return ids, mask, np.where(empty, 0, lengths).astype(np.int32)
 
 
 def pad_or_crop(waves: Sequence[np.ndarray], length: int, dtype=np.float32) -> Tuple[np.ndarray, np.ndarray]:

@@ -62,6 +62,9 @@ def _preprocessing_doc(model: LoadedModel) -> Dict[str, Dict[str, Any]]:
         elif s.kind == "audio":
             d.update(sample_rate=s.sample_rate, length=s.shape[0], scale=s.scale,
                      note="float32 waveform in [-1, 1], cropped (start kept) or zero-padded to length")
+        elif s.kind == "text" and s.tokenizer_dir:
+            d.update(max_len=s.shape[0], tokenizer=os.path.join(str(s.tokenizer_dir), "tokenizer.json"),
+                     note="int32 ids and token_mask from that tokenizer (its special tokens and pad id)")
         elif s.kind == "text":
             d.update(max_len=s.shape[0], tokenizer=s.tokenizer or "byte",
                      note="int32 ids with BOS/EOS, 0 = padding; token_mask = ids != 0")

@@ -9,7 +9,10 @@ What each modality takes (one example, or a list of them for a batch):
   divided by the modality's ``scale``); resampled to the trained sample rate (a note says so),
   cropped (start kept) or zero-padded to the trained length; token_mask marks real samples.
 * text: a string (or bytes), tokenised with the run's tokenizer to the trained ``max_len``, or int
-  ids (L,) / (B, L); token_mask = ids != 0.
+  ids (L,) / (B, L); token_mask = ids != 0; an empty text is missing (zero ids, no real token,
+  as the pipeline's default ``bad_examples="missing"`` leaves it). A run whose data config sets
+  the modality's ``tokenizer`` (a model directory) tokenises strings as its pipeline did, with
+  that ``tokenizer.json`` and its mask; ids given then are all real tokens, padded with its pad id.
 * vector and anything else (video...): a ``.npy`` path or an array of exactly the trained
   per-example shape (with or without the batch dimension).
 
@@ -18,6 +21,7 @@ Errors are :class:`InputError`: one line naming the modality and the problem.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import numbers
 import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -50,6 +54,7 @@ class ModalitySpec:
     sample_rate: int = 0  # audio: samples per second (0: not recorded)
     scale: float = 32768.0  # audio: integer samples are divided by it
     tokenizer: Optional[str] = None  # text: the tokenizer as JSON (None: the byte tokenizer)
+    tokenizer_dir: Optional[str] = None  # text: data.modalities.<m>.tokenizer, a checkpoint's directory
     standardized: bool = False  # vectors z-scored by the dataset's statistics in training
     zscore: Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]] = None  # those statistics (mean, std), (D,) each
 
@@ -89,6 +94,7 @@ def specs_from_record(config: Any, data_info: Mapping[str, Any], names: Sequence
             dtype=BATCH_DTYPES.get(kind, str(mi.get("dtype", "float32"))), sequence=bool(mi.get("sequence")),
             norm=norm, sample_rate=int(data_info.get("sample_rate") or 0), scale=float(mc.get("scale", 32768.0)),
             tokenizer=data_info.get("tokenizer") if kind == "text" else None,
+            tokenizer_dir=mc.get("tokenizer") if kind == "text" else None,
             standardized=bool(mc.get("standardize")),
             zscore=(tuple(zscores[m]["mean"]), tuple(zscores[m]["std"])) if m in zscores else None)
     return out
@@ -197,26 +203,47 @@ def _audio(spec: ModalitySpec, value: Any, notes: List[str]) -> np.ndarray:
     return np.asarray(x, np.float32)
 
 
-def _text(spec: ModalitySpec, value: Any) -> Tuple[np.ndarray, bool]:
-    """One text (or ids) -> (int32 ids (L,), present)."""
+@functools.lru_cache(maxsize=8)
+def _checkpoint_tokenizer(model_dir: str, max_len: int):
+    from mmjax.data import preprocess as pp
+
+    return pp.checkpoint_tokenizer(model_dir, max_len, "the run's data.modalities tokenizer")
+
+
+def _text(spec: ModalitySpec, value: Any) -> Tuple[np.ndarray, np.ndarray, bool]:
+    """One text (or ids) -> (int32 ids (L,), token_mask (L,) bool, present)."""
     from mmjax import tokenizer as tok
 
     (max_len,) = spec.shape
     if isinstance(value, bytes):
         value = value.decode("utf-8", errors="replace")
+    ckpt = None
+    if spec.tokenizer_dir:
+        try:
+            ckpt = _checkpoint_tokenizer(str(spec.tokenizer_dir), max_len)
+        except errors.MmjaxError as e:
+            raise _fail(spec, str(e)) from None
+    if isinstance(value, str) and ckpt is not None:
+        from mmjax.data import preprocess as pp
+
+        ids, mask, lengths = pp.tokenize_checkpoint(ckpt, [value])  # as the pipeline's batches
+        return ids[0], mask[0], bool(lengths[0] > 0)
     if isinstance(value, str):
         try:
             t = tok.from_json(spec.tokenizer) if spec.tokenizer else tok.ByteTokenizer()
         except (ValueError, KeyError, TypeError):
             raise _fail(spec, "the run record's tokenizer is not readable JSON; pass token ids instead") from None
         ids, _ = t.encode(value, max_len)
-        return ids.astype(np.int32), len(value) > 0  # an empty text is missing, as in the pipeline
+        return ids.astype(np.int32), ids != 0, len(value) > 0  # an empty text is missing, as in the pipeline
     ids = np.asarray(value)
     if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
         raise _fail(spec, f"expected a string or 1-D integer token ids, got {type(value).__name__} {ids.shape}")
-    out = np.zeros((max_len,), np.int32)
-    out[:min(len(ids), max_len)] = ids[:max_len]
-    return out, bool((out != 0).any())
+    out = np.full((max_len,), ckpt.pad_id if ckpt is not None else 0, np.int32)
+    n = min(len(ids), max_len)
+    out[:n] = ids[:max_len]
+    if ckpt is not None:  # the given ids are the tokens (special ones included); the rest is padding
+        return out, np.arange(max_len) < n, n > 0
+    return out, out != 0, bool((out != 0).any())
 
 
 def _array(spec: ModalitySpec, value: Any) -> np.ndarray:
@@ -260,9 +287,10 @@ def column(spec: ModalitySpec, value: Any, notes: List[str]) -> Column:
             rows = list(value)
         else:
             rows = [value]
-        ids, present = zip(*(_text(spec, v) for v in rows))
-        x = np.stack(ids)
-        return x, x != 0, np.array(present, bool)
+        ids, masks, present = zip(*(_text(spec, v) for v in rows))
+        present = np.array(present, bool)
+        # An empty text is a missing modality: zero ids and no real token, as the pipeline's batches have it.
+        return np.where(present[:, None], np.stack(ids), 0), np.stack(masks) & present[:, None], present
     xs = np.stack([_array(spec, v) for v in _examples(spec, value, len(spec.shape))])
     if spec.zscore is not None:  # as the batches were: (x - mean) / std with the dataset's train statistics
         xs = ((xs - np.asarray(spec.zscore[0], np.float32)) / np.asarray(spec.zscore[1], np.float32)).astype(xs.dtype)

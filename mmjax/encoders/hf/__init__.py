@@ -157,8 +157,17 @@ def preprocessor(model_dir: str, cfg: Mapping[str, Any], tower: str, max_len: Op
         return (WhisperFeatures if family(cfg) == "whisper" else ASTFeatures).from_dir(model_dir)
     text_cfg = cfg.get("text_config") or cfg
     default = 128 if family(cfg) == "bert" else text_cfg["max_position_embeddings"]
+    return text_preprocess(model_dir, max_len or default, cfg)
+
+
+def text_preprocess(model_dir: str, max_len: int, cfg: Optional[Mapping[str, Any]] = None) -> TextPreprocess:
+    """The directory's ``tokenizer.json`` as its text tower reads it: strings -> (ids, mask) (B, max_len).
+    ``cfg``: its config.json (read when None; a directory without one holds a tokenizer alone)."""
+    from mmjax.encoders.hf.weights import read_json
+
+    cfg = read_json(model_dir, "config.json") if cfg is None else cfg
     # SigLIP's processor pads to max_length without an attention mask: the model attends over padding.
-    return TextPreprocess(model_dir, max_len or default, mask_padding=family(cfg) != "siglip")
+    return TextPreprocess(model_dir, max_len, mask_padding=cfg.get("model_type") not in siglip.MODEL_TYPES)
 
 
 def from_transformers(model_dir: str, tower: Optional[str] = None, *, max_len: Optional[int] = None,
@@ -216,5 +225,6 @@ from mmjax.encoders.hf.dual import dual_encoder  # noqa: E402  (needs the names 
 from mmjax.encoders.hf.sharded import sharded_variables  # noqa: E402
 
 __all__ = ["from_transformers", "dual_encoder", "sharded_variables", "pretrained_variables", "build_module", "convert", "family", "towers",
+           "text_preprocess",
            "ImagePreprocess", "VideoPreprocess", "TextPreprocess", "WhisperFeatures", "ASTFeatures",
            "HFCheckpointError", "HFUnavailableError"]

@@ -136,13 +136,21 @@ class TextPreprocess:
         self.tokenizer.enable_truncation(max_length=self.max_len)
 
     def __call__(self, texts: Union[str, Sequence[str]]) -> Tuple[np.ndarray, np.ndarray]:
+        return self.encode(texts)[:2]
+
+    def encode(self, texts: Union[str, Sequence[str]]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """strings -> (ids (B, L) int32, mask (B, L) bool, lengths (B,) int32: the tokens before padding,
+        special tokens included). Safe from several threads: the tokenizer is only read after
+        ``__init__`` (``encode_batch`` releases the GIL, the padding and truncation set here stay)."""
         texts = [texts] if isinstance(texts, str) else list(texts)
         ids = np.full((len(texts), self.max_len), self.pad_id, np.int32)
         mask = np.full((len(texts), self.max_len), not self.mask_padding)
+        lengths = np.zeros((len(texts),), np.int32)
         for i, enc in enumerate(self.tokenizer.encode_batch(texts)):
             ids[i, :len(enc.ids)] = enc.ids
             mask[i, :len(enc.ids)] = True
-        return ids, mask
+            lengths[i] = len(enc.ids)
+        return ids, mask, lengths
 
 
 def _pad_id(model_dir: str, tokenizer: Any) -> int:
