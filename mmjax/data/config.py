@@ -39,7 +39,8 @@ Keys of a data config:
   corruption_seed: seed of the fixed corruption (independent of the training seed).
   shuffle: shuffle train epochs (by (seed, epoch)).
   prefetch: batches prepared ahead (0: read in the caller's thread, one batch at a time).
-  read_threads: Grain threads that read and decode those batches.
+  read_threads: 1 (default): one background thread prepares those batches; more: a Grain pool of
+    that many reading threads (for storage where reads wait on I/O, not on Python).
 """
 from __future__ import annotations
 
@@ -81,7 +82,7 @@ def base_config() -> ml_collections.ConfigDict:
             corruption_seed=0,
             shuffle=True,
             prefetch=2,
-            read_threads=2,
+            read_threads=1,
         )
     )
 

@@ -1,8 +1,9 @@
 """The input pipeline the training loop uses: ``make_iterator`` and ``dataset_info``.
 
 Each process reads, by index, only its own rows of each global batch
-(:class:`mmjax.data.source.SplitReader`), through a Grain dataset whose worker
-threads prepare ``prefetch`` batches ahead. Nothing decodes a whole split.
+(:class:`mmjax.data.source.SplitReader`), through a Grain dataset whose
+background thread (or pool of ``read_threads`` threads) prepares ``prefetch``
+batches ahead. Nothing decodes a whole split.
 
 * train: epoch ``e`` visits the examples in the order
   ``default_rng([seed, e]).permutation(N)``; global step ``s`` is the
@@ -265,6 +266,12 @@ def make_iterator(
     import grain
 
     steps = grain.MapDataset.range(start_step, max(stop, start_step)).map(make)
+    if int(cfg.read_threads) <= 1:
+        # One background thread runs the whole pipeline ahead: decoding here is mostly
+        # GIL-bound Python, where several reading threads contend (av_digits: ~4.1k examples/s
+        # against ~2.8k with Grain's 2-thread read pool on 2 cores).
+        inline = steps.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+        return iter(grain.experimental.ThreadPrefetchIterDataset(inline, prefetch_buffer_size=int(cfg.prefetch)))
     options = grain.ReadOptions(num_threads=int(cfg.read_threads), prefetch_buffer_size=int(cfg.prefetch))
     return iter(steps.to_iter_dataset(options))
 

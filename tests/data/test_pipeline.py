@@ -147,10 +147,11 @@ def test_grain_threads_give_the_sequential_batches(tiny_config):
     tiny_config.modality_dropout = {"audio": 0.5}
     kw = dict(global_batch_size=16, seed=1, train=True, process_index=0, process_count=1, start_step=2)
     plain = _take(make_iterator(tiny_config, "train", **kw), 5)
-    threaded_cfg = tiny_config.copy_and_resolve_references()
-    threaded_cfg.prefetch, threaded_cfg.read_threads = 3, 2
-    threaded = _take(make_iterator(threaded_cfg, "train", **kw), 5)
-    assert all(_eq(a, b) for a, b in zip(plain, threaded))
+    for threads in (1, 2):  # the background thread and Grain's read pool
+        threaded_cfg = tiny_config.copy_and_resolve_references()
+        threaded_cfg.prefetch, threaded_cfg.read_threads = 3, threads
+        threaded = _take(make_iterator(threaded_cfg, "train", **kw), 5)
+        assert all(_eq(a, b) for a, b in zip(plain, threaded)), threads
 
 
 def test_modality_dropout_never_drops_everything(tiny_config):
