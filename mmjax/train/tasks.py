@@ -231,16 +231,32 @@ class ContrastiveTask(Task):
         out_e = {m: np.concatenate(v)[:limit] for m, v in embs.items()}
         return out_e, np.concatenate(labels)[:limit]
 
+    def _checkpoint_tokenizer(self):
+        """The text modality's ``tokenizer`` (a checkpoint directory) as the pipeline loads it, or None."""
+        text = _get(_get(_get(self.config, "data", None), "modalities", None), "text", None)
+        if not _get(text, "tokenizer", None):
+            return None
+        from mmjax.data.preprocess import checkpoint_tokenizer
+
+        return checkpoint_tokenizer(_get(text, "tokenizer"), int(_get(text, "max_len")),
+                                    "data config: modalities.text.tokenizer")
+
     def class_prompt_embeddings(self, runner, state) -> Optional[np.ndarray]:
         """(C, P, E) text embeddings of the class-name prompts, or None without text/class names."""
         names = self.info.get("class_names")
-        tok = _tokenizer(self.info)
-        if "text" not in self._towers() or not names or tok is None:
+        checkpoint_tok = self._checkpoint_tokenizer()
+        tok = _tokenizer(self.info) if checkpoint_tok is None else None
+        if "text" not in self._towers() or not names or (tok is None and checkpoint_tok is None):
             return None
         prompts = list(self.eval_cfg.get("prompts") or ("{}",))
         texts = [p.format(name) for name in names for p in prompts]
-        max_len = int(self.info.get("max_text_len") or 0) or None
-        ids, mask = tok.encode_batch(texts, max_len, add_bos=False)
+        if checkpoint_tok is not None:  # the prompts are tokenised as the pipeline tokenises the captions
+            from mmjax.data.preprocess import tokenize_checkpoint
+
+            ids, mask, _ = tokenize_checkpoint(checkpoint_tok, texts)
+        else:
+            max_len = int(self.info.get("max_text_len") or 0) or None
+            ids, mask = tok.encode_batch(texts, max_len, add_bos=False)
         model = runner.model
         variables = self._variables(runner, state)
         with runner.context():

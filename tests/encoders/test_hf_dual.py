@@ -140,3 +140,30 @@ def test_a_single_tower_directory_is_not_a_dual_encoder(tmp_path):
     transformers.ViTModel(transformers.ViTConfig(**VISION)).save_pretrained(str(tmp_path))
     with pytest.raises(HFCheckpointError, match="two-tower CLIP or SigLIP"):
         dual_encoder(str(tmp_path))
+
+
+def test_contrastive_eval_prompts_use_the_checkpoint_tokenizer(tmp_path):
+    """With data.modalities.text.tokenizer set, the task's zero-shot class prompts are the ids the
+    checkpoint's tokenizer gives (not the byte tokenizer's), so their embeddings are dual_encoder's."""
+    from experiments.configs import synthetic_contrastive
+    from mmjax.train import builder, init_from, tasks
+
+    _checkpoint(tmp_path, "clip")
+    c = synthetic_contrastive.get_config()
+    c.model.towers = dual_towers(str(tmp_path))
+    c.model.loss, c.model.project = "clip", False
+    c.parallel.mode = "single"
+    c.data.modalities = {"text": {"kind": "text", "tokenizer": str(tmp_path), "max_len": 16}}
+    batch = {"inputs": {"image": np.zeros((2, 32, 32, 3), np.float32), "text": np.ones((2, 16), np.int32)},
+             "token_mask": {"text": np.ones((2, 16), bool)}, "label": np.zeros(2, np.int32)}
+    runner = builder.build(c, 5)
+    state = init_from.apply_init_from(runner, runner.create_state(batch, jax.random.PRNGKey(0)),
+                                      {"pretrained": str(tmp_path)}, say=lambda _: None)
+    task = tasks.get_task(c, {"class_names": CLASSES, "tokenizer": None})
+    task.attach(runner)
+    got = task.class_prompt_embeddings(runner, state)  # (C, P, E), the config's prompt "a {}"
+    dual, variables, prep = dual_encoder(str(tmp_path))
+    ids, mask = prep["text"]([f"a {name}" for name in CLASSES])
+    want = jax.jit(lambda v, i, m: dual.apply(v, "text", i, m, method="embed"))(variables, ids, mask)
+    assert got.shape == (len(CLASSES), 1, want.shape[-1])
+    np.testing.assert_allclose(got[:, 0], np.asarray(want), rtol=1e-5, atol=1e-6)
