@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from benchmarks import input_checks, input_pipeline
-from tests.data.conftest import tiny_dir  # noqa: F401  (session fixture: av_digits/tiny in a tmp data_dir)
 
 
 @pytest.fixture(scope="module")
