@@ -15,6 +15,7 @@ are decided by process 0 (:mod:`mmjax.train.agreement`).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -48,6 +49,17 @@ class CheckpointMismatchError(CheckpointError):
     The workdir holds a run of another model or optimizer (a changed fusion,
     width or optimizer chain): the checkpoint is fine and is left where it is.
     """
+
+
+class _DropMessage(logging.Filter):
+    """Drops log records whose message is exactly ``text``."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != self.text
 
 
 class Checkpointer:
@@ -139,16 +151,24 @@ class Checkpointer:
         meta = {"step": int(step), "data_position": int(step), "config": to_json(config or {}),
                 "metrics": to_json(dict(metrics or {}))}
         tree = serialization.to_state_dict(state)
-        return self.manager.save(
-            int(step),
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(tree),
-                meta=ocp.args.JsonSave(meta),
-                checksums=ocp.args.JsonSave(checksum.record(tree, meta, ranked)),
-            ),
-            metrics=ranked,
-            force=force,
-        )
+        # A step saved before its eval (the final one) is ranked later by attach_metrics:
+        # Orbax's warning that it came without metrics says nothing to the user.
+        quiet = _DropMessage("Requested `tracked_metric`; did not provide metrics.")
+        absl_logger = logging.getLogger("absl")
+        absl_logger.addFilter(quiet)
+        try:
+            return self.manager.save(
+                int(step),
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(tree),
+                    meta=ocp.args.JsonSave(meta),
+                    checksums=ocp.args.JsonSave(checksum.record(tree, meta, ranked)),
+                ),
+                metrics=ranked,
+                force=force,
+            )
+        finally:
+            absl_logger.removeFilter(quiet)
 
     def _ranked(self, metrics: Mapping[str, Any]) -> Dict[str, float]:
         """The number-valued ``metrics`` Orbax ranks a step by (``best_metric`` must be among them)."""
