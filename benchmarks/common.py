@@ -22,7 +22,7 @@ import os
 import platform
 import statistics
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 
 # Compute dtypes the benchmarks measure (parameters stay float32).
@@ -294,6 +294,15 @@ def matmul_peak(n: int = 1024, *, repeats: int = 5, min_time: float = 0.2, torch
         out["torch_error"] = torch_error
     out["peak_flops_per_s"] = best
     return out
+
+
+def nested_get(d: Any, *keys: str) -> Any:
+    """``d[k0][k1]...``, or None where a level is missing or not a mapping (report tables)."""
+    for k in keys:
+        if not isinstance(d, Mapping) or k not in d:
+            return None
+        d = d[k]
+    return d
 
 
 def write_json(path: str, data: Any) -> None:

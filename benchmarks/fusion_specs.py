@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, List, Mapping, Optional
 
-from benchmarks.common import fmt_rate
+from benchmarks.common import fmt_rate, nested_get as _get
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,14 +93,6 @@ DEFAULT_SPEC = BlockSpec()
 def spec_for(name: str) -> BlockSpec:
     """The block's spec; a block registered after this file was written gets pooled inputs."""
     return SPECS.get(name, DEFAULT_SPEC)
-
-
-def _get(d: Any, *keys: str) -> Any:
-    for k in keys:
-        if not isinstance(d, Mapping) or k not in d:
-            return None
-        d = d[k]
-    return d
 
 
 def _config_cell(config: Mapping[str, Any]) -> str:

@@ -51,6 +51,7 @@ from benchmarks.common import (
     matmul_contenders,
     matmul_peak,
     memory_bytes,
+    nested_get as _get,
     time_calls,
     torch_device,
     time_interleaved,
@@ -750,14 +751,6 @@ def _write(out_dir: str, doc: Mapping[str, Any], log: Optional[Callable[[str], N
 
 
 # ----------------------------------------------------------------------------- report
-
-
-def _get(d: Any, *keys: str) -> Any:
-    for k in keys:
-        if not isinstance(d, Mapping) or k not in d:
-            return None
-        d = d[k]
-    return d
 
 
 def _x(v: Optional[float]) -> str:
