@@ -143,3 +143,43 @@ def _same(a: Any, b: Any) -> bool:
         return (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.dtype == b.dtype
                 and a.shape == b.shape and np.array_equal(a, b))
     return type(a) is type(b) and a == b
+
+
+def _needed_features(cfg) -> List[str]:
+    paths = [mc.feature for mc in cfg.modalities.values()]
+    paths += [mc.present for mc in cfg.modalities.values() if mc.get("present")]
+    return paths + ([cfg.label] if cfg.label else [])
+
+
+def for_split(cfg, b, split: str):
+    """(raw record source, :class:`FeatureParser`) of builder ``b``'s ``split`` for the features ``cfg`` reads,
+    or None where tfds's own deserialization must do."""
+    import tensorflow_datasets as tfds
+
+    try:
+        records = b.as_data_source(split=split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+        sample = records[0] if len(records) else None
+    except Exception:  # read errors surface, named, at the first read
+        return None
+    features = b.info.features
+    images = [mc.feature for mc in cfg.modalities.values() if mc.kind == "image"]
+    needed = _needed_features(cfg)
+    # The check compares the needed features only: tfds need not decode an image nobody reads.
+    reference_decoders = _skip_decoding(features, tfds, keep={p for p in needed if p not in images}) or None
+    parser = make_parser(features, needed, images,
+                         lambda r: features.deserialize_example_np(r, decoders=reference_decoders), sample)
+    return None if parser is None else (records, parser)
+
+
+def _skip_decoding(features, tfds, keep, prefix: str = "") -> Dict[str, Any]:
+    """SkipDecoding for every Image feature below ``features`` whose path is not in ``keep``."""
+    out: Dict[str, Any] = {}
+    for key in features.keys():
+        f, path = features[key], prefix + key
+        if isinstance(f, tfds.features.Image) and path not in keep:
+            out[key] = tfds.decode.SkipDecoding()
+        elif isinstance(f, tfds.features.FeaturesDict):
+            sub = _skip_decoding(f, tfds, keep, path + "/")
+            if sub:
+                out[key] = sub
+    return out

@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Sequence
 import numpy as np
 
 from mmjax.data import decode
+from mmjax.data import records
 from mmjax.data import preprocess as pp
 from mmjax.data.config import resolve_data_dir
 from mmjax.data.errors import DataConfigError, DataError
@@ -220,7 +221,7 @@ class SplitReader:
         decoders = _skip_image_decoding(cfg) if self._batched else None
         self._source = b.as_data_source(split=split, decoders=decoders)
         # Only the features the config reads, parsed without tfds's generic converter (mmjax.data.records).
-        self._records, self._parse = (_record_parser(cfg, b, split) if self._batched else None) or (None, None)
+        self._records, self._parse = (records.for_split(cfg, b, split) if self._batched else None) or (None, None)
 
     def __len__(self) -> int:
         return len(self._source)
@@ -253,47 +254,6 @@ class SplitReader:
                               self.standardize, self.tokenizers)
         cols["index"] = np.asarray(indices, np.int64)
         return cols
-
-
-def _needed_features(cfg) -> List[str]:
-    paths = [mc.feature for mc in cfg.modalities.values()]
-    paths += [mc.present for mc in cfg.modalities.values() if mc.get("present")]
-    return paths + ([cfg.label] if cfg.label else [])
-
-
-def _record_parser(cfg, b, split: str):
-    """(raw record source, :class:`mmjax.data.records.FeatureParser`) for the features ``cfg`` reads,
-    or None where tfds's own deserialization must do."""
-    from mmjax.data.records import make_parser
-
-    tfds = _tfds()
-    try:
-        records = b.as_data_source(split=split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
-        sample = records[0] if len(records) else None
-    except Exception:  # read errors surface, named, at the first read
-        return None
-    features = b.info.features
-    images = [mc.feature for mc in cfg.modalities.values() if mc.kind == "image"]
-    needed = _needed_features(cfg)
-    # The check compares the needed features only: tfds need not decode an image nobody reads.
-    reference_decoders = _skip_decoding(features, tfds, keep={p for p in needed if p not in images}) or None
-    parser = make_parser(features, needed, images,
-                         lambda r: features.deserialize_example_np(r, decoders=reference_decoders), sample)
-    return None if parser is None else (records, parser)
-
-
-def _skip_decoding(features, tfds, keep, prefix: str = "") -> Dict[str, Any]:
-    """SkipDecoding for every Image feature below ``features`` whose path is not in ``keep``."""
-    out: Dict[str, Any] = {}
-    for key in features.keys():
-        f, path = features[key], prefix + key
-        if isinstance(f, tfds.features.Image) and path not in keep:
-            out[key] = tfds.decode.SkipDecoding()
-        elif isinstance(f, tfds.features.FeaturesDict):
-            sub = _skip_decoding(f, tfds, keep, path + "/")
-            if sub:
-                out[key] = sub
-    return out
 
 
 def standardize_stats(cfg, b) -> Dict[str, Any]:
