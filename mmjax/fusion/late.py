@@ -40,6 +40,11 @@ class LateFusion(nn.Module):
       dropout_rate: dropout after the hidden activation (train only).
     """
 
+    # Decision-level fusion: a classifier config naming this block (``model.fusion="late"``) gets
+    # one head per modality whose logits this block combines, out_dim = the number of classes
+    # by default (mmjax.models.fusion_choice reads this declaration).
+    fuses_logits = True
+
     out_dim: int
     hidden_dim: Optional[int] = None
     combine: str = "mean"

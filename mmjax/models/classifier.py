@@ -1,17 +1,20 @@
 """A multimodal classifier assembled from config strings.
 
 ``Classifier`` = per-modality encoders -> fusion block -> head, with the fusion
-placement a config choice:
+placement a config choice (:func:`mmjax.models.fusion_choice.resolve` reads
+``placement`` and ``fusion``; its table lists every spelling):
 
 * ``middle`` (default): each modality is encoded on its own, the fusion block
   combines the per-modality ``Encoded`` features, an MLP head maps to logits.
+  ``fusion="none"``: one modality, encoder -> head.
 * ``early``: each modality is turned into tokens (by its encoder(s) when given,
   else by a linear projection of the raw features), projected to a common
   width, tagged with a learned modality embedding, concatenated along tokens
-  and run through one shared ``TransformerStack``; the masked mean over tokens
-  goes to the head. No fusion block.
-* ``late``: each modality gets its own head; the per-modality logits (B, C)
-  are combined by the ``late`` fusion block (looked up by registry name).
+  and run through one shared ``TransformerStack`` (:mod:`mmjax.models.early`);
+  the masked mean over tokens goes to the head. No fusion block.
+* ``late`` (decision-level; ``fusion="late"``, or the old spelling
+  ``placement="late"``): each modality gets its own head; the per-modality
+  logits (B, C) are combined by the fusion block.
 
 >>> model = Classifier(num_classes=10, encoders={"image": {"name": "cnn"},
 ...                    "audio": [{"name": "audio_cnn"}, {"name": "lstm"}]},
@@ -28,23 +31,19 @@ import jax
 import jax.numpy as jnp
 
 from mmjax import encoders as encoder_registry
-from mmjax import errors
 from mmjax import fusion as fusion_registry
+from mmjax.layers import dense
+from mmjax.models import early
+from mmjax.models.fusion_choice import NO_FUSION, PLACEMENTS, FusionChoice, ModelConfigError, resolve
 from mmjax.registry import BadSizeError, check_sizes
-from mmjax.layers import TransformerStack, dense
-from mmjax.layers.masked import masked_mean
-from mmjax.sharding import CLASSES, EMBED, FUSION_IN, MLP, logical
+from mmjax.sharding import CLASSES, FUSION_IN, MLP
 from mmjax.types import Encoded
 
 Array = jax.Array
 
-PLACEMENTS = ("early", "middle", "late")
-# model.fusion value for a single-modality model (a unimodal baseline): no fusion block.
-NO_FUSION = "none"
-
-
-class ModelConfigError(errors.ConfigError):
-    """Bad classifier config: placement, encoder spec or inputs that do not match it."""
+# NO_FUSION, PLACEMENTS and ModelConfigError live in fusion_choice; they have always been imported from here.
+__all__ = ["NO_FUSION", "PLACEMENTS", "Classifier", "Head", "ModelConfigError", "build_classifier",
+           "combine_encoded", "masked_inputs_zeroed"]
 
 
 def _encoder_specs(modality: str, spec: Any) -> Tuple[Dict[str, Any], ...]:
@@ -134,9 +133,11 @@ class Classifier(nn.Module):
         of specs whose outputs are combined (:func:`combine_encoded`). In
         ``early`` placement a modality may be left out of ``encoders`` (or map
         to None): its raw features are linearly projected to tokens.
-      fusion: fusion block name (``middle``) or ``"late"`` (``late`` placement).
+      fusion: fusion block name; ``"late"`` (any block whose class says
+        ``fuses_logits``) means decision-level fusion; ``"none"``: one modality, no block.
       fusion_config: kwargs of the fusion block.
-      placement: "early", "middle" or "late".
+      placement: "early", "middle" or "late" (``placement="late"`` with the default
+        ``fusion="concat"`` is the old spelling of ``fusion="late"``).
       head_hidden: widths of the head's hidden layers.
       dropout_rate: dropout before the output layer.
       early_width / early_layers / early_heads / early_mlp_dim: the shared
@@ -163,9 +164,11 @@ class Classifier(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
-    def _check(self, batch: Mapping[str, Any]) -> Dict[str, Array]:
-        if self.placement not in PLACEMENTS:
-            raise ModelConfigError(f"model.placement must be one of {PLACEMENTS}, got {self.placement!r}")
+    def _choice(self) -> FusionChoice:
+        return resolve({"placement": self.placement, "fusion": self.fusion, "encoders": self.encoders,
+                        "fusion_config": self.fusion_config or {}}, num_classes=self.num_classes)
+
+    def _check(self, batch: Mapping[str, Any], placement: str) -> Dict[str, Array]:
         if not isinstance(batch, Mapping) or "inputs" not in batch:
             raise ModelConfigError("Classifier: batch must be a dict with an 'inputs' dict (modality -> array)")
         inputs = dict(batch["inputs"])
@@ -176,7 +179,7 @@ class Classifier(nn.Module):
                 f"Classifier: model.encoders names modalities {missing} that are not in batch['inputs'] "
                 f"(which has {sorted(inputs)})"
             )
-        if self.placement != "early":
+        if placement != "early":
             # Extra modalities without an encoder are ignored in middle/late placement.
             inputs = {m: inputs[m] for m in wanted}
         return inputs
@@ -192,117 +195,44 @@ class Classifier(nn.Module):
             parts.append(enc(x, mask, train=train))
         return combine_encoded(parts)
 
+    def _head(self, name: str) -> Head:
+        return Head(self.num_classes, tuple(self.head_hidden), self.dropout_rate, self.dtype, self.param_dtype,
+                    name=name)
+
+    def _block(self, choice: FusionChoice) -> nn.Module:
+        cfg = dict(choice.block_config)
+        cfg.setdefault("dtype", self.dtype)
+        cfg.setdefault("param_dtype", self.param_dtype)
+        return _build(fusion_registry.FUSION, choice.block, cfg, "model.fusion_config", "fusion")
+
     @nn.compact
     def __call__(self, batch: Mapping[str, Any], *, train: bool = False) -> Array:
-        inputs = self._check(batch)
+        choice = self._choice()
+        inputs = self._check(batch, choice.placement)
         token_mask = dict(batch.get("token_mask") or {})
         modality_mask = {m: v for m, v in dict(batch.get("modality_mask") or {}).items() if m in inputs}
         inputs = masked_inputs_zeroed(inputs, modality_mask)
-        if self.placement == "early":
-            return self._early(inputs, token_mask, modality_mask, train)
+        if choice.placement == "early":
+            pooled = early.early_pooled(self, inputs, token_mask, modality_mask, train)
+            return self._head("head")(pooled, train=train)
 
         encoded = {m: self._encode(m, inputs[m], token_mask.get(m), train) for m in sorted(inputs)}
-        head = lambda name: Head(self.num_classes, tuple(self.head_hidden), self.dropout_rate,  # noqa: E731
-                                 self.dtype, self.param_dtype, name=name)
-        if self.placement == "middle" and self.fusion == NO_FUSION:
+        if choice.placement == "late":
+            # Decision-level: one head per modality, their logits (B, C) combined by the block.
+            logits = {m: self._head(f"head_{m}")(encoded[m].pooled, train=train) for m in sorted(encoded)}
+            out = self._block(choice)(logits, modality_mask or None, train=train)
+            if out.shape[-1] != self.num_classes:
+                out = self._head("head")(out, train=train)
+            return out.astype(jnp.float32)
+        if choice.block is None:
             # A unimodal baseline: encoder -> head, no fusion block.
-            if len(encoded) != 1:
-                raise ValueError(f"model.fusion={NO_FUSION!r} needs exactly one modality, got {sorted(encoded)}")
             (m, enc), = encoded.items()
             pooled = enc.pooled
             if modality_mask and m in modality_mask:
                 pooled = jnp.where(modality_mask[m][:, None], pooled, 0)
-            return head("head")(pooled.astype(self.dtype), train=train)
-        if self.placement == "middle":
-            cfg = dict(self.fusion_config or {})
-            cfg.setdefault("dtype", self.dtype)
-            cfg.setdefault("param_dtype", self.param_dtype)
-            fused = _build(fusion_registry.FUSION, self.fusion, cfg, "model.fusion_config", "fusion")(
-                encoded, modality_mask or None, train=train
-            )
-            return head("head")(fused, train=train)
-
-        # late: one head per modality, combined by the late fusion block.
-        logits = {m: head(f"head_{m}")(encoded[m].pooled, train=train) for m in sorted(encoded)}
-        cfg = dict(self.fusion_config or {})
-        cfg.setdefault("dtype", self.dtype)
-        cfg.setdefault("param_dtype", self.param_dtype)
-        name = self.fusion if self.fusion != "concat" else "late"
-        if name == "late":
-            cfg.setdefault("out_dim", self.num_classes)
-        out = _build(fusion_registry.FUSION, name, cfg, "model.fusion_config", "fusion")(
-            logits, modality_mask or None, train=train
-        )
-        if out.shape[-1] != self.num_classes:
-            out = head("head")(out, train=train)
-        return out.astype(jnp.float32)
-
-    def _tokens(self, modality: str, x: Array, mask: Optional[Array], train: bool) -> Tuple[Array, Array]:
-        """Raw input or encoder output -> ((B, T, early_width) tokens, (B, T) mask)."""
-        spec = self.encoders.get(modality)
-        if spec:
-            enc = self._encode(modality, x, mask, train)
-            tokens, tmask = enc.tokens, enc.mask
-        elif jnp.issubdtype(x.dtype, jnp.integer):
-            if x.ndim != 2 or not self.early_vocab_size:
-                raise ModelConfigError(
-                    f"early fusion: modality {modality!r} has integer ids {x.shape}; give it an encoder "
-                    "in model.encoders or set model.early_vocab_size"
-                )
-            tokens = nn.Embed(self.early_vocab_size, self.early_width, dtype=self.dtype, param_dtype=self.param_dtype,
-                              embedding_init=logical(nn.initializers.normal(0.02), ("vocab", EMBED)),
-                              name=f"embed_{modality}")(x)
-            tmask = (x != 0) if mask is None else mask
-        elif x.ndim == 2:  # (B, D): one token
-            tokens, tmask = x[:, None, :], jnp.ones(x.shape[:1] + (1,), bool)
-        elif x.ndim == 3:  # (B, T, D) or audio-like sequences of frames
-            tokens = x
-            tmask = jnp.ones(x.shape[:2], bool) if mask is None else mask
-        elif x.ndim == 4:  # (B, H, W, C) image: non-overlapping patches
-            p = self.early_patch_size
-            b, h, w, c = x.shape
-            if h % p or w % p:
-                raise ModelConfigError(
-                    f"early fusion: image {modality!r} of size {h}x{w} is not divisible by early_patch_size={p}"
-                )
-            tokens = x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, -1, p * p * c)
-            tmask = jnp.ones(tokens.shape[:2], bool)
-        else:
-            raise ModelConfigError(
-                f"early fusion: modality {modality!r} input of shape {x.shape} has no default tokenizer; "
-                "give it an encoder in model.encoders"
-            )
-        if tokens.shape[1] > self.early_max_len:
-            raise ModelConfigError(
-                f"early fusion: modality {modality!r} has {tokens.shape[1]} tokens > early_max_len={self.early_max_len}"
-            )
-        tokens = dense(self.early_width, axes=(FUSION_IN, EMBED), dtype=self.dtype,
-                       param_dtype=self.param_dtype, name=f"proj_{modality}")(tokens.astype(self.dtype))
-        pos = self.param(f"pos_{modality}", logical(nn.initializers.normal(0.02), ("length", EMBED)),
-                         (self.early_max_len, self.early_width), self.param_dtype)
-        kind = self.param(f"modality_{modality}", logical(nn.initializers.normal(0.02), (EMBED,)),
-                          (self.early_width,), self.param_dtype)
-        tokens = tokens + pos[None, : tokens.shape[1]].astype(self.dtype) + kind.astype(self.dtype)
-        return tokens, tmask.astype(bool)
-
-    def _early(self, inputs, token_mask, modality_mask, train) -> Array:
-        toks, masks = [], []
-        for m in sorted(inputs):
-            t, tm = self._tokens(m, inputs[m], token_mask.get(m), train)
-            if m in modality_mask:
-                present = modality_mask[m].astype(bool)
-                tm = tm & present[:, None]
-            t = jnp.where(tm[..., None], t, 0)
-            toks.append(t)
-            masks.append(tm)
-        tokens = jnp.concatenate(toks, axis=1)
-        mask = jnp.concatenate(masks, axis=1)
-        h = TransformerStack(self.early_layers, self.early_heads, self.early_mlp_dim, self.dropout_rate,
-                             dtype=self.dtype, param_dtype=self.param_dtype, name="shared")(h_in := tokens, mask, train=train)
-        del h_in
-        pooled = masked_mean(h, mask)
-        return Head(self.num_classes, tuple(self.head_hidden), self.dropout_rate, self.dtype,
-                    self.param_dtype, name="head")(pooled, train=train)
+            return self._head("head")(pooled.astype(self.dtype), train=train)
+        fused = self._block(choice)(encoded, modality_mask or None, train=train)
+        return self._head("head")(fused, train=train)
 
 
 def _build(registry, name: str, kwargs: Dict[str, Any], where: str, module_name: str) -> nn.Module:
