@@ -1,21 +1,36 @@
-"""Transformer layers: multi-head attention, MLP, pre-LN block and a stack.
+"""Transformer layers: multi-head attention (with an optional KV cache), MLP,
+pre-LN block and a stack.
 
 Shared by the ViT / text / audio / video encoders, the attention fusion blocks
-and the caption decoder. Attention goes through :func:`dot_product_attention`,
-which picks cuDNN's fused flash-attention kernel on a GPU for bf16/fp16 inputs
-of a shape it supports (``jax.nn.dot_product_attention`` alone always takes
-the XLA path unless told otherwise) and XLA's everywhere else.
+and the caption decoder. Attention goes through
+:func:`mmjax.layers.attention_ops.dot_product_attention` (cuDNN flash attention
+where it applies, XLA elsewhere).
+
+Cached decoding. ``MultiHeadAttention(decode=True)`` is causal self-attention
+that processes T >= 1 new positions per call and keeps the projected keys and
+values of all earlier ones in the flax ``"cache"`` collection
+(``apply(..., mutable=["cache"])``): ``cached_key`` / ``cached_value``
+(B, L_max, N, H) and the write position ``cache_index``. The cache is created
+by an ``init`` (or ``jax.eval_shape`` of it) in decode mode on a (B, L_max)
+dummy: that call sets L_max and runs plain causal attention.
 """
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmjax.sharding import EMBED, HEADS, KV, LAYERS, MLP, NORM, logical
+from mmjax.layers.attention_ops import (  # re-exported (see __all__): their historical import path
+    ATTENTION_IMPLEMENTATIONS,
+    HeadMerge,
+    HeadProjection,
+    cudnn_attention_applies,
+    dot_product_attention,
+)
+from mmjax.sharding import EMBED, LAYERS, MLP, NORM, logical
 
 Array = jax.Array
 
@@ -42,107 +57,14 @@ def attention_mask(q_mask: Optional[Array], kv_mask: Optional[Array]) -> Optiona
     return kv_mask[:, None, :]
 
 
-ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
-
-
-def cudnn_attention_applies(backend: str, dtype: Any, head_dim: int, q_len: int, kv_len: int,
-                            has_mask: bool) -> bool:
-    """Whether cuDNN flash attention can run these shapes (its documented limits).
-
-    GPU only, bf16/fp16 inputs, head dim a multiple of 8 and at most 128; with
-    a mask (cuDNN takes it as a bias), even query and key lengths.
-    """
-    return (
-        backend in ("gpu", "cuda")
-        and jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-        and head_dim % 8 == 0
-        and head_dim <= 128
-        and (not has_mask or (q_len % 2 == 0 and kv_len % 2 == 0))
-    )
-
-
-def dot_product_attention(q: Array, k: Array, v: Array, *, mask: Optional[Array] = None,
-                          is_causal: bool = False, implementation: str = "auto") -> Array:
-    """Scaled dot-product attention: q (B, T, N, H), k and v (B, S, N, H), mask
-    broadcastable to (B, N, T, S) bool (True = may attend) -> (B, T, N, H).
-
-    implementation: "auto" (cuDNN where :func:`cudnn_attention_applies`, XLA
-    otherwise), "xla", or "cudnn" (raises where cuDNN cannot run).
-    """
-    if implementation not in ATTENTION_IMPLEMENTATIONS:
-        raise ValueError(f"attention implementation must be one of {ATTENTION_IMPLEMENTATIONS}, "
-                         f"got {implementation!r}")
-    if implementation == "auto":
-        if cudnn_attention_applies(jax.default_backend(), q.dtype, q.shape[-1], q.shape[1], k.shape[1],
-                                   mask is not None):
-            try:
-                return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
-                                                    implementation="cudnn")
-            except (NotImplementedError, RuntimeError):
-                pass  # a cuDNN limit not listed above (version, compute capability): XLA instead
-        implementation = "xla"
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, implementation=implementation)
-
-
-class HeadProjection(nn.Module):
-    """(B, T, D) -> (B, T, N, H) with kernel (D, N, H) and bias (N, H).
-
-    Written with explicit full-rank weights (not ``nn.DenseGeneral``, which
-    initialises a flattened 2-D kernel) so the three logical axis names match
-    the array's rank when the weights are created already sharded.
-    """
-
-    num_heads: int
-    head_dim: int
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        shape = (x.shape[-1], self.num_heads, self.head_dim)
-        kernel = self.param("kernel", logical(_fan_in_out_xavier(shape[0], self.num_heads * self.head_dim),
-                                              (EMBED, HEADS, KV)), shape, self.param_dtype)
-        bias = self.param("bias", logical(nn.initializers.zeros_init(), (HEADS, KV)),
-                          shape[1:], self.param_dtype)
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        return jnp.einsum("btd,dnh->btnh", x, kernel) + bias
-
-
-class HeadMerge(nn.Module):
-    """(B, T, N, H) -> (B, T, out_dim) with kernel (N, H, out_dim) and bias (out_dim,)."""
-
-    out_dim: int
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        shape = x.shape[-2:] + (self.out_dim,)
-        kernel = self.param("kernel", logical(_fan_in_out_xavier(shape[0] * shape[1], self.out_dim),
-                                              (HEADS, KV, EMBED)), shape, self.param_dtype)
-        bias = self.param("bias", logical(nn.initializers.zeros_init(), (EMBED,)), (self.out_dim,),
-                          self.param_dtype)
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        return jnp.einsum("btnh,nhd->btd", x, kernel) + bias
-
-
-def _fan_in_out_xavier(fan_in: int, fan_out: int):
-    """Glorot-uniform for a kernel whose fan-in / fan-out span several axes."""
-    limit = (6.0 / (fan_in + fan_out)) ** 0.5
-
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -limit, limit)
-
-    return init
-
-
 class MultiHeadAttention(nn.Module):
-    """Multi-head (self or cross) attention.
+    """Multi-head (self or cross) attention, optionally with a KV cache.
 
     Attributes:
       num_heads: number of heads N.
       qkv_dim: total width of q/k/v (N * head_dim); defaults to the query width.
       out_dim: output width; defaults to the query width.
+      decode: cached incremental causal self-attention (see the module docstring).
     """
 
     num_heads: int
@@ -151,46 +73,56 @@ class MultiHeadAttention(nn.Module):
     dropout_rate: float = 0.0
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    decode: bool = False
 
     @nn.compact
-    def __call__(
-        self,
-        inputs_q: Array,
-        inputs_kv: Optional[Array] = None,
-        mask: Optional[Array] = None,
-        causal: bool = False,
-        train: bool = False,
-    ) -> Array:
+    def __call__(self, inputs_q: Array, inputs_kv: Optional[Array] = None, mask: Optional[Array] = None,
+                 causal: bool = False, train: bool = False) -> Array:
         """inputs_q (B, T, Dq), inputs_kv (B, S, Dkv) or None for self-attention,
         mask (B, T, S) bool (True = may attend) -> (B, T, out_dim)."""
+        if self.decode and (inputs_kv is not None or mask is not None or not causal):
+            raise ValueError("MultiHeadAttention(decode=True) is causal self-attention without a mask "
+                             "(the cache holds every earlier position, none of them padding)")
         if inputs_kv is None:
             inputs_kv = inputs_q
         qkv_dim = self.qkv_dim or inputs_q.shape[-1]
         if qkv_dim % self.num_heads:
-            raise ValueError(
-                f"attention width {qkv_dim} is not divisible by num_heads={self.num_heads}"
-            )
-        head_dim = qkv_dim // self.num_heads
-        proj = functools.partial(
-            HeadProjection,
-            num_heads=self.num_heads,
-            head_dim=head_dim,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-        )
+            raise ValueError(f"attention width {qkv_dim} is not divisible by num_heads={self.num_heads}")
+        proj = functools.partial(HeadProjection, num_heads=self.num_heads, head_dim=qkv_dim // self.num_heads,
+                                 dtype=self.dtype, param_dtype=self.param_dtype)
         q = proj(name="query")(inputs_q)
         k = proj(name="key")(inputs_kv)
         v = proj(name="value")(inputs_kv)
         if mask is not None:
             mask = mask[:, None, :, :]  # (B, 1, T, S): same mask for every head
+        if self.decode:
+            k, v, mask, causal = self._extend_cache(k, v)
         out = dot_product_attention(q, k, v, mask=mask, is_causal=causal)
-        out = HeadMerge(
-            out_dim=self.out_dim or inputs_q.shape[-1],
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name="out",
-        )(out)
+        out = HeadMerge(out_dim=self.out_dim or inputs_q.shape[-1], dtype=self.dtype,
+                        param_dtype=self.param_dtype, name="out")(out)
         return nn.Dropout(self.dropout_rate)(out, deterministic=not train)
+
+    def _extend_cache(self, k: Array, v: Array) -> Tuple[Array, Array, Optional[Array], bool]:
+        """Writes this call's k, v (B, T, N, H) into the cache at ``cache_index``.
+
+        Returns the keys and values to attend to, the mask and the causal flag:
+        on the shape-defining init call this call's own (causal); afterwards the
+        whole cache (B, L_max, N, H) with mask (1, 1, T, L_max), where the query at
+        absolute position i + t sees cached positions 0 .. i + t.
+        """
+        initialized = self.has_variable("cache", "cached_key")
+        cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+        cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+        index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+        if not initialized:
+            return k, v, None, True
+        i, t = index.value, k.shape[1]
+        k = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype), (0, i, 0, 0))
+        v = jax.lax.dynamic_update_slice(cached_v.value, v.astype(cached_v.value.dtype), (0, i, 0, 0))
+        cached_k.value, cached_v.value = k, v
+        index.value = i + t
+        allowed = jnp.arange(k.shape[1])[None, :] <= (i + jnp.arange(t))[:, None]
+        return k, v, allowed[None, None], False
 
 
 class MlpBlock(nn.Module):
@@ -229,7 +161,10 @@ class TransformerBlock(nn.Module):
     """Pre-LN block: x + SelfAttn(LN x) [+ CrossAttn(LN x, context)] + MLP(LN x).
 
     Shapes: x (B, T, D), mask (B, T) bool key padding mask, context (B, S, Dc),
-    context_mask (B, S) bool. Returns (B, T, D).
+    context_mask (B, S) bool. Returns (B, T, D). ``decode=True`` (needs
+    ``causal``) caches the self-attention's keys and values (see the module
+    docstring); cross-attention keys and values are recomputed from the context
+    at each call. In decode mode ``mask`` must be None.
     """
 
     num_heads: int
@@ -239,6 +174,7 @@ class TransformerBlock(nn.Module):
     cross_attention: bool = False
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    decode: bool = False
 
     @nn.compact
     def __call__(
@@ -257,7 +193,7 @@ class TransformerBlock(nn.Module):
             param_dtype=self.param_dtype,
         )
         h = layer_norm(self.dtype, self.param_dtype, "ln_attn")(x)
-        x = x + attn(name="self_attn")(
+        x = x + attn(name="self_attn", decode=self.decode)(
             h, mask=attention_mask(mask, mask), causal=self.causal, train=train
         )
         if self.cross_attention:
@@ -341,3 +277,18 @@ class TransformerStack(nn.Module):
         if self.final_norm:
             x = layer_norm(self.dtype, self.param_dtype, "ln_final")(x)
         return x
+
+
+__all__ = [
+    "ATTENTION_IMPLEMENTATIONS",
+    "HeadMerge",
+    "HeadProjection",
+    "MlpBlock",
+    "MultiHeadAttention",
+    "TransformerBlock",
+    "TransformerStack",
+    "attention_mask",
+    "cudnn_attention_applies",
+    "dot_product_attention",
+    "layer_norm",
+]
