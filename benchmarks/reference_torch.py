@@ -152,18 +152,22 @@ class GatedRef(FusionReference):
     h_m = tanh(W_m z_m); g = softmax over modalities of W_g [z_1; ...; z_M]
     (per output unit), z = sum_m g_m * h_m. ``gate="sigmoid"`` with two
     modalities is the paper's bimodal form z = g h_1 + (1 - g) h_2.
+    ``normalize`` (mmjax's default) first brings each z_m to zero mean and unit
+    variance (a LayerNorm without parameters); ``normalize=False`` is the paper's GMU.
     """
 
-    def __init__(self, names, dims, out_dim, gate: str = "softmax"):
+    def __init__(self, names, dims, out_dim, gate: str = "softmax", normalize: bool = True):
         super().__init__(names, dims, out_dim)
         if gate not in ("softmax", "sigmoid") or (gate == "sigmoid" and len(dims) != 2):
             raise ReferenceError(f"gated reference: gate={gate!r} with {len(dims)} modalities")
-        self.gate_kind = gate
+        self.gate_kind, self.normalize = gate, normalize
         self.hidden = nn.ModuleList(nn.Linear(d, out_dim) for d in dims)
         g = 1 if gate == "sigmoid" else len(dims)
         self.gate = nn.Linear(sum(dims), g * out_dim)
 
     def forward(self, *xs):
+        if self.normalize:
+            xs = [F.layer_norm(x, x.shape[-1:], eps=1e-6) for x in xs]
         h = torch.stack([torch.tanh(lin(x)) for lin, x in zip(self.hidden, xs)], dim=1)
         logits = self.gate(torch.cat(xs, dim=-1))
         if self.gate_kind == "sigmoid":

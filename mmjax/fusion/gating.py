@@ -32,13 +32,22 @@ class GatedFusion(nn.Module):
     the present modalities; in sigmoid mode a lone present modality gets gate 1.
     An example with no modality present gets zeros.
 
+    With ``normalize=True`` (the default) each z_m first goes through a
+    LayerNorm without parameters (zero mean, unit variance over D_m): the
+    encoders trained through the tanh and the gate otherwise grow their
+    features (on av_digits from std 0.5-1 to 7-9 within 300 steps), which
+    saturates both (pre-activations of |12|), and no gradient gets back
+    through them. ``normalize=False`` is the published GMU.
+
     Attributes:
       out_dim: width of h_m and of the output.
       gate: "softmax" (any M >= 2) or "sigmoid" (M == 2 only).
+      normalize: unit-scale the inputs (no parameters, so the tree is the same).
     """
 
     out_dim: int
     gate: str = "softmax"
+    normalize: bool = True
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -52,6 +61,8 @@ class GatedFusion(nn.Module):
             raise FusionInputError(f"gated: gate='sigmoid' needs exactly 2 modalities, got {m}: {list(names)}")
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         z = [inputs.pooled[n].astype(self.dtype) for n in names]
+        if self.normalize:
+            z = [_unit_scale(x) for x in z]
         h = jnp.stack([jnp.tanh(dense(self.out_dim, **kw, name=f"hidden_{n}")(x)) for n, x in zip(names, z)], 1)
         zcat = jnp.concatenate(z, axis=-1)
         present = inputs.present_matrix(bool)  # (B, M)
@@ -76,8 +87,12 @@ class FiLMFusion(nn.Module):
         z   = gamma(x_c) * (W x_b + b) + beta(x_c)
         gamma(x_c) = 1 + W_gamma x_c + b_gamma,   beta(x_c) = W_beta x_c + b_beta
 
-    gamma is parametrised around 1 (W_gamma, b_gamma start at zero-mean /
-    zero), so an absent conditioning signal gives a near-identity modulation.
+    gamma is parametrised around 1. With ``identity_init=True`` (the default)
+    W_gamma starts at zero, so gamma = 1 exactly at initialisation and the
+    block starts as base + beta, an additive fusion; with False W_gamma is
+    LeCun-normal as in FiLM's reference code, and gamma - 1 starts at the
+    conditioner's scale (std 1.0 on av_digits: a sign flip on ~16% of units,
+    and a gradient norm of 23 at step 50).
 
     Input: pooled (B, D_m) or tokens (B, T_m, D_m) per modality. Output: (B, out_dim).
 
@@ -89,10 +104,12 @@ class FiLMFusion(nn.Module):
     Attributes:
       out_dim: output width.
       target: name of the modulated modality; None = the first in sorted order.
+      identity_init: start W_gamma at zero (gamma = 1); same parameter tree either way.
     """
 
     out_dim: int
     target: Optional[str] = None
+    identity_init: bool = True
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -104,9 +121,18 @@ class FiLMFusion(nn.Module):
         x_b = inputs.pooled[target].astype(self.dtype)
         x_c = jnp.concatenate([inputs.pooled[n].astype(self.dtype) for n in inputs.names if n != target], -1)
         base = dense(self.out_dim, **kw, name="base")(x_b)
-        gamma = 1 + dense(self.out_dim, **kw, name="gamma")(x_c)
+        gamma_init = nn.initializers.zeros_init() if self.identity_init else nn.initializers.lecun_normal()
+        gamma = 1 + dense(self.out_dim, **kw, kernel_init=gamma_init, name="gamma")(x_c)
         beta = dense(self.out_dim, **kw, name="beta")(x_c)
         return gamma * base + beta
+
+
+def _unit_scale(x: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """(..., D) -> zero mean, unit variance over D (a LayerNorm with no scale or bias), in >= float32."""
+    wide = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    mean = wide.mean(-1, keepdims=True)
+    var = jnp.square(wide - mean).mean(-1, keepdims=True)
+    return ((wide - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
 
 
 def _film_target(target: Optional[str], names: Sequence[str]) -> str:

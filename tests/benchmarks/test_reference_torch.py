@@ -23,8 +23,10 @@ CASES = [
     ("concat", {}, False, 3),
     ("sum", {}, False, 3),
     ("weighted", {}, False, 3),
-    ("gated", {}, False, 3),
-    ("gated", {"gate": "sigmoid"}, False, 2),
+    # normalize=False: the published GMU; the default unit-scales each input first.
+    ("gated", {"normalize": False}, False, 3),
+    ("gated", {"gate": "sigmoid", "normalize": False}, False, 2),
+    ("gated", {}, False, 2),
     ("film", {}, False, 3),
     ("film", {"target": "m1"}, False, 2),
     # normalize=False: MultiBench's TFN / LMF formulas; the default adds a LayerNorm on the output.

@@ -30,6 +30,7 @@ CASES = {
     "weighted": ("weighted", {"out_dim": OUT}, "abc"),
     "gated": ("gated", {"out_dim": OUT}, "abc"),
     "gated_sigmoid": ("gated", {"out_dim": OUT, "gate": "sigmoid"}, "ab"),
+    "gated_paper": ("gated", {"out_dim": OUT, "normalize": False}, "abc"),  # the published GMU
     "film": ("film", {"out_dim": OUT}, "abc"),
     "film_target": ("film", {"out_dim": OUT, "target": "c"}, "abc"),
     # normalize=False: the papers' TFN / LMF formulas; the *_norm cases add the default output LayerNorm.
@@ -172,6 +173,8 @@ def reference(case_id, params, feats, mask):
         w = np_softmax_present(np.broadcast_to(P["modality_logits"], pr.shape), pr, 1)
         return (w[..., None] * v).sum(1)
     if name == "gated":
+        if cfg.get("normalize", True):  # the default: each input at zero mean, unit variance (no params)
+            z = {n: (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-6) for n, x in z.items()}
         h = np.stack([np.tanh(lin(P[f"hidden_{n}"], z[n])) for n in names], 1)
         g = lin(P["gate"], np.concatenate([z[n] for n in names], -1))
         if cfg.get("gate") == "sigmoid":
