@@ -22,10 +22,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmjax.fusion.attention import (
-    READOUTS, _projection_cost, _self_block_flops, _self_block_params, _lengths, _project_tokens,
-)
-from mmjax.fusion.base import FusionInputError, masked_mean, prepare, with_pooled_token
+from mmjax.fusion.attention_common import _check_common, _check_readout, _project_tokens
+from mmjax.fusion.attention_cost import _lengths, _projection_cost, _self_block_flops, _self_block_params
+from mmjax.fusion.base import masked_mean, prepare, with_pooled_token
 from mmjax.fusion.cost import Cost, register_cost
 from mmjax.fusion.registry import register
 from mmjax.layers import dense
@@ -35,14 +34,12 @@ from mmjax.sharding import EMBED, logical
 Array = jax.Array
 
 
-def _check(block: str, dim: int, num_heads: int, mlp_dim: Optional[int], pooled_token: bool, readout: str) -> int:
-    if dim % num_heads:
-        raise FusionInputError(f"{block}: dim={dim} is not divisible by num_heads={num_heads}")
-    if readout not in READOUTS:
-        raise FusionInputError(f"{block}: readout must be one of {READOUTS}, got {readout!r}")
-    if readout == "pooled_token" and not pooled_token:
-        raise FusionInputError(f"{block}: readout='pooled_token' needs pooled_token=True")
-    return 4 * dim if mlp_dim is None else mlp_dim
+def _check(block: str, dim: int, num_heads: int, num_layers: int, mlp_dim: Optional[int], pooled_token: bool,
+           readout: str) -> int:
+    """The attention blocks' checks (AttentionConfigError naming block and key); returns mlp_dim."""
+    mlp = _check_common(block, dim, num_heads, num_layers, mlp_dim)
+    _check_readout(block, pooled_token, readout)
+    return mlp
 
 
 def _stack(module: nn.Module, mlp_dim: int, name: str) -> TransformerStack:
@@ -86,8 +83,8 @@ class EarlyTransformerFusion(nn.Module):
     @nn.compact
     def __call__(self, features, modality_mask=None, *, train: bool = False) -> Array:
         inputs = prepare(features, modality_mask, block="early_transformer")
-        mlp_dim = _check("early_transformer", self.dim, self.num_heads, self.mlp_dim, self.pooled_token,
-                         self.readout)
+        mlp_dim = _check("early_transformer", self.dim, self.num_heads, self.num_layers, self.mlp_dim,
+                         self.pooled_token, self.readout)
         if self.pooled_token:
             inputs = with_pooled_token(inputs, "early_transformer")
         x = _project_tokens(self, inputs, self.dim, self.pos_emb)
@@ -136,8 +133,8 @@ class LateTransformerFusion(nn.Module):
     @nn.compact
     def __call__(self, features, modality_mask=None, *, train: bool = False) -> Array:
         inputs = prepare(features, modality_mask, block="late_transformer")
-        mlp_dim = _check("late_transformer", self.dim, self.num_heads, self.mlp_dim, self.pooled_token,
-                         self.readout)
+        mlp_dim = _check("late_transformer", self.dim, self.num_heads, self.num_layers, self.mlp_dim,
+                         self.pooled_token, self.readout)
         if self.pooled_token:
             inputs = with_pooled_token(inputs, "late_transformer")
         x = _project_tokens(self, inputs, self.dim, self.pos_emb)
@@ -154,7 +151,7 @@ class LateTransformerFusion(nn.Module):
 
 def _transformer_cost(block, dims, out_dim, dim, num_heads, num_layers, mlp_dim, pos_emb, pooled_token,
                       readout, token_lengths, early):
-    mlp = _check(block, dim, num_heads, mlp_dim, pooled_token, readout)
+    mlp = _check(block, dim, num_heads, num_layers, mlp_dim, pooled_token, readout)
     lengths = _lengths(block, dims, token_lengths, pooled_token)
     params, flops = _projection_cost(dims, lengths, dim, pos_emb)
     stack_params = num_layers * _self_block_params(dim, mlp) + 2 * dim  # + the final LayerNorm

@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 
 import mmjax.fusion as F
+from mmjax.errors import ConfigError
+from mmjax.fusion.attention import AttentionConfigError
 from _catalogue_a_numpy import reference
 
 B, OUT = 4, 6
@@ -216,12 +218,22 @@ def test_refusals_are_one_line_fusion_input_errors():
         ("deepset", pooled3, {"out_dim": 2, "pooling": "median"}, "pooling"),
         ("deepset", pooled3, {"out_dim": 2, "project": False}, "equal modality widths"),
         ("deepset_transformer", pooled3, {"out_dim": 2, "proj_dim": 3, "num_heads": 2}, "divisible"),
-        ("early_transformer", pooled3, {"out_dim": 2, "dim": 6, "num_heads": 4}, "divisible"),
-        ("late_transformer", pooled3, {"out_dim": 2, "readout": "pooled_token"}, "needs pooled_token"),
     ]:
         with pytest.raises(F.FusionInputError, match=match) as err:
             _init(name, feats, **cfg)
         assert "\n" not in str(err.value)
+
+
+def test_transformer_config_refusals_are_the_attention_blocks_config_errors():
+    pooled3 = make_features("abc", 0, {}, DIMS)
+    for name, cfg, match in [
+        ("early_transformer", {"out_dim": 2, "dim": 6, "num_heads": 4}, "early_transformer: dim=6 is not divisible"),
+        ("late_transformer", {"out_dim": 2, "readout": "pooled_token"}, "late_transformer: readout='pooled_token'"),
+        ("late_transformer", {"out_dim": 2, "readout": "max"}, "late_transformer: readout must be"),
+    ]:
+        with pytest.raises(AttentionConfigError, match=match) as err:
+            _init(name, feats=pooled3, **cfg)
+        assert isinstance(err.value, ConfigError) and "\n" not in str(err.value)
 
 
 def test_weights_carry_logical_axis_names():
