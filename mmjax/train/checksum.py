@@ -19,7 +19,7 @@ one ``process_allgather`` of a small uint32 vector (the other processes put 0
 there). Verification hashes the same slices of the whole restored array, so it
 does not depend on the mesh or process count of the restore; the restore check
 has the whole array on its host (one process, or process 0's host copy, see
-:meth:`Checkpointer._try_restore`). ``items`` holds the crc32 of the canonical
+:meth:`mmjax.train.checkpoint_restore.VerifiedRestore._try_restore`). ``items`` holds the crc32 of the canonical
 JSON of the ``meta`` item and, when saved with one, of Orbax's ``metrics`` item.
 
 Cost: one more device-to-host copy of the state per save, and crc32 at about

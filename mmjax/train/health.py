@@ -283,23 +283,10 @@ def fault(point: str, step: Optional[int] = None) -> Optional[str]:
 
 
 def install_checkpoint_fault() -> None:
-    """Makes Orbax call ``fault("before_commit", step)`` after writing a checkpoint, before finalising it.
+    """Nothing to install: ``fault("before_commit", step)`` runs in every save.
 
-    Only when ``MMJAX_FAULT`` names ``before_commit``: it wraps
-    ``orbax...atomicity.on_commit_callback`` (the rename of the temporary
-    directory to the step directory), so a test can kill the process while
-    the checkpoint is fully written but not yet committed.
+    The point is the finalisation of the checkpoint's checksums item
+    (:class:`mmjax.train.checkpoint_items.ChecksumsHandler`), after the whole
+    step is written and before Orbax commits it. Kept so that callers of the
+    earlier hook keep working.
     """
-    if not any(p == "before_commit" for p, _ in FAULTS):
-        return
-    from orbax.checkpoint._src.path import atomicity
-    if getattr(atomicity.on_commit_callback, "_mmjax_fault", False):
-        return
-    original = atomicity.on_commit_callback
-
-    async def wrapped(tmp_dir, **kwargs):
-        name = os.path.basename(str(tmp_dir.get_final()))
-        fault("before_commit", int(name) if name.isdigit() else None)
-        return await original(tmp_dir, **kwargs)
-    wrapped._mmjax_fault = True  # type: ignore[attr-defined]
-    atomicity.on_commit_callback = wrapped
