@@ -7,9 +7,12 @@ tensor-parallel by changing the rules or the mesh shape alone.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence, Tuple
+import dataclasses
+import functools
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import flax.linen as nn
+import jax
 
 # Logical names used across mmjax.
 BATCH = "batch"
@@ -56,3 +59,37 @@ def logical(init: Callable, axes: Sequence[str]) -> Callable:
 
 LAYERS = "layers"  # the stacked-layer axis that nn.scan adds
 LOGICAL_RULES = LOGICAL_RULES + ((LAYERS, None),)
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchShards:
+    """Where the rows of the global batch live while a step runs, for the few operations that need
+    all of them at once (contrastive negatives). The parallel runner passes one to the step, as it
+    passes ``grad_reduce``; the operation is written once, per shard (:meth:`map`), and gives the
+    same result in every mode.
+
+    * ``axes=()``: every row is here (``single``);
+    * ``axes=("batch",)``, no mesh: the step already runs per shard (``pmap``);
+    * ``axes=("data", "fsdp")`` with ``mesh``: the step sees global arrays (``sharded`` jit);
+      :meth:`map` enters the per-shard view with ``jax.shard_map``.
+    """
+
+    axes: Tuple[str, ...] = ()
+    mesh: Optional[Any] = None
+
+    def map(self, per_shard: Callable[..., Any], rows: Sequence[Any], replicated: Sequence[Any] = ()) -> Any:
+        """``per_shard(axes, *local_rows, *replicated)`` -> a value equal on every shard (a scalar loss).
+
+        ``rows``: (B, ...) arrays split over the batch; ``replicated``: arrays every shard sees whole
+        (learned scalars). ``per_shard`` gathers and reduces over ``axes`` itself (nothing when empty)."""
+        body = functools.partial(per_shard, self.axes)
+        if self.mesh is None:
+            return body(*rows, *replicated)
+        from jax.sharding import NamedSharding, PartitionSpec as P
+
+        spec = P(self.axes)
+        if any(t == jax.sharding.AxisType.Explicit for t in getattr(self.mesh, "axis_types", ())):
+            # Explicit-axis meshes (jax.make_mesh's default) type arrays by sharding: reshard to in_specs.
+            rows = [jax.reshard(x, NamedSharding(self.mesh, spec)) for x in rows]
+        return jax.shard_map(body, mesh=self.mesh, in_specs=(spec,) * len(rows) + (P(),) * len(replicated),
+                             out_specs=P())(*rows, *replicated)

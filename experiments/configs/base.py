@@ -1,6 +1,9 @@
 """Defaults shared by every experiment (not runnable on its own: it has no data)."""
 import ml_collections
 
+from mmjax.train.builder import ASYNC_SAVE
+from mmjax.train.step import NAN_POLICY
+
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -51,7 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.train = ml_collections.ConfigDict()
     c.train.grad_accum_steps = 1
-    c.train.nan_policy = "skip"    # skip | stop
+    c.train.nan_policy = NAN_POLICY  # skip | stop
     # every | first | off: host check of each batch's structure, shapes, dtypes and labels
     # against the model spec ("first": only the first batch, for input pipelines known good).
     c.train.validate_batches = "every"
@@ -74,7 +77,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.checkpoint.best_mode = "max"
     # Orbax writes in a background thread while training goes on; the loop waits for the last save
     # before it exits (and on SIGTERM). False: every save blocks the step loop until committed.
-    c.checkpoint.async_save = True
+    c.checkpoint.async_save = ASYNC_SAVE
 
     # Initialise part of the model from a checkpoint (path) or offline pretrained weights
     # (pretrained: "minilm" | "efficientnet_lite0"; target e.g. "encoder_text_0").

@@ -55,6 +55,16 @@ def strip_bos(targets: Array, bos_id: int, pad_id: int = 0) -> Array:
     return jnp.where(targets[:, :1] == bos_id, shifted, targets)
 
 
+def token_nll(logits: Array, targets: Array, label_smoothing: float = 0.0) -> Tuple[Array, Array]:
+    """(B, L, V) logits, (B, L) int targets -> ((B, L) f32 negative log-likelihood, (B, L, V) log-probs);
+    ``label_smoothing`` spreads that mass uniformly over the vocabulary."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    if label_smoothing:
+        nll = (1 - label_smoothing) * nll - label_smoothing * logp.mean(-1)
+    return nll, logp
+
+
 def caption_loss(
     logits: Array, targets: Array, pad_id: int = 0, label_smoothing: float = 0.0
 ) -> Tuple[Array, Dict[str, Array]]:
@@ -72,10 +82,7 @@ def caption_loss(
         raise CaptionerConfigError(
             f"caption_loss: logits {tuple(logits.shape)} do not match targets {tuple(targets.shape)}"
         )
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-    if label_smoothing:
-        nll = (1 - label_smoothing) * nll - label_smoothing * logp.mean(-1)
+    nll, logp = token_nll(logits, targets, label_smoothing)
     mask = (targets != pad_id).astype(jnp.float32)
     count = mask.sum()
     loss = (nll * mask).sum() / jnp.maximum(count, 1.0)
@@ -272,4 +279,4 @@ def generate(
     return tokens[:, 0], scores[:, 0]
 
 
-__all__ = ["Captioner", "CaptionerConfigError", "caption_loss", "generate", "make_step_fn", "shift_right", "strip_bos"]
+__all__ = ["Captioner", "CaptionerConfigError", "caption_loss", "token_nll", "generate", "make_step_fn", "shift_right", "strip_bos"]

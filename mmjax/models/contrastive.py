@@ -28,7 +28,7 @@ from mmjax import encoders as encoder_registry
 from mmjax import errors
 from mmjax.layers import dense
 from mmjax.models import contrastive_loss as losses
-from mmjax.sharding import EMBED, FUSION_OUT
+from mmjax.sharding import EMBED, FUSION_OUT, BatchShards
 
 Array = jax.Array
 LOSSES = ("clip", "siglip")
@@ -160,30 +160,23 @@ class ContrastiveModel(nn.Module):
         batch: Mapping[str, Any],
         *,
         train: bool = False,
-        mesh: Optional[jax.sharding.Mesh] = None,
-        axis_names: Any = "data",
+        shards: BatchShards = BatchShards(),
     ) -> Tuple[Array, Dict[str, Array]]:
-        """Mean pairwise loss over the (global) batch -> (scalar, metrics).
+        """Mean pairwise loss over the global batch -> (scalar, metrics).
 
-        With ``mesh`` given, the loss runs under shard_map over ``axis_names``
-        so every example is a negative for every other one in the global batch
-        while no device builds the full (B, B) logit matrix.
+        ``shards`` says where the batch's rows are (the parallel runner passes it to the step):
+        every example is a negative for every other one of the *global* batch in every mode,
+        while no device builds the full (B, B) logit matrix when the rows are split.
         """
         emb = self(batch, train=train)
         metrics: Dict[str, Array] = {}
         total = 0.0
         for (a, b), (log_scale, bias) in self.logit_params().items():
             if self.loss == "clip":
-                if mesh is None:
-                    pair = losses.clip_loss(emb[a], emb[b], log_scale)
-                else:
-                    pair = losses.sharded_clip_loss(emb[a], emb[b], log_scale, mesh, axis_names)
+                pair = shards.map(losses.clip_loss_shard, (emb[a], emb[b]), (log_scale,))
                 metrics[f"scale/{a}_{b}"] = losses.clip_scale(log_scale)
             else:
-                if mesh is None:
-                    pair = losses.siglip_loss(emb[a], emb[b], log_scale, bias)
-                else:
-                    pair = losses.sharded_siglip_loss(emb[a], emb[b], log_scale, bias, mesh, axis_names)
+                pair = shards.map(losses.siglip_loss_shard, (emb[a], emb[b]), (log_scale, bias))
                 metrics[f"scale/{a}_{b}"] = jnp.exp(log_scale)
                 metrics[f"bias/{a}_{b}"] = bias
             metrics[f"loss/{a}_{b}"] = pair

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mmjax import errors
+from mmjax.sharding import BatchShards
 
 Array = jax.Array
 AxisNames = Union[str, Tuple[str, ...]]
@@ -123,54 +124,50 @@ def _shard_rows(mesh: Mesh, spec: P, *xs: Array):
     return xs
 
 
+def _psum(x, axes):
+    return jax.lax.psum(x, axes) if axes else x
+
+
+def clip_loss_shard(axes: Tuple[str, ...], a_l: Array, b_l: Array, log_scale: Array) -> Array:
+    """:func:`clip_loss` of the global batch, seen from one shard of its rows (``axes``: the
+    collective axes the rows are split over; ``()`` = all rows here). Each shard all-gathers the
+    other tower and scores its (B/n x B) logits in both directions: memory O(B_local x B)."""
+    n_local = a_l.shape[0]
+    a_g, b_g = (jax.lax.all_gather(x, axes, tiled=True) if axes else x for x in (a_l, b_l))
+    labels = (jax.lax.axis_index(axes) * n_local if axes else 0) + jnp.arange(n_local)
+    scale = clip_scale(log_scale)
+    f32 = jnp.float32
+    a2b = _xent_rows(scale * (a_l.astype(f32) @ b_g.astype(f32).T), labels).sum()
+    b2a = _xent_rows(scale * (b_l.astype(f32) @ a_g.astype(f32).T), labels).sum()
+    return _psum(a2b + b2a, axes) / (2 * a_g.shape[0])
+
+
+def siglip_loss_shard(axes: Tuple[str, ...], a_l: Array, b_l: Array, log_scale: Array, bias: Array) -> Array:
+    """:func:`siglip_loss` of the global batch from one shard: its B/n rows of ``a`` against all
+    B rows of ``b`` (all-gathered over ``axes``)."""
+    b_g = jax.lax.all_gather(b_l, axes, tiled=True) if axes else b_l
+    offset = jax.lax.axis_index(axes) * a_l.shape[0] if axes else 0
+    return _psum(_siglip_sum(a_l, b_g, log_scale, bias, offset), axes) / b_g.shape[0]
+
+
 def sharded_clip_loss(
     a: Array, b: Array, log_scale: Array, mesh: Mesh, axis_names: AxisNames = "data"
 ) -> Array:
-    """:func:`clip_loss` on a global batch sharded over ``axis_names`` of ``mesh``.
-
-    a, b: global (B, E) arrays (row-sharded or not; shard_map reshards them).
-    Each device computes its (B/n x B) logits in both directions; memory
-    O(B_local x B) per device. Usable inside ``jax.jit``.
-    """
+    """:func:`clip_loss` on a global batch sharded over ``axis_names`` of ``mesh``
+    (:func:`clip_loss_shard` under ``jax.shard_map``). a, b: global (B, E) arrays (row-sharded
+    or not; they are resharded). Usable inside ``jax.jit``."""
     axes = _axes_tuple(axis_names)
     _check_mesh(mesh, axes, a, b, "sharded_clip_loss")
-    global_batch = a.shape[0]
-
-    def local(a_l, b_l, log_scale):
-        n_local = a_l.shape[0]
-        a_g = jax.lax.all_gather(a_l, axes, tiled=True)
-        b_g = jax.lax.all_gather(b_l, axes, tiled=True)
-        labels = jax.lax.axis_index(axes) * n_local + jnp.arange(n_local)
-        scale = clip_scale(log_scale)
-        f32 = jnp.float32
-        a2b = _xent_rows(scale * (a_l.astype(f32) @ b_g.astype(f32).T), labels).sum()
-        b2a = _xent_rows(scale * (b_l.astype(f32) @ a_g.astype(f32).T), labels).sum()
-        return jax.lax.psum(a2b + b2a, axes) / (2 * global_batch)
-
-    spec = P(axes)
-    a, b = _shard_rows(mesh, spec, a, b)
-    return jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, P()), out_specs=P())(a, b, log_scale)
+    return BatchShards(axes, mesh).map(clip_loss_shard, (a, b), (log_scale,))
 
 
 def sharded_siglip_loss(
     a: Array, b: Array, log_scale: Array, bias: Array, mesh: Mesh, axis_names: AxisNames = "data"
 ) -> Array:
-    """:func:`siglip_loss` on a sharded global batch, all-gather version:
-    each device scores its B/n rows of ``a`` against all B rows of ``b``."""
+    """:func:`siglip_loss` on a sharded global batch (:func:`siglip_loss_shard` under ``jax.shard_map``)."""
     axes = _axes_tuple(axis_names)
     _check_mesh(mesh, axes, a, b, "sharded_siglip_loss")
-    global_batch = a.shape[0]
-
-    def local(a_l, b_l, log_scale, bias):
-        b_g = jax.lax.all_gather(b_l, axes, tiled=True)
-        offset = jax.lax.axis_index(axes) * a_l.shape[0]
-        return jax.lax.psum(_siglip_sum(a_l, b_g, log_scale, bias, offset), axes) / global_batch
-
-    spec = P(axes)
-    a, b = _shard_rows(mesh, spec, a, b)
-    return jax.shard_map(
-        local, mesh=mesh, in_specs=(spec, spec, P(), P()), out_specs=P()
-    )(a, b, log_scale, bias)
+    return BatchShards(axes, mesh).map(siglip_loss_shard, (a, b), (log_scale, bias))
 
 
 def ring_siglip_loss(
@@ -212,9 +209,11 @@ __all__ = [
     "SIGLIP_INIT_LOG_SCALE",
     "ContrastiveLossError",
     "clip_loss",
+    "clip_loss_shard",
     "clip_scale",
     "ring_siglip_loss",
     "sharded_clip_loss",
     "sharded_siglip_loss",
     "siglip_loss",
+    "siglip_loss_shard",
 ]

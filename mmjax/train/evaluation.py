@@ -12,9 +12,7 @@ import os
 from typing import Any, Callable, Dict, Iterator, Mapping, Optional, TextIO, Tuple
 
 import jax
-import numpy as np
 
-from mmjax import metrics as metrics_lib
 from mmjax.train import builder, files, selection
 from mmjax.train import logging as log_lib
 from mmjax.train.checkpoint import Checkpointer, CheckpointError
@@ -25,38 +23,14 @@ from mmjax.train.parallel import Runner
 DataFn = Callable[..., Iterator[Dict[str, Any]]]
 
 
-def run_eval(runner: Runner, state, batches: Iterator[Dict[str, Any]], num_classes: int,
-             max_batches: Optional[int] = None) -> Dict[str, Any]:
-    """Sums eval_step over ``batches`` -> loss, accuracy, macro-F1, per-class P/R/F1, confusion."""
-    total: Dict[str, np.ndarray] = {}
-    for i, batch in enumerate(batches):
-        if max_batches and i >= max_batches:
-            break
-        sums = runner.eval_sums(runner.eval_step(state, runner.put_batch(batch)))
-        for k, v in sums.items():
-            total[k] = total.get(k, 0) + v
-    if not total:
-        raise ValueError("evaluation got no batches (check eval_split / eval_steps)")
-    if "confusion" in total:
-        return metrics_lib.summarize(total["confusion"], float(total["loss_sum"]), float(total["weight_sum"]))
-    return {"loss": float(total["loss_sum"] / max(total["weight_sum"], 1e-12)),
-            "num_examples": float(total["weight_sum"])}
-
-
-def evaluate_split(runner: Runner, state, config: Any, data_fn: DataFn, num_classes: int,
-                   out_dir: Optional[str] = None, split: Optional[str] = None) -> Dict[str, Any]:
-    """The eval metrics of ``state`` on ``split`` (default ``config.eval_split``): the task's own
-    evaluation, or :func:`run_eval` for classification."""
+def evaluate_split(runner: Runner, state, config: Any, data_fn: DataFn, out_dir: Optional[str] = None,
+                   split: Optional[str] = None) -> Dict[str, Any]:
+    """The eval metrics of ``state`` on ``split`` (default ``config.eval_split``): the runner's task's evaluation."""
     seed, batch_size = int(_get(config, "seed", 0)), int(config.batch_size)
-    split = split or _get(config, "eval_split", "test")
 
     def batches(name):
         return data_fn(config, name, global_batch_size=batch_size, seed=seed, train=False, start_step=0)
-    task = getattr(runner, "task", None)
-    if task is not None and task.name != "classification":
-        return task.evaluate(runner, state, batches, out_dir, split=split)
-    eval_steps = _get(config, "eval_steps", None)
-    return run_eval(runner, state, batches(split), num_classes, int(eval_steps) if eval_steps else None)
+    return runner.task.evaluate(runner, state, batches, out_dir, split=split)
 
 
 def scalars(m: Mapping[str, Any]) -> Dict[str, float]:
@@ -97,8 +71,8 @@ def restore_selected(runner: Runner, ckpt: Checkpointer, which: str, example: Di
             ckpt.set_aside(step, e.__cause__ or e, say)
 
 
-def test_of_selected(runner: Runner, state, step: int, ckpt: Checkpointer, config: Any, data_fn: DataFn,
-                     num_classes: int) -> Optional[Dict[str, Any]]:
+def test_of_selected(runner: Runner, state, step: int, ckpt: Checkpointer, config: Any,
+                     data_fn: DataFn) -> Optional[Dict[str, Any]]:
     """``config.test_split`` metrics of the best checkpoint (``state`` when that is step ``step``).
 
     None when the config has no test split, or it is the selection split itself.
@@ -112,7 +86,7 @@ def test_of_selected(runner: Runner, state, step: int, ckpt: Checkpointer, confi
     if best != step:
         best, chosen = restore_selected(runner, ckpt, "best", first_batch(config, data_fn, test_split)[0], config)
     return {"step": best, "split": test_split,
-            **evaluate_split(runner, chosen, config, data_fn, num_classes, split=test_split)}
+            **evaluate_split(runner, chosen, config, data_fn, split=test_split)}
 
 
 def evaluate(config: Any, workdir: str, *, which: str = "best", split: Optional[str] = None,
@@ -130,17 +104,15 @@ def evaluate(config: Any, workdir: str, *, which: str = "best", split: Optional[
         data_fn = data_fn or factory.make_data
         info_fn = info_fn or factory.data_info
     info = info_fn(config)
-    num_classes = int(info["num_classes"])
     config, _ = selection.resolve(config, info)
     split = split or _get(config, "test_split", "") or _get(config, "eval_split", "test")
-    runner = builder.build(config, num_classes, info)
+    runner = builder.build(config, int(info["num_classes"]), info)
     say = (lambda line: print(line, file=console, flush=True)) if console is not None else None
     ckpt = builder.open_checkpoints(config, workdir, for_eval=True, say=say)
     try:
         example, _ = first_batch(config, data_fn, split)
         step, state = restore_selected(runner, ckpt, which, example, config, say)
-        ev = evaluate_split(runner, state, config, data_fn, num_classes, os.fspath(files.path(workdir) / "eval"),
-                            split=split)
+        ev = evaluate_split(runner, state, config, data_fn, os.fspath(files.path(workdir) / "eval"), split=split)
     finally:
         ckpt.close()
     out = {"step": int(step), "checkpoint": which, "eval_split": split, **ev}

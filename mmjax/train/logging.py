@@ -23,7 +23,7 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List, Mapping, Optional, TextIO
+from typing import Any, Dict, List, Mapping, Optional, TextIO, Tuple
 
 from mmjax.train import files
 
@@ -225,3 +225,34 @@ def format_line(step: int, total: int, metrics: Mapping[str, float], speed: Mapp
     parts.append(f"{speed.get('examples_per_sec', 0):.0f} ex/s")
     parts.append(f"ETA {eta_s}")
     return " | ".join(parts)
+
+
+def truncate_metrics(path, step: int, drop_eval_at: Optional[int] = None) -> Tuple[int, int]:
+    """Keeps the records of ``path`` (metrics.jsonl, local or gs://) up to ``step``.
+
+    -> (records after ``step``, damaged lines) dropped: a line that is not a JSON
+    object with an integer step (cut by a kill, a bad byte, edited) is damaged.
+    ``drop_eval_at``: also drop the eval records of that step (an eval that runs again).
+    """
+    path = files.path(path)
+    if not path.exists():
+        return 0, 0
+    keep, later, damaged, changed = [], 0, 0, False
+    for raw in path.read_bytes().splitlines():
+        try:
+            rec = json.loads(raw.decode("utf-8"))
+            at = rec["step"]
+            if not isinstance(at, int) or isinstance(at, bool):
+                raise TypeError(at)
+        except (ValueError, TypeError, KeyError):
+            damaged += 1
+            continue
+        if at == drop_eval_at and any(str(k).startswith("eval_") for k in rec):
+            changed = True  # that eval runs again on this resume and writes its record anew
+        elif at <= step:
+            keep.append(raw.decode("utf-8"))
+        else:
+            later += 1
+    if later or damaged or changed:
+        files.write_text(path, "".join(line + "\n" for line in keep))
+    return later, damaged

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional, TextIO, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, TextIO
 
 import jax
 import numpy as np
@@ -26,14 +26,17 @@ import numpy as np
 from mmjax import errors
 from mmjax import validation
 from mmjax.validation import BatchValidationError
-from mmjax.train import builder, evaluation, files, run_record, selection
+from mmjax.train import builder, evaluation, files, resume, run_record, selection
 from mmjax.train import health
 from mmjax.train import init_from as init_from_lib
 from mmjax.train import logging as log_lib
 from mmjax.train.config_access import as_dict as _as_dict, get as _get
-from mmjax.train.checkpoint import Checkpointer, CheckpointError
+from mmjax.train.checkpoint import CheckpointError
 from mmjax.train.optim import make_schedule
+from mmjax.train.logging import truncate_metrics
 from mmjax.train.parallel import prefetch_to_device
+from mmjax.train.preflight import WorkdirError, check_config, check_workdir  # noqa: F401  (re-exported)
+from mmjax.train.step import NAN_POLICY
 
 DataFn = Callable[..., Iterator[Dict[str, Any]]]
 DEVICE_PREFETCH = 2  # batches on their way to the device while a step runs
@@ -50,129 +53,6 @@ def _peek(it: Iterator) -> tuple:
         yield first
         yield from it
     return first, chained()
-
-
-class WorkdirError(errors.ConfigError):
-    """The workdir cannot be used (it is a file, or not writable)."""
-
-
-def check_workdir(workdir: str) -> None:
-    """Raises :class:`WorkdirError` unless ``workdir`` is (or can become) a directory, and
-    :class:`mmjax.train.files.StorageError` when a test write in it (or its ``checkpoints/``) fails.
-
-    An object-store URL needs its fsspec backend (gcsfs for ``gs://``) and must not name an object;
-    whether it is writable shows at the first write (the lock).
-    """
-    raw = os.fsencode(workdir if files.is_remote(workdir) else os.path.abspath(workdir))
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError as e:  # tensorstore (Orbax's checkpoint store) cannot take the path: fail before any step
-        raise WorkdirError(
-            f"--workdir {raw!r} is not valid UTF-8 (byte {raw[e.start]:#04x} at position {e.start}): checkpoints "
-            "are written through tensorstore, which takes UTF-8 paths only; rename it or use another --workdir") from None
-    if files.is_remote(workdir):
-        bucket = "/".join(os.fspath(workdir).split("/")[:3])  # gs://bucket
-        try:
-            root = files.path(workdir)
-            found = files.path(bucket).exists()
-            is_file = found and root.exists() and not root.is_dir()
-        except files.PathError as e:
-            raise WorkdirError(f"--workdir {workdir}: {e}") from None
-        except OSError as e:
-            raise WorkdirError(f"--workdir {workdir}: cannot reach {bucket} ({type(e).__name__}: {e})") from None
-        if not found:
-            raise WorkdirError(f"--workdir {workdir}: bucket {bucket} does not exist (or these credentials cannot see it)")
-        if is_file:
-            raise WorkdirError(f"--workdir {workdir} is a file, not a directory")
-        return
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise WorkdirError(f"--workdir {workdir} is a file, not a directory")
-    try:
-        os.makedirs(workdir, exist_ok=True)
-    except OSError as e:
-        raise WorkdirError(f"--workdir {workdir}: cannot create it ({e.strerror})") from None
-    # A real write in each folder a run writes: read-only, full or foreign storage is found now,
-    # before anything compiles, not at the first checkpoint (root passes os.access where it may not write).
-    for d in (workdir, os.path.join(workdir, "checkpoints")):
-        if os.path.isdir(d):
-            files.check_writable(d)
-
-
-def check_config(config: Any) -> None:
-    """Checks that fail fast, before data is read or anything is compiled.
-
-    Encoder and fusion names (with "did you mean" hints), the mesh against the
-    device count, ``single`` mode against the process count (refused with
-    several), and the global batch size against the data-parallel width.
-    """
-    from mmjax import encoders as encoder_registry
-    from mmjax import fusion as fusion_registry
-    from mmjax.train.parallel import ParallelConfigError, check_processes, mesh_shape
-    model = _as_dict(config.model)
-    for m, spec in dict(model.get("encoders") or {}).items():
-        for s in (spec if isinstance(spec, (list, tuple)) else (spec,)):
-            if s and isinstance(s, Mapping) and "name" in s:
-                encoder_registry.ENCODERS.get(s["name"])
-    placement = model.get("placement", "middle")
-    from mmjax.models.classifier import NO_FUSION
-    if placement == "middle" and model.get("fusion", "concat") != NO_FUSION:
-        fusion_registry.FUSION.get(model.get("fusion", "concat"))
-    elif placement == "late" and model.get("fusion", "concat") != "concat":
-        fusion_registry.FUSION.get(model["fusion"])
-    for key in ("total_steps", "batch_size"):
-        value = config[key]
-        whole = isinstance(value, (int, np.integer)) or isinstance(value, float) and value.is_integer()
-        if isinstance(value, bool) or not whole:
-            raise ParallelConfigError(f"{key} must be a whole number >= 1, got {value!r}")
-        if int(value) < 1:
-            raise ParallelConfigError(f"{key} must be >= 1, got {int(value)}")
-    batch = int(config.batch_size)
-    mode = builder.parallel_mode(config)
-    check_processes(mode, jax.process_count())
-    n = jax.device_count()
-    if mode == "sharded":
-        sizes = dict(zip(("data", "fsdp", "tensor"), mesh_shape(_as_dict(_get(config.parallel, "mesh", {})), n)))
-        width = sizes["data"] * sizes["fsdp"]
-    elif mode == "pmap":
-        width = n
-    else:
-        width = 1
-    if batch % width:
-        raise ParallelConfigError(
-            f"batch_size {batch} is not divisible by the {width} data-parallel shards "
-            f"({mode} mode on {n} devices); use a multiple of {width}"
-        )
-
-
-def _truncate_metrics(path, step: int, drop_eval_at: Optional[int] = None) -> Tuple[int, int]:
-    """Keeps the records of ``path`` (metrics.jsonl, local or gs://) up to ``step``.
-
-    -> (records after ``step``, damaged lines) dropped: a line that is not a JSON
-    object with an integer step (cut by a kill, a bad byte, edited) is damaged.
-    ``drop_eval_at``: also drop the eval records of that step (an eval that runs again).
-    """
-    path = files.path(path)
-    if not path.exists():
-        return 0, 0
-    keep, later, damaged, changed = [], 0, 0, False
-    for raw in path.read_bytes().splitlines():
-        try:
-            rec = json.loads(raw.decode("utf-8"))
-            at = rec["step"]
-            if not isinstance(at, int) or isinstance(at, bool):
-                raise TypeError(at)
-        except (ValueError, TypeError, KeyError):
-            damaged += 1
-            continue
-        if at == drop_eval_at and any(str(k).startswith("eval_") for k in rec):
-            changed = True  # that eval runs again on this resume and writes its record anew
-        elif at <= step:
-            keep.append(raw.decode("utf-8"))
-        else:
-            later += 1
-    if later or damaged or changed:
-        files.write_text(path, "".join(line + "\n" for line in keep))
-    return later, damaged
 
 
 def _poison(batch: Dict[str, Any]) -> Dict[str, Any]:
@@ -263,19 +143,10 @@ def _train(config, workdir, data_fn, info_fn, console, stop_at, guard, lock, rec
     for key, value in (("validate_batches", validate_mode), ("check_finite", finite_mode)):
         if value not in ("every", "first", "off"):
             raise BatchValidationError(f"train.{key} must be 'every', 'first' or 'off', got {value!r}")
-    nan_stop = train_cfg.get("nan_policy", "skip") == "stop"
+    nan_stop = train_cfg.get("nan_policy", NAN_POLICY) == "stop"
     loss_name = _as_dict(_get(config, "loss", {})).get("name", "softmax_xent")
     runner = builder.build(config, num_classes, info)
-    model_cfg = _as_dict(config.model)
-    task = getattr(runner, "task", None)
-    label_kind = None
-    if task is not None and task.name != "classification":
-        # Contrastive / captioning configs name their inputs in their own way (towers,
-        # encoder + target); validate against the dataset's modalities instead, and take
-        # the label kind from the data (COCO's multi-hot objects ride along unused).
-        model_cfg = {"encoders": {m: {} for m in (info.get("modalities") or ())}}
-        multi = _as_dict(_get(config, "data", {})).get("label_kind") == "multi_hot"
-        label_kind = "multi" if multi else "int"
+    model_cfg, label_kind = runner.task.input_spec(info)
     spec = validation.spec_from_config(model_cfg, info, loss=loss_name,
                                        batch_size=batch_size // jax.process_count(), label=label_kind)
     is_main = jax.process_index() == 0
@@ -307,14 +178,14 @@ def _train(config, workdir, data_fn, info_fn, console, stop_at, guard, lock, rec
             if state is None:
                 raise CheckpointError(f"no checkpoint in {ckpt.directory} could be read; move that directory "
                                       "away to start from scratch")
-            _check_data_position(ckpt, int(restored), config)
+            resume.check_data_position(ckpt, int(restored), config)
             if int(restored) != start:
                 start = int(restored)
                 example, train_iter = batches_from(start)
             state = runner.place_restored(state)
         if is_main:
             # A resume at the last step evaluates it again: its earlier eval record (if any) goes.
-            later, damaged = _truncate_metrics(files.path(workdir) / "metrics.jsonl", start,
+            later, damaged = truncate_metrics(files.path(workdir) / "metrics.jsonl", start,
                                                drop_eval_at=start if start >= total_steps else None)
             if later:
                 say(f"metrics.jsonl: dropped {later} records after step {start} (they will be replayed)")
@@ -333,7 +204,7 @@ def _train(config, workdir, data_fn, info_fn, console, stop_at, guard, lock, rec
                 state = init_from_lib.apply_init_from(runner, state, init_from, say=say)
         # After the restore (a change of model or optimizer is named there, array by array) and the
         # first trace (a config that cannot build a model leaves no record behind).
-        _keep_record(workdir, saved_config, info, bool(steps), record_opts, say)
+        resume.keep_record(workdir, saved_config, info, bool(steps), record_opts, say)
         n_params = sum(int(x.size) for x in jax.tree.leaves(state.params))
         fusion = _get(config.model, "fusion", None) if "model" in config else None
         say(f"model: {n_params:,} parameters" + (f", fusion {fusion}" if fusion else "")
@@ -355,45 +226,6 @@ def _train(config, workdir, data_fn, info_fn, console, stop_at, guard, lock, rec
             writer.close()
 
 
-def _keep_record(workdir, config, info, resuming: bool, record_opts, say) -> None:
-    """Writes the run record on a fresh start; on resume, compares ``config`` with it first."""
-    allow, experiment = record_opts
-    saved = run_record.read(workdir)
-    if saved is not None and resuming:
-        changed = run_record.check_resume(saved, config, allow_change=allow)
-        if not changed:
-            return
-        say(f"config changes since {run_record.FILE} ({'allowed' if allow else 'logging only'}): "
-            + "; ".join(changed))
-        experiment = experiment or saved.experiment
-    if jax.process_index() == 0:
-        run_record.write(workdir, config, info, experiment)
-
-
-def _check_lease(lock, ckpt: Checkpointer) -> None:
-    """Stops every process (WorkdirBusyError) when process 0 lost the workdir lease to another run."""
-    if isinstance(lock, health.WorkdirLock):
-        return  # a local lock cannot be lost
-    lost = int(bool(lock.lost)) if jax.process_index() == 0 else 0
-    if jax.process_count() > 1:
-        lost = ckpt.agreement.decision(lost)
-    if lost:
-        lock.check()
-        raise health.WorkdirBusyError("process 0 lost the workdir lease to another run; stopping without saving")
-
-
-def _check_data_position(ckpt: Checkpointer, step: int, config: Any) -> None:
-    """The data position of a checkpoint is its step in units of the global batch it was written with:
-    resuming with another batch size would repeat or skip examples, so it is refused."""
-    saved = (ckpt.metadata(step).get("config") or {}).get("batch_size")
-    if saved is not None and int(saved) != int(config.batch_size):
-        raise CheckpointError(
-            f"checkpoint {step} in {ckpt.directory} was written with batch_size {saved}, this run has "
-            f"{int(config.batch_size)}: its data position (step {step} of {saved} examples) does not map to "
-            f"another batch size; resume with --config.batch_size={saved}, or train in a new workdir "
-            f"(--config.init_from.path=... keeps the weights)")
-
-
 def _loop(config, workdir, runner, state, ckpt, writer, say, data_fn, train_iter, spec, start, num_classes,
           stop_at, guard, nan_stop, validate_mode, finite_mode, lock) -> Dict[str, Any]:
     total_steps = int(config.total_steps)
@@ -410,11 +242,8 @@ def _loop(config, workdir, runner, state, ckpt, writer, say, data_fn, train_iter
 
     def do_eval(step, state):
         health.fault("during_eval", step)
-        ev = evaluation.evaluate_split(runner, state, config, data_fn, num_classes)
-        classification = getattr(runner, "task", None) is None
-        writer.write(step, {k: v for k, v in ev.items()
-                            if k in ("loss", "accuracy", "macro_f1", "per_class") or not classification and
-                            k in evaluation.scalars(ev)}, prefix="eval/")
+        ev = evaluation.evaluate_split(runner, state, config, data_fn)
+        writer.write(step, runner.task.logged_eval(ev), prefix="eval/")
         say(f"eval @ {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in evaluation.scalars(ev).items()))
         return ev
 
@@ -488,7 +317,7 @@ def _loop(config, workdir, runner, state, ckpt, writer, say, data_fn, train_iter
             # SIGTERM during the eval: save this step (with its eval) rather than train one more.
             preempted = preempted or (jax.process_count() == 1 and guard.flag.is_set())
         if (ckpt_every and step % ckpt_every == 0) or step == last or preempted:
-            _check_lease(lock, ckpt)
+            resume.check_lease(lock, ckpt)
             writer.sync()  # object stores: the logs up to this step are stored before its checkpoint
             ckpt.save(step, runner.host_state(state), config=cfg_dict,
                       metrics=evaluation.scalars(eval_metrics) if evaluated and eval_metrics else None,
@@ -506,7 +335,7 @@ def _loop(config, workdir, runner, state, ckpt, writer, say, data_fn, train_iter
         eval_metrics = do_eval(step, state)
         ckpt.attach_metrics(step, evaluation.scalars(eval_metrics))
         results = {"step": step, "eval_split": eval_split, **eval_metrics}
-        test = evaluation.test_of_selected(runner, state, step, ckpt, config, data_fn, num_classes)
+        test = evaluation.test_of_selected(runner, state, step, ckpt, config, data_fn)
         if test is not None:
             results["test"] = test
             say(f"test ({test['split']}, checkpoint {test['step']} selected on {eval_split}): "

@@ -43,7 +43,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mmjax.data.normalize import normalize_images
-from mmjax.sharding import LOGICAL_RULES, MESH_AXES
+from mmjax.sharding import LOGICAL_RULES, MESH_AXES, BatchShards
 from mmjax.train import step as step_lib
 from mmjax.train.mesh import ParallelConfigError, device_grid, mesh_shape, rows_follow_processes  # noqa: F401
 from mmjax.train.pmap_dropout import global_batch_masks
@@ -52,6 +52,7 @@ from mmjax.train.state import TrainState, _init_fn, create_train_state, example_
 PyTree = Any
 MODES = ("single", "pmap", "sharded")
 PMAP_AXIS = "batch"
+BATCH_AXES = ("data", "fsdp")  # the mesh axes a batch's rows are split over
 
 
 def make_mesh(mesh_cfg: Mapping[str, int], devices: Optional[Sequence[Any]] = None,
@@ -99,8 +100,9 @@ class Runner:
     Args:
       mode: "single" | "pmap" | "sharded".
       model: the linen model; make_tx: abstract params -> optax transformation.
-      step_kwargs: keyword options of ``train_step`` (loss, grad_accum_steps, nan_policy...).
-      eval_kwargs: keyword options of ``eval_step`` (num_classes, loss...).
+      task: the model family (:class:`mmjax.train.tasks.Task`, or an object with its ``loss_terms``
+        and ``eval_sums``) whose loss the steps compute; needed before the first step.
+      step_kwargs: other keyword options of ``train_step`` (grad_accum_steps, nan_policy).
       mesh_cfg / rules: the ``sharded`` mesh and logical rules; dcn_cfg: how many slices each mesh
         axis spans (``config.parallel.dcn_mesh``, default one slice).
       input_norm: image modality -> (mean, std) per channel, for batches that carry uint8 images
@@ -113,8 +115,8 @@ class Runner:
         model: nn.Module,
         make_tx: Callable[[PyTree], Any],
         *,
+        task: Any = None,
         step_kwargs: Optional[Dict[str, Any]] = None,
-        eval_kwargs: Optional[Dict[str, Any]] = None,
         mesh_cfg: Optional[Mapping[str, int]] = None,
         rules: Optional[Sequence[Sequence[Any]]] = None,
         devices: Optional[Sequence[Any]] = None,
@@ -134,15 +136,15 @@ class Runner:
                 self._tx = make_tx(params)
             return self._tx
         self.make_tx = cached_tx
-        self.step_kwargs = dict(step_kwargs or {})
-        self.eval_kwargs = dict(eval_kwargs or {})
+        self.task = task
+        self.step_kwargs = dict(step_kwargs or {}, task=task)
         self.rules = parse_rules(rules)
         self.mesh: Optional[Mesh] = None
         self.state_shardings: Optional[TrainState] = None
         self.batch_sharding: Optional[NamedSharding] = None
         if mode == "sharded":
             self.mesh = make_mesh(mesh_cfg or {"data": -1}, devices, dcn_cfg)
-            self.batch_sharding = NamedSharding(self.mesh, P(("data", "fsdp")))
+            self.batch_sharding = NamedSharding(self.mesh, P(BATCH_AXES))
         self._rows_direct: Dict[int, bool] = {}  # global rows -> whether processes' rows are their devices'
         self.local_devices = jax.local_devices() if devices is None else [
             d for d in devices if d.process_index == jax.process_index()
@@ -290,10 +292,12 @@ class Runner:
     # ------------------------------------------------------------------ steps
     def _compile(self):
         check_processes(self.mode, jax.process_count())
+        if self.task is None:
+            raise ParallelConfigError("Runner: no task was given, so there is no loss to compile a step for")
         train = functools.partial(step_lib.train_step, **self.step_kwargs)
-        evaluate = functools.partial(step_lib.eval_step, **self.eval_kwargs)
+        evaluate = functools.partial(step_lib.eval_step, task=self.task)
         if self.mode == "single":
-            self._train = jax.jit(train, donate_argnums=0)
+            self._train = jax.jit(functools.partial(train, shards=BatchShards()), donate_argnums=0)
             self._eval = jax.jit(evaluate)
         elif self.mode == "pmap":
             reduce = functools.partial(jax.lax.pmean, axis_name=PMAP_AXIS)
@@ -303,7 +307,7 @@ class Runner:
             def replica_step(state, batch):
                 # The step's maths unchanged; its dropout masks are the global batch's rows.
                 with nn.intercept_methods(masks):
-                    return train(state, batch, grad_reduce=reduce)
+                    return train(state, batch, grad_reduce=reduce, shards=BatchShards((PMAP_AXIS,)))
             self._train = jax.pmap(replica_step, axis_name=PMAP_AXIS, donate_argnums=0, devices=self._pmap_devices)
             summed = lambda s, b: jax.lax.psum(evaluate(s, b), PMAP_AXIS)  # noqa: E731
             self._eval = jax.pmap(summed, axis_name=PMAP_AXIS, devices=self._pmap_devices)
@@ -312,7 +316,7 @@ class Runner:
                 raise RuntimeError("sharded runner: create_state or abstract_state must run before a step")
             replicated = NamedSharding(self.mesh, P())
             self._train = jax.jit(
-                train,
+                functools.partial(train, shards=BatchShards(BATCH_AXES, self.mesh)),
                 in_shardings=(self.state_shardings, self.batch_sharding),
                 out_shardings=(self.state_shardings, replicated),
                 donate_argnums=0,

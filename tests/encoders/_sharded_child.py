@@ -74,12 +74,13 @@ def init_from_check(vit_dir, mesh_cfg, converted):
     from mmjax.train.init_from import apply_init_from
     from mmjax.train.optim import make_optimizer
     from mmjax.train.parallel import Runner
+    from mmjax.train.tasks import ClassificationLoss
 
     model = build_classifier({"encoders": {"image": {"name": "pretrained", "path": vit_dir},
                                            "a": {"name": "mlp", "features": [8]}},
                               "fusion_config": {"out_dim": 8}, "head_hidden": []}, 3)
     runner = Runner("sharded", model, lambda p: make_optimizer({"learning_rate": 0.01, "warmup_steps": 0}, p, 10),
-                    step_kwargs={}, eval_kwargs={"num_classes": 3}, mesh_cfg=mesh_cfg)
+                    task=ClassificationLoss(num_classes=3), mesh_cfg=mesh_cfg)
     batch = {"inputs": {"image": np.zeros((8, 32, 32, 3), np.float32), "a": np.zeros((8, 6), np.float32)},
              "modality_mask": {"image": np.ones(8, bool), "a": np.ones(8, bool)}, "label": np.zeros(8, np.int32)}
     state = runner.create_state(batch, jax.random.PRNGKey(0))

@@ -160,7 +160,6 @@ def test_contrastive_eval_prompts_use_the_checkpoint_tokenizer(tmp_path):
     state = init_from.apply_init_from(runner, runner.create_state(batch, jax.random.PRNGKey(0)),
                                       {"pretrained": str(tmp_path)}, say=lambda _: None)
     task = tasks.get_task(c, {"class_names": CLASSES, "tokenizer": None})
-    task.attach(runner)
     got = task.class_prompt_embeddings(runner, state)  # (C, P, E), the config's prompt "a {}"
     dual, variables, prep = dual_encoder(str(tmp_path))
     ids, mask = prep["text"]([f"a {name}" for name in CLASSES])

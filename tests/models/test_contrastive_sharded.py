@@ -16,6 +16,7 @@ CHILD = textwrap.dedent(
     from jax.sharding import AxisType
     from mmjax.models import contrastive_loss as L
     from mmjax.models.contrastive import ContrastiveModel
+    from mmjax.sharding import BatchShards
 
     assert jax.device_count() == 8
     rng = np.random.default_rng(0)
@@ -57,11 +58,20 @@ CHILD = textwrap.dedent(
     for loss in ("clip", "siglip"):
         model = ContrastiveModel(towers=towers, embed_dim=4, loss=loss)
         params = jax.jit(model.init)(jax.random.key(0, impl="unsafe_rbg"), batch)["params"]
-        f = lambda p, mesh: model.apply({"params": p}, batch, method="loss_fn", mesh=mesh)[0]
-        v1, g1 = jax.value_and_grad(f)(params, None)
-        v2, g2 = jax.jit(jax.value_and_grad(lambda p: f(p, auto)))(params)
+        f = lambda p, shards: model.apply({"params": p}, batch, method="loss_fn", shards=shards)[0]
+        v1, g1 = jax.value_and_grad(f)(params, BatchShards())
+        v2, g2 = jax.jit(jax.value_and_grad(lambda p: f(p, BatchShards(("data",), auto))))(params)
         np.testing.assert_allclose(v2, v1, rtol=1e-5)
         jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6), g2, g1)
+        # pmap, each replica with its rows: the same global loss and (after the step's pmean) gradients.
+        rows = jax.tree.map(lambda x: x.reshape((8, 2) + x.shape[1:]), batch)
+        def replica(p, b):
+            v, g = jax.value_and_grad(lambda q: model.apply({"params": q}, b, method="loss_fn",
+                                                            shards=BatchShards(("batch",)))[0])(p)
+            return v, jax.lax.pmean(g, "batch")
+        v3, g3 = jax.pmap(replica, axis_name="batch", in_axes=(None, 0))(params, rows)
+        np.testing.assert_allclose(np.asarray(v3), np.full(8, v1), rtol=1e-5)
+        jax.tree.map(lambda x, y: np.testing.assert_allclose(x[0], y, rtol=1e-4, atol=1e-6), g3, g1)
     print("SHARDED_OK")
     """
 )

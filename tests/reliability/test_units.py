@@ -189,7 +189,7 @@ def test_ctrl_c_sets_the_flag_and_a_second_one_stops_at_once():
 
 
 def test_metrics_repair_on_resume_drops_damaged_lines_and_later_records(tmp_path):
-    from mmjax.train.loop import _truncate_metrics
+    from mmjax.train.logging import truncate_metrics as _truncate_metrics
 
     path = tmp_path / "metrics.jsonl"
     good = [b'{"step": 1, "loss": 2.0}', b'{"step": 2, "loss": 1.5}']

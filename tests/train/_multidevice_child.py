@@ -40,6 +40,7 @@ from mmjax.models.classifier import build_classifier  # noqa: E402
 from mmjax.train.checkpoint import Checkpointer  # noqa: E402
 from mmjax.train.optim import make_optimizer  # noqa: E402
 from mmjax.train.parallel import Runner  # noqa: E402
+from mmjax.train.tasks import ClassificationLoss  # noqa: E402
 
 STEPS = 2
 BATCH = 16
@@ -58,7 +59,7 @@ def runner(mode, mesh=None, model_cfg=MODEL):
     model = build_classifier(model_cfg, 3)
     mk = lambda p: make_optimizer({"learning_rate": 0.05, "weight_decay": 0.01, "clip_norm": 1.0,  # noqa: E731
                                    "warmup_steps": 0}, p, 10)
-    return Runner(mode, model, mk, step_kwargs={}, eval_kwargs={"num_classes": 3}, mesh_cfg=mesh)
+    return Runner(mode, model, mk, task=ClassificationLoss(num_classes=3), mesh_cfg=mesh)
 
 
 def train(r):
