@@ -4,10 +4,9 @@
 those encoders in ``config.model.encoders`` and, for pipeline datasets, only
 those entries of ``config.data.modalities`` (so the other modalities are not
 decoded at all). With a single modality left the model becomes a *unimodal
-baseline*: encoder -> head, no fusion block (``model.fusion = "none"``, which
-the classifier understands; every real fusion block needs two or more
-modalities). An empty tuple leaves the
-experiment unchanged.
+baseline*: encoder -> head, no fusion block (the model config becomes
+:func:`mmjax.models.fusion_choice.unimodal` of it; every real fusion block
+needs two or more modalities). An empty tuple leaves the experiment unchanged.
 """
 from __future__ import annotations
 
@@ -16,9 +15,8 @@ from typing import Any, Sequence
 import ml_collections
 
 from experiments.errors import UserError
-
-
-from mmjax.models.classifier import NO_FUSION
+from mmjax.models import fusion_choice
+from mmjax.models.fusion_choice import NO_FUSION
 
 # Kept for callers that name the baseline's "fusion": the classifier's no-fusion value.
 UNIMODAL = NO_FUSION
@@ -61,7 +59,8 @@ def restrict(config: ml_collections.ConfigDict, modalities: Sequence[str] = None
             if dropout:
                 config.data.modality_dropout = {m: p for m, p in dropout.items() if m in wanted}
         if len(wanted) == 1:
-            config.model.placement = "middle"
-            config.model.fusion = UNIMODAL
-            config.model.fusion_config = ml_collections.ConfigDict({})
+            model = config.model.to_dict()
+            for key, value in fusion_choice.unimodal(model, wanted[0]).items():
+                if key not in model or model[key] != value:
+                    config.model[key] = value
     return config

@@ -19,7 +19,8 @@ False in the token mask. The label is
   blocks with multiplicative or attention interactions from additive ones.
 
 The classifier is an MLP encoder per modality, the fusion block and a Dense
-head (for blocks in ``LOGIT_BLOCKS`` the block output is the logits).
+head (for a decision-level block, one whose class says ``fuses_logits``, the
+block output is the logits).
 """
 from __future__ import annotations
 
@@ -36,9 +37,7 @@ import optax
 import mmjax.fusion  # noqa: F401  (registers every block)
 from mmjax.encoders.vector import MlpEncoder
 from mmjax.fusion.registry import FUSION
-
-# Blocks whose output is already the class logits (decision-level fusion).
-LOGIT_BLOCKS = frozenset({"late"})
+from mmjax.models import fusion_choice
 
 ENCODER_DIM = 16
 FUSION_DIM = 16
@@ -54,7 +53,7 @@ FUSION_CONFIGS: Dict[str, Dict[str, Any]] = {
     "tensor": {"out_dim": FUSION_DIM},
     "low_rank": {"out_dim": FUSION_DIM},
     "bilinear": {"out_dim": FUSION_DIM},
-    "late": {},  # out_dim = number of classes, filled in by the model
+    "late": {},  # out_dim = number of classes, filled in by fusion_choice.resolve
     "cross_attention": {"out_dim": FUSION_DIM, "dim": 8, "num_heads": 2, "num_layers": 1, "mlp_dim": 16},
     "bottleneck": {
         "out_dim": FUSION_DIM, "dim": 8, "num_heads": 2, "num_layers": 1, "fusion_layer": 0,
@@ -147,11 +146,10 @@ class ToyClassifier(nn.Module):
             m: MlpEncoder(features=(ENCODER_DIM, ENCODER_DIM), name=f"encoder_{m}")(x, token_mask[m])
             for m, x in inputs.items()
         }
-        config = dict(self.fusion_config)
-        if self.fusion in LOGIT_BLOCKS:
-            config["out_dim"] = self.num_classes
-        z = FUSION.get(self.fusion)(**config, name="fusion")(encoded, modality_mask)
-        if self.fusion in LOGIT_BLOCKS:
+        choice = fusion_choice.resolve({"fusion": self.fusion, "fusion_config": dict(self.fusion_config)},
+                                       num_classes=self.num_classes)
+        z = FUSION.get(choice.block)(**choice.block_config, name="fusion")(encoded, modality_mask)
+        if choice.placement == "late":  # decision-level: the block's per-modality heads give the logits
             return z
         return nn.Dense(self.num_classes, name="head")(z)
 

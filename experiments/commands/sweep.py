@@ -62,7 +62,13 @@ def fusion_names(spec: Optional[str], config) -> List[str]:
 
 
 def variants(config, fusions: List[str], baselines: bool) -> Dict[str, Any]:
-    """Row name -> config: one per fusion (``fusion_configs[name]`` when the config has it) and baseline."""
+    """Row name -> config: one per fusion (``fusion_configs[name]`` when the config has it) and baseline.
+
+    ``model.fusion = name`` is all a row sets (``late`` means decision-level fusion by itself); each
+    row's model config is resolved here, so a bad combination fails before the first run trains.
+    """
+    from mmjax.models import fusion_choice
+
     out = {}
     per_fusion = config.get("fusion_configs") or {}
     for name in fusions:
@@ -71,8 +77,7 @@ def variants(config, fusions: List[str], baselines: bool) -> Dict[str, Any]:
             c.model.fusion = name
             if name in per_fusion:
                 c.model.fusion_config = copy.deepcopy(per_fusion[name])
-            if name == "late":  # decision-level fusion: per-modality heads, combined logits
-                c.model.placement = "late"
+        fusion_choice.resolve(c.model)
         out[name] = c
     mods = sorted(config.model.encoders.keys())
     if baselines and len(mods) > 1:

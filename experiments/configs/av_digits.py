@@ -23,7 +23,7 @@ FUSION_CONFIGS = {
     "tensor": {"out_dim": 64},
     "low_rank": {"out_dim": 64},
     "bilinear": {"out_dim": 64},
-    "late": {},  # sweep uses placement="late": per-modality heads over the classes
+    "late": {},  # decision-level by itself: per-modality heads over the classes (out_dim = C)
     # The CNNs' per-position tokens say little alone (a mean over them is what pool="mean"
     # reaches: image only 0.22 vs 0.62 with "flatten" after 400 steps), so the attention blocks
     # also see each encoder's flatten-pooled vector as a token and read out there.

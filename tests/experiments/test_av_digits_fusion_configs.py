@@ -2,6 +2,7 @@
 import mmjax.fusion as fusion
 from experiments.commands import sweep
 from experiments.configs import av_digits
+from mmjax.models import fusion_choice
 
 
 def test_every_block_has_av_digits_options_that_the_sweep_applies():
@@ -15,7 +16,9 @@ def test_every_block_has_av_digits_options_that_the_sweep_applies():
         assert rows[name].model.fusion == name
         assert rows[name].model.fusion_config.to_dict() == entry, name
         # Every option is a field of the block: a misspelt key fails here, not after a sweep's compile.
-        # (late's out_dim is the number of classes, set by placement="late".)
+        # (late's out_dim is the number of classes, filled in by fusion_choice.resolve.)
         block = fusion.create(name, **{"out_dim": 10, **entry})
         assert all(getattr(block, k) == v for k, v in entry.items()), name
-    assert rows["late"].model.placement == "late"
+    # fusion="late" alone is decision-level fusion: the sweep no longer sets model.placement for it.
+    assert fusion_choice.resolve(rows["late"].model).placement == "late"
+    assert rows["late"].model.placement == config.model.placement == "middle"
