@@ -23,7 +23,8 @@ import ml_collections
 from experiments.configs import base
 from experiments.configs.av_digits import FUSION_CONFIGS as _AV_FUSION_CONFIGS
 
-# In middle placement ``late`` is per-modality heads to out_dim features, averaged, then the head.
+# ``late`` is decision-level (mmjax.models.fusion_choice): per-modality heads over the classes,
+# combined by the late block to out_dim features, then the head.
 # The encoders here pool by mean, so the attention blocks' pooled token would only repeat
 # their tokens' mean: they read their tokens as they are.
 FUSION_CONFIGS = dict(_AV_FUSION_CONFIGS, late={"out_dim": 64}, cross_attention={"out_dim": 64},
