@@ -61,6 +61,15 @@ LAYERS = "layers"  # the stacked-layer axis that nn.scan adds
 LOGICAL_RULES = LOGICAL_RULES + ((LAYERS, None),)
 
 
+def reshard_for(mesh: Any, spec: Any, *xs: Any) -> Tuple[Any, ...]:
+    """Arrays about to enter ``jax.shard_map(in_specs=spec)`` on ``mesh``. Explicit-axis meshes
+    (``jax.make_mesh``'s default) type arrays with their sharding and shard_map insists the types
+    match ``in_specs``, so they are resharded first; auto-axis meshes let shard_map reshard."""
+    if any(t == jax.sharding.AxisType.Explicit for t in getattr(mesh, "axis_types", ())):
+        return tuple(jax.reshard(x, jax.sharding.NamedSharding(mesh, spec)) for x in xs)
+    return xs
+
+
 @dataclasses.dataclass(frozen=True)
 class BatchShards:
     """Where the rows of the global batch live while a step runs, for the few operations that need
@@ -85,11 +94,9 @@ class BatchShards:
         body = functools.partial(per_shard, self.axes)
         if self.mesh is None:
             return body(*rows, *replicated)
-        from jax.sharding import NamedSharding, PartitionSpec as P
+        from jax.sharding import PartitionSpec as P
 
         spec = P(self.axes)
-        if any(t == jax.sharding.AxisType.Explicit for t in getattr(self.mesh, "axis_types", ())):
-            # Explicit-axis meshes (jax.make_mesh's default) type arrays by sharding: reshard to in_specs.
-            rows = [jax.reshard(x, NamedSharding(self.mesh, spec)) for x in rows]
+        rows = reshard_for(self.mesh, spec, *rows)
         return jax.shard_map(body, mesh=self.mesh, in_specs=(spec,) * len(rows) + (P(),) * len(replicated),
                              out_specs=P())(*rows, *replicated)

@@ -29,10 +29,10 @@ from typing import Tuple, Union
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, PartitionSpec as P
 
 from mmjax import errors
-from mmjax.sharding import BatchShards
+from mmjax.sharding import BatchShards, reshard_for
 
 Array = jax.Array
 AxisNames = Union[str, Tuple[str, ...]]
@@ -114,16 +114,6 @@ def _check_mesh(mesh: Mesh, axes: Tuple[str, ...], a: Array, b: Array, where: st
     return n
 
 
-def _shard_rows(mesh: Mesh, spec: P, *xs: Array):
-    """Explicit-axis meshes (``jax.make_mesh``'s default) type arrays with their
-    sharding, and shard_map insists the types match ``in_specs``: reshard
-    first. Auto-axis meshes let shard_map reshard on its own."""
-    explicit = jax.sharding.AxisType.Explicit
-    if any(t == explicit for t in getattr(mesh, "axis_types", ())):
-        return tuple(jax.reshard(x, NamedSharding(mesh, spec)) for x in xs)
-    return xs
-
-
 def _psum(x, axes):
     return jax.lax.psum(x, axes) if axes else x
 
@@ -196,7 +186,7 @@ def ring_siglip_loss(
         return jax.lax.psum(total, axes) / global_batch
 
     spec = P(axes)
-    a, b = _shard_rows(mesh, spec, a, b)
+    a, b = reshard_for(mesh, spec, a, b)
     return jax.shard_map(
         local, mesh=mesh, in_specs=(spec, spec, P(), P()), out_specs=P()
     )(a, b, log_scale, bias)

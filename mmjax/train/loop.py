@@ -219,14 +219,14 @@ def _train(config, workdir, data_fn, info_fn, console, stop_at, guard, lock, rec
         if low:
             say(low)
         return _loop(config, workdir, runner, state, ckpt, writer, say, data_fn, train_iter, spec, start,
-                     num_classes, stop_at, guard, nan_stop, validate_mode, finite_mode, lock)
+                     stop_at, guard, nan_stop, validate_mode, finite_mode, lock)
     finally:
         ckpt.close()
         if writer is not None:
             writer.close()
 
 
-def _loop(config, workdir, runner, state, ckpt, writer, say, data_fn, train_iter, spec, start, num_classes,
+def _loop(config, workdir, runner, state, ckpt, writer, say, data_fn, train_iter, spec, start,
           stop_at, guard, nan_stop, validate_mode, finite_mode, lock) -> Dict[str, Any]:
     total_steps = int(config.total_steps)
     batch_size = int(config.batch_size)

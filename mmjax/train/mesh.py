@@ -25,7 +25,7 @@ import numpy as np
 from jax.experimental import mesh_utils
 
 from mmjax import errors
-from mmjax.sharding import MESH_AXES
+from mmjax.sharding import LOGICAL_RULES, MESH_AXES
 
 Span = Tuple[int, int]
 
@@ -145,3 +145,34 @@ def rows_follow_processes(indices: Mapping[Any, Tuple[slice, ...]], rows: int, p
     share = rows // process_count
     held = rows_by_process(indices, rows)
     return all(held.get(p) == [(p * share, (p + 1) * share)] for p in range(process_count))
+
+
+def check_processes(mode: str, processes: int) -> None:
+    """Refuses ``single`` in a run of several processes: each process would run its own one-device
+    step on its own rows, training ``processes`` independent models with no gradient sync."""
+    if mode == "single" and processes > 1:
+        raise ParallelConfigError(
+            f"parallel.mode=single trains on one device of one process, but this run has {processes} processes "
+            "(each would train its own model on its own rows, with no gradient sync): use parallel.mode=auto "
+            "or sharded"
+        )
+
+
+def parse_rules(rules: Optional[Sequence[Sequence[Any]]]) -> Tuple[Tuple[str, Any], ...]:
+    """config.parallel.rules (pairs [logical, mesh axis | [axes] | None]) -> flax rules; default LOGICAL_RULES."""
+    if not rules:
+        return tuple(LOGICAL_RULES)
+    out = []
+    for r in rules:
+        if len(r) != 2:
+            raise ParallelConfigError(f"parallel.rules: each rule is [logical_name, mesh_axis], got {r!r}")
+        name, axes = r
+        if isinstance(axes, (list, tuple)):
+            axes = tuple(axes)
+            bad = [a for a in axes if a not in MESH_AXES]
+        else:
+            bad = [] if axes is None or axes in MESH_AXES else [axes]
+        if bad:
+            raise ParallelConfigError(f"parallel.rules: {name!r} maps to unknown mesh axes {bad}")
+        out.append((str(name), axes))
+    return tuple(out)

@@ -43,9 +43,10 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mmjax.data.normalize import normalize_images
-from mmjax.sharding import LOGICAL_RULES, MESH_AXES, BatchShards
+from mmjax.sharding import MESH_AXES, BatchShards
 from mmjax.train import step as step_lib
-from mmjax.train.mesh import ParallelConfigError, device_grid, mesh_shape, rows_follow_processes  # noqa: F401
+from mmjax.train.mesh import (ParallelConfigError, check_processes, device_grid, mesh_shape,  # noqa: F401
+                              parse_rules, rows_follow_processes)
 from mmjax.train.pmap_dropout import global_batch_masks
 from mmjax.train.state import TrainState, _init_fn, create_train_state, example_inputs, state_shardings
 
@@ -61,37 +62,6 @@ def make_mesh(mesh_cfg: Mapping[str, int], devices: Optional[Sequence[Any]] = No
     laid out from the topology (``dcn_cfg``: slices per axis, see :mod:`mmjax.train.mesh`)."""
     devices = list(jax.devices() if devices is None else devices)
     return Mesh(device_grid(mesh_cfg, devices, dcn_cfg), MESH_AXES)
-
-
-def check_processes(mode: str, processes: int) -> None:
-    """Refuses ``single`` in a run of several processes: each process would run its own one-device
-    step on its own rows, training ``processes`` independent models with no gradient sync."""
-    if mode == "single" and processes > 1:
-        raise ParallelConfigError(
-            f"parallel.mode=single trains on one device of one process, but this run has {processes} processes "
-            "(each would train its own model on its own rows, with no gradient sync): use parallel.mode=auto "
-            "or sharded"
-        )
-
-
-def parse_rules(rules: Optional[Sequence[Sequence[Any]]]) -> Tuple[Tuple[str, Any], ...]:
-    """config.parallel.rules (pairs [logical, mesh axis | [axes] | None]) -> flax rules; default LOGICAL_RULES."""
-    if not rules:
-        return tuple(LOGICAL_RULES)
-    out = []
-    for r in rules:
-        if len(r) != 2:
-            raise ParallelConfigError(f"parallel.rules: each rule is [logical_name, mesh_axis], got {r!r}")
-        name, axes = r
-        if isinstance(axes, (list, tuple)):
-            axes = tuple(axes)
-            bad = [a for a in axes if a not in MESH_AXES]
-        else:
-            bad = [] if axes is None or axes in MESH_AXES else [axes]
-        if bad:
-            raise ParallelConfigError(f"parallel.rules: {name!r} maps to unknown mesh axes {bad}")
-        out.append((str(name), axes))
-    return tuple(out)
 
 
 class Runner:
