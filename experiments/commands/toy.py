@@ -26,23 +26,23 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args) -> int:
     # Imported here so `python -m experiments --help` stays fast.
     import mmjax.fusion
-    from experiments.toy_fusion_task import FUSION_CONFIGS, ToyTask, train_and_evaluate
+    from mmjax.data.toy_task import ToyTask
+    from mmjax.fusion.tiny_configs import TINY_CONFIGS, tiny_classifier_config
+    from mmjax.train.full_batch import fit_full_batch
 
     names = [b for b in args.blocks.split(",") if b] or mmjax.fusion.names()
     known = mmjax.fusion.names()
     for b in names:
         if b not in known:
             raise UserError(f"unknown fusion block {b!r}; known: {', '.join(known)}")
-        if b not in FUSION_CONFIGS:
-            raise UserError(f"fusion block {b!r} has no demo config in experiments/toy_fusion_task.py")
+        if b not in TINY_CONFIGS:
+            raise UserError(f"fusion block {b!r} has no tiny config in mmjax/fusion/tiny_configs.py")
     if args.steps < 1 or args.train_size < 1 or args.test_size < 1:
         raise UserError("--steps, --train-size and --test-size must be positive")
-    try:
-        task = ToyTask(k=args.k, interaction=args.task, seed=args.seed)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    task = ToyTask(k=args.k, interaction=args.task, seed=args.seed)  # bad --k: a DataConfigError, one line from main
+    train, test = task.splits(args.train_size, args.test_size, seed=args.seed)
 
-    a, b = (m for m, _ in task.dims)
+    a, b = task.modalities
     rule = f"label = {task.k}*c_{a} + c_{b}" if task.interaction == "pair" else f"label = (c_{a} + c_{b}) mod {task.k}"
     print(textwrap.dedent(f"""\
         Fusion demo on SYNTHETIC data (not a benchmark).
@@ -57,10 +57,8 @@ def run(args) -> int:
     print(header)
     print("-" * len(header))
     for name in names:
-        r = train_and_evaluate(
-            name, task, steps=args.steps, learning_rate=args.lr, n_train=args.train_size,
-            n_test=args.test_size, seed=args.seed,
-        )
-        print(f"{r.block:<16} {r.params:>8} {r.train_accuracy:>10.3f} {r.test_accuracy:>9.3f} {r.steps_per_s:>9.1f}",
+        r = fit_full_batch(tiny_classifier_config(name, task.modalities), task.num_classes, train, test,
+                           steps=args.steps, learning_rate=args.lr, seed=args.seed)
+        print(f"{name:<16} {r.params:>8} {r.train_accuracy:>10.3f} {r.test_accuracy:>9.3f} {r.steps_per_s:>9.1f}",
               flush=True)
     return 0

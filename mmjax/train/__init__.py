@@ -7,4 +7,5 @@
 * :mod:`mmjax.train.checkpoint`: Orbax checkpoints (latest K + best).
 * :mod:`mmjax.train.logging`: console, JSONL and TensorBoard writers.
 * :mod:`mmjax.train.loop`: ``train_and_evaluate`` and ``evaluate``.
+* :mod:`mmjax.train.full_batch`: ``fit_full_batch``, a quick full-batch fit on in-memory batches (one program).
 """
