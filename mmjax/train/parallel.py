@@ -29,7 +29,7 @@ Multi-host: every process calls the same code with its own share of the global
 batch (rows ``process_index`` of ``process_count`` equal parts); the sharded
 runner assembles global arrays with ``jax.make_array_from_process_local_data``,
 and moves the rows on device when the mesh wants them elsewhere (a ``tensor``
-axis across processes: see :meth:`Runner._to_global`).
+axis across processes: see :func:`mmjax.data.global_batch.to_global`).
 """
 from __future__ import annotations
 
@@ -42,13 +42,13 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from mmjax.data.global_batch import prefetch_to_device, to_global  # noqa: F401 (prefetch_to_device re-exported)
 from mmjax.data.normalize import normalize_images
 from mmjax.sharding import MESH_AXES, BatchShards
 from mmjax.train import step as step_lib
-from mmjax.train.mesh import (ParallelConfigError, check_processes, device_grid, mesh_shape,  # noqa: F401
-                              parse_rules, rows_follow_processes)
+from mmjax.train.mesh import ParallelConfigError, check_processes, device_grid, mesh_shape, parse_rules  # noqa: F401
 from mmjax.train.pmap_dropout import global_batch_masks
-from mmjax.train.state import TrainState, _init_fn, create_train_state, example_inputs, state_shardings
+from mmjax.train.state import TrainState, abstract_train_state, create_train_state
 
 PyTree = Any
 MODES = ("single", "pmap", "sharded")
@@ -115,7 +115,6 @@ class Runner:
         if mode == "sharded":
             self.mesh = make_mesh(mesh_cfg or {"data": -1}, devices, dcn_cfg)
             self.batch_sharding = NamedSharding(self.mesh, P(BATCH_AXES))
-        self._rows_direct: Dict[int, bool] = {}  # global rows -> whether processes' rows are their devices'
         self.local_devices = jax.local_devices() if devices is None else [
             d for d in devices if d.process_index == jax.process_index()
         ]
@@ -152,17 +151,13 @@ class Runner:
         """ShapeDtypeStructs carrying the target shardings, to restore a checkpoint into."""
         example_batch = normalize_images(example_batch, self.input_norm)
         with self.context():
-            abstract = jax.eval_shape(
-                lambda r: create_train_state(self.model, self.make_tx, example_batch, r)[0], rng
-            )
-            if self.mode == "sharded":
-                init = _init_fn(self.model, example_inputs(example_batch))
-                specs = nn.logical_to_mesh(nn.get_partition_spec(jax.eval_shape(init, rng))["params"], self.rules)
-                self.state_shardings = state_shardings(abstract, specs, self.mesh)
-                shardings = self.state_shardings
-            else:
-                single = jax.sharding.SingleDeviceSharding(self.local_devices[0])
-                shardings = jax.tree.map(lambda _: single, abstract)
+            abstract, shardings = abstract_train_state(self.model, self.make_tx, example_batch, rng,
+                                                       mesh=self.mesh, rules=self.rules)
+        if shardings is not None:
+            self.state_shardings = shardings
+        else:
+            single = jax.sharding.SingleDeviceSharding(self.local_devices[0])
+            shardings = jax.tree.map(lambda _: single, abstract)
         return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract, shardings)
 
     def replicate(self, state: TrainState) -> TrainState:
@@ -193,7 +188,7 @@ class Runner:
         """This process's numpy rows -> the step's input layout (uint8 images normalised on device).
 
         The transfer is asynchronous: calling this a few batches ahead of the step overlaps
-        the copy with compute (see :func:`prefetch_to_device`)."""
+        the copy with compute (see :func:`mmjax.data.global_batch.prefetch_to_device`)."""
         batch = dict(batch)
         needs_norm = any(np.asarray(batch["inputs"][m]).dtype == np.uint8 for m in self.input_norm
                          if m in batch.get("inputs", {}))
@@ -212,52 +207,16 @@ class Runner:
                     )
                 return x.reshape((n, x.shape[0] // n) + x.shape[1:])
             return jax.tree.map(split, batch)
-        placed = self._to_global(batch)
+        rows = int(np.shape(jax.tree.leaves(batch)[0])[0]) * jax.process_count()
+        shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        if rows % shards:
+            raise ParallelConfigError(f"sharded: the global batch of {rows} rows is not divisible by the {shards} "
+                                      "(data x fsdp) shards of parallel.mesh")
+        placed = to_global(batch, self.batch_sharding)
         if not needs_norm:
             return placed
         with self.context():
             return self._normalize(placed)
-
-    def _to_global(self, batch: PyTree) -> PyTree:
-        """Each process's rows [p*B/P, (p+1)*B/P) -> global arrays of B rows on ``batch_sharding``.
-
-        When every process's devices hold exactly its own rows (data / fsdp over processes in
-        process order) the rows go straight to them. Otherwise (``tensor`` across processes: the
-        replicas of a row live on several processes; or a topology-ordered mesh that puts the
-        processes in another order) the rows are first placed on their own process's devices
-        and then moved on device to where the sharding wants them (``jax.device_put``, a
-        collective that every process runs with the same decision)."""
-        processes = jax.process_count()
-        rows = int(np.shape(jax.tree.leaves(batch)[0])[0]) * processes
-        shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
-        if rows % shards:
-            raise ParallelConfigError(
-                f"sharded: the global batch of {rows} rows is not divisible by the {shards} (data x fsdp) "
-                "shards of parallel.mesh"
-            )
-        if rows not in self._rows_direct:
-            indices = self.batch_sharding.devices_indices_map((rows,))
-            self._rows_direct[rows] = rows_follow_processes(indices, rows, processes)
-
-        def shape(x):
-            return (rows,) + np.shape(x)[1:]
-        if self._rows_direct[rows]:
-            return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
-                self.batch_sharding, np.asarray(x), shape(x)), batch)
-        own = self._process_sharding()
-        placed = jax.tree.map(lambda x: jax.make_array_from_process_local_data(own, np.asarray(x), shape(x)), batch)
-        return jax.device_put(placed, self.batch_sharding)
-
-    def _process_sharding(self) -> NamedSharding:
-        """Rows split over processes in process order, replicated over each process's devices."""
-        devices = sorted(self.mesh.devices.flat, key=lambda d: (d.process_index, d.id))
-        processes = jax.process_count()
-        if len(devices) % processes:
-            raise ParallelConfigError(
-                f"sharded: {len(devices)} devices are not split evenly over {processes} processes"
-            )
-        grid = np.asarray(devices, dtype=object).reshape(processes, len(devices) // processes)
-        return NamedSharding(Mesh(grid, ("process", "local")), P("process"))
 
     # ------------------------------------------------------------------ steps
     def _compile(self):
@@ -331,16 +290,3 @@ class Runner:
             m = jax.tree.map(lambda x: np.asarray(x)[0], m)
         return {k: np.asarray(v, np.float64) for k, v in m.items()}
 
-
-def prefetch_to_device(batches, put: Callable[[Any], PyTree], size: int = 2):
-    """Yields ``put(batch)`` for each host batch, ``size`` batches ahead: the transfers of the next
-    batches run while the current step computes (jax dispatches them asynchronously)."""
-    import collections
-    import itertools
-
-    it = iter(batches)
-    queue = collections.deque(put(b) for b in itertools.islice(it, max(size, 1)))
-    while queue:
-        ready = queue.popleft()
-        queue.extend(put(b) for b in itertools.islice(it, 1))  # refill first: `size` stay in flight
-        yield ready

@@ -126,6 +126,53 @@ def _init_fn(model: nn.Module, batch: Mapping[str, Any]) -> Callable[[jax.Array]
     return init
 
 
+def _state_init(model: nn.Module, make_tx: Callable[[PyTree], optax.GradientTransformation],
+                batch: Mapping[str, Any], rng: jax.Array) -> Tuple[Callable[[jax.Array], TrainState], PyTree]:
+    """(rng -> initial TrainState, the boxed abstract variables with their logical axis names)."""
+    init = _init_fn(model, example_inputs(batch))
+    boxed = jax.eval_shape(init, rng)
+    tx = make_tx(unbox(boxed)["params"])
+
+    def init_state(rng_):
+        init_rng_, state_rng_ = jax.random.split(rng_)
+        variables = unbox(init(init_rng_))
+        params = variables["params"]
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            batch_stats=variables.get("batch_stats", {}),
+            opt_state=tx.init(params),
+            rng=state_rng_,
+            apply_fn=model.apply,
+            tx=tx,
+        )
+    return init_state, boxed
+
+
+def _abstract(init_state, boxed: PyTree, rng: jax.Array, mesh: Optional[Mesh],
+              rules: Sequence[Tuple[str, Any]]) -> Tuple[TrainState, Optional[TrainState]]:
+    abstract = jax.eval_shape(init_state, rng)
+    if mesh is None:
+        return abstract, None
+    mesh_specs = nn.logical_to_mesh(nn.get_partition_spec(boxed)["params"], rules)
+    return abstract, state_shardings(abstract, mesh_specs, mesh)
+
+
+def abstract_train_state(
+    model: nn.Module,
+    make_tx: Callable[[PyTree], optax.GradientTransformation],
+    batch: Mapping[str, Any],
+    rng: jax.Array,
+    *,
+    mesh: Optional[Mesh] = None,
+    rules: Sequence[Tuple[str, Any]] = (),
+) -> Tuple[TrainState, Optional[TrainState]]:
+    """The state :func:`create_train_state` would make, as ShapeDtypeStructs (nothing allocated),
+    and its NamedShardings over ``mesh`` (None without a mesh). Arguments as there."""
+    init_state, boxed = _state_init(model, make_tx, batch, rng)
+    return _abstract(init_state, boxed, rng, mesh, rules)
+
+
 def create_train_state(
     model: nn.Module,
     make_tx: Callable[[PyTree], optax.GradientTransformation],
@@ -148,30 +195,8 @@ def create_train_state(
     Returns:
       (state, shardings): shardings is a TrainState of NamedShardings or None.
     """
-    example = example_inputs(batch)
-    init = _init_fn(model, example)
-    boxed = jax.eval_shape(init, rng)
-    tx = make_tx(unbox(boxed)["params"])
-
-    def init_state(rng_):
-        init_rng_, state_rng_ = jax.random.split(rng_)
-        variables = unbox(init(init_rng_))
-        params = variables["params"]
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            batch_stats=variables.get("batch_stats", {}),
-            opt_state=tx.init(params),
-            rng=state_rng_,
-            apply_fn=model.apply,
-            tx=tx,
-        )
-
+    init_state, boxed = _state_init(model, make_tx, batch, rng)
     if mesh is None:
         return jax.jit(init_state)(rng), None
-    logical_specs = nn.get_partition_spec(boxed)["params"]
-    mesh_specs = nn.logical_to_mesh(logical_specs, rules)
-    abstract = jax.eval_shape(init_state, rng)
-    shardings = state_shardings(abstract, mesh_specs, mesh)
-    state = jax.jit(init_state, out_shardings=shardings)(rng)
-    return state, shardings
+    _, shardings = _abstract(init_state, boxed, rng, mesh, rules)
+    return jax.jit(init_state, out_shardings=shardings)(rng), shardings

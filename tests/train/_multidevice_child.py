@@ -116,12 +116,14 @@ def multiproc():
 
 
 def tensor2():
+    from mmjax.data import global_batch
+
     r = runner("sharded", {"data": -1, "tensor": 2})
     _, losses, first = train(r)
     rows = int(r.put_batch(first)["label"].shape[0])
     if jax.process_index() == 0:
         print("RESULT " + json.dumps({"losses": losses, "processes": jax.process_count(), "rows": rows,
-                                      "mesh": dict(r.mesh.shape), "direct": r._rows_direct[rows]}))
+                                      "mesh": dict(r.mesh.shape), "direct": global_batch._rows_direct(r.batch_sharding, rows, jax.process_count())}))
 
 
 def single():
