@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence, Tuple, Union
 
-from mmjax.fusion.attention_common import AttentionConfigError, _check_common
+from mmjax.fusion.attention_common import AttentionConfigError, _check_common, _check_readout
 from mmjax.fusion.bottleneck import _check_bottleneck
 from mmjax.fusion.cost import Cost, register_cost
 from mmjax.fusion.perceiver import _check_perceiver
@@ -131,10 +131,11 @@ def _bottleneck_cost(
 @register_cost("perceiver")
 def _perceiver_cost(
     dims, out_dim, *, dim=64, num_heads=4, num_layers=1, num_latents=8, num_self_layers=1,
-    mlp_dim=None, share_weights=False, pos_emb=False, pooled_token=False, token_lengths=None,
+    mlp_dim=None, share_weights=False, pos_emb=False, pooled_token=False, readout="mean", token_lengths=None,
     **config,
 ) -> Cost:
     _unknown("perceiver", config)
+    _check_readout("perceiver", pooled_token, readout)
     mlp = _check_common("perceiver", dim, num_heads, num_layers, mlp_dim)
     _check_perceiver(num_latents, num_self_layers)
     lengths = _lengths("perceiver", dims, token_lengths, pooled_token)
@@ -146,6 +147,10 @@ def _perceiver_cost(
     flops += num_layers * (
         _cross_block_flops(dim, mlp, num_latents, s) + num_self_layers * _self_block_flops(dim, mlp, num_latents)
     )
-    params += _ln_params(dim) + (dim + 1) * out_dim
-    flops += 2 * dim * out_dim
+    read = dim
+    if readout == "pooled_token":  # each modality's pooled token, LayerNormed, joins the latent mean
+        read += len(dims) * dim
+        params += len(dims) * _ln_params(dim)
+    params += _ln_params(dim) + (read + 1) * out_dim
+    flops += 2 * read * out_dim
     return Cost(params=params, flops=flops)

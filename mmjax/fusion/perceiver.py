@@ -45,6 +45,12 @@ class PerceiverFusion(nn.Module):
       pos_emb: add learned positional embeddings (T_m, dim) per modality.
       pooled_token: prepend each modality's pooled vector as one more token
         (``with_pooled_token``; T_m counts it).
+      readout: "mean" (the latents' mean only) or "pooled_token" (needs
+        pooled_token=True): the head also reads each modality's projected
+        pooled token, LayerNormed and zeroed where the modality is missing,
+        concatenated to the latent mean, (B, (1 + M)·dim). The latents see the
+        M pooled tokens as M of sum T_m keys; with small CNN encoders they
+        carry most of the signal, and this path gives it to the head directly.
     """
 
     out_dim: int
@@ -58,13 +64,14 @@ class PerceiverFusion(nn.Module):
     share_weights: bool = False
     pos_emb: bool = False
     pooled_token: bool = False
+    readout: str = "mean"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, features, modality_mask=None, *, train: bool = False) -> Array:
         inputs = prepare(features, modality_mask, block="perceiver")
-        inputs = _pooled_tokens("perceiver", inputs, self.pooled_token, "mean")
+        inputs = _pooled_tokens("perceiver", inputs, self.pooled_token, self.readout)
         mlp_dim = _check_common("perceiver", self.dim, self.num_heads, self.num_layers, self.mlp_dim)
         _check_perceiver(self.num_latents, self.num_self_layers)
         x = _project_tokens(self, inputs, self.dim, self.pos_emb)
@@ -103,6 +110,12 @@ class PerceiverFusion(nn.Module):
             for blk in selfs[j]:
                 z = blk(z, None, train=train)
         z = layer_norm(self.dtype, self.param_dtype, "ln_final")(z).mean(axis=1)
+        if self.readout == "pooled_token":
+            z = jnp.concatenate([z] + [
+                jnp.where(inputs.present[n][:, None],
+                          layer_norm(self.dtype, self.param_dtype, f"ln_pooled_{n}")(x[n][:, 0]), 0)
+                for n in inputs.names
+            ], axis=-1)
         return dense(self.out_dim, dtype=self.dtype, param_dtype=self.param_dtype, name="out")(z)
 
 

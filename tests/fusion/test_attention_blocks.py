@@ -140,7 +140,7 @@ def np_bottleneck(p, tokens, masks, num_layers, fusion_layer, share, first=False
     return np.stack(outs)
 
 
-def np_perceiver(p, tokens, masks, num_layers, num_self_layers, share):
+def np_perceiver(p, tokens, masks, num_layers, num_self_layers, share, first=False):
     names = sorted(tokens)
     outs = []
     for e in range(len(masks[names[0]])):
@@ -153,6 +153,9 @@ def np_perceiver(p, tokens, masks, num_layers, num_self_layers, share):
             for s in range(num_self_layers):
                 z = np_self_block(p[f"self_{j}_{s}"], z)
         z = np_ln(p["ln_final"], z).mean(0)
+        if first:  # readout="pooled_token": each present modality's first (pooled) token joins the head
+            z = np.concatenate([z] + [np_ln(p[f"ln_pooled_{n}"], x[n][0]) if len(x[n]) else np.zeros(DIM)
+                                      for n in names])
         outs.append(z @ p["out"]["kernel"] + p["out"]["bias"])
     return np.stack(outs)
 
@@ -256,6 +259,12 @@ def test_bottleneck_and_perceiver_with_pooled_token_match_numpy():
                      pooled_token=True)
     variables, got = init_apply(block, feats, mm)
     np.testing.assert_allclose(got, np_perceiver(params_np(variables), tokens, masks, 1, 1, False),
+                               rtol=2e-4, atol=2e-5)
+    block = F.create("perceiver", out_dim=OUT, dim=DIM, num_heads=HEADS, mlp_dim=MLP_DIM, num_latents=3,
+                     pooled_token=True, readout="pooled_token")
+    variables, got = init_apply(block, feats, mm)
+    assert params_np(variables)["out"]["kernel"].shape == (3 * DIM, OUT)  # latent mean + 2 pooled tokens
+    np.testing.assert_allclose(got, np_perceiver(params_np(variables), tokens, masks, 1, 1, False, first=True),
                                rtol=2e-4, atol=2e-5)
 
 
@@ -438,6 +447,7 @@ def test_sharding_axis_names_on_every_weight(compiled):
         ("cross_attention", dict(dim=8, num_heads=2, pos_emb=True, pooled_token=True, readout="pooled_token")),
         ("bottleneck", dict(dim=8, num_heads=2, pos_emb=True, pooled_token=True)),
         ("perceiver", dict(dim=8, num_heads=2, pooled_token=True)),
+        ("perceiver", dict(dim=8, num_heads=2, pooled_token=True, readout="pooled_token")),
     ],
 )
 def test_cost_model_is_exact(name, config):
@@ -489,6 +499,7 @@ def test_cost_defaults_to_pooled_lengths_and_rejects_unknown_keys():
         ("perceiver", dict(num_layers=0), "num_layers"),
         ("cross_attention", dict(readout="first"), "readout must be one of"),
         ("bottleneck", dict(readout="pooled_token"), "readout='pooled_token' needs pooled_token=True"),
+        ("perceiver", dict(readout="pooled_token"), "readout='pooled_token' needs pooled_token=True"),
     ],
 )
 def test_bad_config_raises_clear_error(name, config, match):
