@@ -5,6 +5,8 @@ GPU for bf16/fp16 inputs of a shape it supports (``jax.nn.dot_product_attention`
 alone always takes the XLA path unless told otherwise) and XLA's everywhere
 else. :class:`HeadProjection` and :class:`HeadMerge` are the (D -> N, H) and
 (N, H -> D) maps around it. :class:`mmjax.layers.MultiHeadAttention` composes them.
+:func:`attention_weights` is the softmax that attention applies, computed explicitly
+for the layers that record it (``MultiHeadAttention(record_weights=True)``).
 """
 from __future__ import annotations
 
@@ -20,6 +22,9 @@ Array = jax.Array
 
 
 ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
+# Where recorded attention weights are sown: intermediates/.../attention_weights.
+WEIGHTS_COLLECTION = "intermediates"
+WEIGHTS_NAME = "attention_weights"
 
 
 def cudnn_attention_applies(backend: str, dtype: Any, head_dim: int, q_len: int, kv_len: int,
@@ -59,6 +64,26 @@ def dot_product_attention(q: Array, k: Array, v: Array, *, mask: Optional[Array]
                 pass  # a cuDNN limit not listed above (version, compute capability): XLA instead
         implementation = "xla"
     return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, implementation=implementation)
+
+
+def attention_weights(q: Array, k: Array, mask: Optional[Array], causal: bool = False) -> Array:
+    """q (B, T, N, H), k (B, S, N, H), mask broadcastable to (B, N, T, S) bool -> (B, N, T, S) float32.
+
+    softmax(q k^T / sqrt(H)) over keys with masked keys at weight 0: the weights
+    ``jax.nn.dot_product_attention`` applies. A row with every key masked is all zeros.
+    """
+    logits = jnp.einsum("btnh,bsnh->bnts", q.astype(jnp.float32), k.astype(jnp.float32))
+    logits = logits / jnp.sqrt(jnp.float32(q.shape[-1]))
+    allowed = jnp.ones(logits.shape, bool)
+    if mask is not None:
+        allowed = allowed & jnp.broadcast_to(mask, logits.shape)
+    if causal:
+        t, s = logits.shape[-2:]
+        allowed = allowed & jnp.tril(jnp.ones((t, s), bool))
+    logits = jnp.where(allowed, logits, jnp.finfo(jnp.float32).min)
+    peak = logits.max(axis=-1, keepdims=True)
+    e = jnp.where(allowed, jnp.exp(logits - peak), 0.0)
+    return e / jnp.maximum(e.sum(-1, keepdims=True), jnp.finfo(jnp.float32).tiny)
 
 
 class HeadProjection(nn.Module):
@@ -113,5 +138,6 @@ def _fan_in_out_xavier(fan_in: int, fan_out: int):
     return init
 
 
-__all__ = ["ATTENTION_IMPLEMENTATIONS", "HeadMerge", "HeadProjection", "cudnn_attention_applies",
+__all__ = ["ATTENTION_IMPLEMENTATIONS", "WEIGHTS_COLLECTION", "WEIGHTS_NAME", "HeadMerge", "HeadProjection",
+           "attention_weights", "cudnn_attention_applies",
            "dot_product_attention"]

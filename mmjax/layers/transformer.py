@@ -13,6 +13,12 @@ values of all earlier ones in the flax ``"cache"`` collection
 (B, L_max, N, H) and the write position ``cache_index``. The cache is created
 by an ``init`` (or ``jax.eval_shape`` of it) in decode mode on a (B, L_max)
 dummy: that call sets L_max and runs plain causal attention.
+
+Recorded weights. ``record_weights=True`` (on the attention or the block) sows
+each attention's softmax weights (B, N, T, S) float32 as
+``intermediates/.../attention_weights`` when that collection is mutable
+(``apply(..., mutable=["intermediates"])``); otherwise nothing extra is computed.
+Parameters and the forward result are the same either way.
 """
 from __future__ import annotations
 
@@ -25,8 +31,11 @@ import jax.numpy as jnp
 
 from mmjax.layers.attention_ops import (  # re-exported (see __all__): their historical import path
     ATTENTION_IMPLEMENTATIONS,
+    WEIGHTS_COLLECTION,
+    WEIGHTS_NAME,
     HeadMerge,
     HeadProjection,
+    attention_weights,
     cudnn_attention_applies,
     dot_product_attention,
 )
@@ -65,6 +74,7 @@ class MultiHeadAttention(nn.Module):
       qkv_dim: total width of q/k/v (N * head_dim); defaults to the query width.
       out_dim: output width; defaults to the query width.
       decode: cached incremental causal self-attention (see the module docstring).
+      record_weights: sow the softmax weights when "intermediates" is mutable (module docstring).
     """
 
     num_heads: int
@@ -74,12 +84,14 @@ class MultiHeadAttention(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     decode: bool = False
+    record_weights: bool = False
 
     @nn.compact
     def __call__(self, inputs_q: Array, inputs_kv: Optional[Array] = None, mask: Optional[Array] = None,
-                 causal: bool = False, train: bool = False) -> Array:
+                 causal: bool = False, train: bool = False, keep: Optional[Array] = None) -> Array:
         """inputs_q (B, T, Dq), inputs_kv (B, S, Dkv) or None for self-attention,
-        mask (B, T, S) bool (True = may attend) -> (B, T, out_dim)."""
+        mask (B, T, S) bool (True = may attend) -> (B, T, out_dim). ``keep`` (B,) bool, optional:
+        the examples whose output the caller keeps; the others' recorded weights are zeros."""
         if self.decode and (inputs_kv is not None or mask is not None or not causal):
             raise ValueError("MultiHeadAttention(decode=True) is causal self-attention without a mask "
                              "(the cache holds every earlier position, none of them padding)")
@@ -97,6 +109,9 @@ class MultiHeadAttention(nn.Module):
             mask = mask[:, None, :, :]  # (B, 1, T, S): same mask for every head
         if self.decode:
             k, v, mask, causal = self._extend_cache(k, v)
+        if self.record_weights and self.is_mutable_collection(WEIGHTS_COLLECTION):
+            w = attention_weights(q, k, mask, causal)
+            self.sow(WEIGHTS_COLLECTION, WEIGHTS_NAME, w if keep is None else jnp.where(keep[:, None, None, None], w, 0))
         out = dot_product_attention(q, k, v, mask=mask, is_causal=causal)
         out = HeadMerge(out_dim=self.out_dim or inputs_q.shape[-1], dtype=self.dtype,
                         param_dtype=self.param_dtype, name="out")(out)
@@ -164,7 +179,8 @@ class TransformerBlock(nn.Module):
     context_mask (B, S) bool. Returns (B, T, D). ``decode=True`` (needs
     ``causal``) caches the self-attention's keys and values (see the module
     docstring); cross-attention keys and values are recomputed from the context
-    at each call. In decode mode ``mask`` must be None.
+    at each call. In decode mode ``mask`` must be None. ``record_weights``: both
+    attentions record their weights (see the module docstring).
     """
 
     num_heads: int
@@ -175,23 +191,13 @@ class TransformerBlock(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     decode: bool = False
+    record_weights: bool = False
 
     @nn.compact
-    def __call__(
-        self,
-        x: Array,
-        mask: Optional[Array] = None,
-        context: Optional[Array] = None,
-        context_mask: Optional[Array] = None,
-        train: bool = False,
-    ) -> Array:
-        attn = functools.partial(
-            MultiHeadAttention,
-            num_heads=self.num_heads,
-            dropout_rate=self.dropout_rate,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-        )
+    def __call__(self, x: Array, mask: Optional[Array] = None, context: Optional[Array] = None,
+                 context_mask: Optional[Array] = None, train: bool = False) -> Array:
+        attn = functools.partial(MultiHeadAttention, num_heads=self.num_heads, dropout_rate=self.dropout_rate,
+                                 dtype=self.dtype, param_dtype=self.param_dtype, record_weights=self.record_weights)
         h = layer_norm(self.dtype, self.param_dtype, "ln_attn")(x)
         x = x + attn(name="self_attn", decode=self.decode)(
             h, mask=attention_mask(mask, mask), causal=self.causal, train=train
@@ -200,14 +206,9 @@ class TransformerBlock(nn.Module):
             if context is None:
                 raise ValueError("TransformerBlock(cross_attention=True) needs a context")
             h = layer_norm(self.dtype, self.param_dtype, "ln_cross")(x)
-            x = x + attn(name="cross_attn")(
-                h, context, mask=attention_mask(mask, context_mask), train=train
-            )
+            x = x + attn(name="cross_attn")(h, context, mask=attention_mask(mask, context_mask), train=train)
         h = layer_norm(self.dtype, self.param_dtype, "ln_mlp")(x)
-        x = x + MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype, self.param_dtype, name="mlp")(
-            h, train=train
-        )
-        return x
+        return x + MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype, self.param_dtype, name="mlp")(h, train=train)
 
 
 class _ScanBlock(TransformerBlock):
@@ -281,6 +282,8 @@ class TransformerStack(nn.Module):
 
 __all__ = [
     "ATTENTION_IMPLEMENTATIONS",
+    "WEIGHTS_COLLECTION",
+    "WEIGHTS_NAME",
     "HeadMerge",
     "HeadProjection",
     "MlpBlock",
@@ -288,6 +291,7 @@ __all__ = [
     "TransformerBlock",
     "TransformerStack",
     "attention_mask",
+    "attention_weights",
     "cudnn_attention_applies",
     "dot_product_attention",
     "layer_norm",
