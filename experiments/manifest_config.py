@@ -14,6 +14,7 @@ import os
 from typing import Any, Dict
 
 from experiments.configs.stamps import FUSION_CONFIGS  # small encoders pooled by mean, as here
+from mmjax.models import fusion_choice
 from mmjax.train import files
 
 TEMPLATE = '''"""{name}: {description}
@@ -89,8 +90,10 @@ def render(name: str, plan, data_cfg, path: str, batch_size: int = 32) -> str:
     batch = batch_size if train >= batch_size else 2 ** int(math.log2(train))  # a power of 2 splits over devices
     total = int(min(3000, max(100, math.ceil(30 * train / batch))))
     eval_split = next((s for s in ("validation", "test") if s in plan.splits), "train")
-    single = len(mods) == 1  # one modality: encoder -> head, no fusion block ("none", experiments.modalities)
     encoders = {m: encoder(mods[m].kind, plan.sample_rate) for m in sorted(mods)}
+    model = {"encoders": encoders, "fusion": "concat", "fusion_config": {"out_dim": 64}}
+    if len(mods) == 1:  # one modality: encoder -> head, no fusion block (as experiments.modalities asks for it)
+        model = fusion_choice.unimodal(model, sorted(mods)[0])
     kinds = ", ".join(f"{m} ({mods[m].kind}, {encoders[m]['name']})" for m in sorted(mods))
     names = plan.class_names
     return TEMPLATE.format(
@@ -100,7 +103,7 @@ def render(name: str, plan, data_cfg, path: str, batch_size: int = 32) -> str:
         data=literal(data_cfg.to_dict()), encoders=literal(encoders),
         fusion_configs=literal(FUSION_CONFIGS), first=sorted(mods)[0], total_steps=total, train=train,
         batch_size=batch, log_every=max(1, min(50, total // 10)), eval_split=eval_split,
-        fusion="none" if single else "concat", fusion_config={} if single else {"out_dim": 64},
+        fusion=model["fusion"], fusion_config=model["fusion_config"],
         warmup=min(50, total // 10))
 
 
