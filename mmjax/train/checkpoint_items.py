@@ -7,7 +7,7 @@ Each CheckpointManager gets a registry of its own (Orbax adds its metrics
 handler to the one it is given).
 
 The checksums handler is also the test hook ``MMJAX_FAULT=before_commit@N``
-(:func:`mmjax.train.health.fault`): Orbax finalises each item once every item
+(:func:`mmjax.train.faults.fault`): Orbax finalises each item once every item
 of the step is written, then commits the step (the rename of
 ``N.orbax-checkpoint-tmp`` to ``N``, or its commit file on an object store).
 Checksums is the last of our items to be finalised, so a test that kills the
@@ -20,7 +20,7 @@ from typing import Any, Mapping, Optional
 
 import orbax.checkpoint as ocp
 
-from mmjax.train import checksum, health
+from mmjax.train import checksum, faults
 
 STATE = "state"
 META = "meta"
@@ -37,7 +37,7 @@ class ChecksumsHandler(ocp.handlers.JsonCheckpointHandler):
 
     def finalize(self, directory) -> None:
         super().finalize(directory)
-        health.fault("before_commit", step_of(directory))
+        faults.fault("before_commit", step_of(directory))
 
     @classmethod
     def typestr(cls) -> str:

@@ -21,7 +21,7 @@ from flax import serialization
 
 from mmjax.train import agreement as agreement_lib
 from mmjax.train import checkpoint_items as items
-from mmjax.train import checksum, files, health
+from mmjax.train import checksum, faults, files
 from mmjax.train.checkpoint_fit import CheckpointError, CheckpointMismatchError, mismatch, shapes
 from mmjax.train.state import TrainState
 
@@ -147,7 +147,7 @@ class VerifiedRestore:
         and returns no state. ``MMJAX_FAULT=restore@N:damaged`` makes step N
         unreadable (tests).
         """
-        if health.fault("restore", step) == "damaged":
+        if faults.fault("restore", step) == "damaged":
             return agreement_lib.DAMAGED, None, CheckpointError("unreadable (MMJAX_FAULT restore:damaged)")
         reader = self._reader()
         try:

@@ -12,10 +12,7 @@
   checkpoint and exits cleanly. With several processes the flag is ignored and
   ``multihost_utils.reached_preemption_sync_point`` decides, so that every
   process stops at the same step.
-* :func:`fault` is a test-only hook: ``MMJAX_FAULT="point@step:action,..."``
-  makes the loop misbehave at a named point (sleep there so a test can kill
-  the process inside the window, send itself SIGTERM, poison a batch). When
-  the variable is unset it is a dictionary lookup that finds nothing.
+* The test-only fault hooks (``MMJAX_FAULT``) live in :mod:`mmjax.train.faults`.
 """
 from __future__ import annotations
 
@@ -29,6 +26,7 @@ import time
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from mmjax import errors
+from mmjax.train.faults import FAULT_SLEEP_S, FAULTS, fault  # noqa: F401  (moved to faults; re-exported)
 
 
 class WorkdirBusyError(errors.RunError):
@@ -233,55 +231,12 @@ class PreemptionGuard:
 _ACTIVE_GUARD: Optional[PreemptionGuard] = None
 
 
+def active_guard() -> Optional[PreemptionGuard]:
+    """The guard of the run in progress in this process (a fault's sleep ends when it is set), or None."""
+    return _ACTIVE_GUARD
+
+
 # --------------------------------------------------------------------------- fault hooks
-def _parse_faults(text: str) -> Dict[Tuple[str, Optional[int]], str]:
-    faults: Dict[Tuple[str, Optional[int]], str] = {}
-    for item in filter(None, (t.strip() for t in text.split(","))):
-        where, _, action = item.partition(":")
-        point, _, step = where.partition("@")
-        faults[(point, int(step) if step else None)] = action or "sleep"
-    return faults
-
-
-FAULTS = _parse_faults(os.environ.get("MMJAX_FAULT", ""))
-FAULT_SLEEP_S = 600.0
-
-
-def fault(point: str, step: Optional[int] = None) -> Optional[str]:
-    """Runs the action configured for ``point`` (at ``step``) in ``MMJAX_FAULT``; returns it.
-
-    Actions: ``sleep`` (announce, then wait up to 10 min or until SIGTERM, so a
-    test can kill the process inside this window), ``sigterm`` (send SIGTERM to
-    this process), ``exit`` (``os._exit(3)``, a crash with no clean-up); any
-    other action (``nan`` at ``batch``, ``damaged`` at ``restore``) is returned for the caller to apply. The
-    announcement is a line on stderr and, when ``MMJAX_FAULT_MARKER`` is set,
-    that file created with the point's name.
-    """
-    if not FAULTS:
-        return None
-    action = FAULTS.get((point, step)) or FAULTS.get((point, None))
-    if action is None:
-        return None
-    label = f"{point}@{step}" if step is not None else point
-    print(f"MMJAX_FAULT {label}:{action}", file=sys.stderr, flush=True)
-    marker = os.environ.get("MMJAX_FAULT_MARKER")
-    if marker:
-        with open(marker + ".tmp", "w", encoding="utf-8") as f:
-            f.write(label)
-        os.replace(marker + ".tmp", marker)
-    if action == "sleep":
-        end = time.monotonic() + FAULT_SLEEP_S
-        while time.monotonic() < end:
-            if _ACTIVE_GUARD is not None and _ACTIVE_GUARD.flag.is_set():
-                break
-            time.sleep(0.05)
-    elif action == "sigterm":
-        os.kill(os.getpid(), signal.SIGTERM)
-    elif action == "exit":
-        os._exit(3)
-    return action
-
-
 def install_checkpoint_fault() -> None:
     """Nothing to install: ``fault("before_commit", step)`` runs in every save.
 

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from mmjax.train import checkpoint_items, health
+from mmjax.train import checkpoint_items, faults
 from mmjax.train.checkpoint import Checkpointer
 
 
@@ -19,7 +19,7 @@ def test_step_of_reads_the_step_of_an_item_directory():
 def test_before_commit_sees_the_whole_step_written_and_not_committed(tmp_path, monkeypatch, async_save):
     ckdir = tmp_path / "checkpoints"
     seen = []
-    original = health.fault
+    original = faults.fault
 
     def record(point, step=None):
         if point == "before_commit":
@@ -27,7 +27,7 @@ def test_before_commit_sees_the_whole_step_written_and_not_committed(tmp_path, m
             items = sorted(os.listdir(ckdir / tmp[0])) if tmp else []
             seen.append((step, sorted(os.listdir(ckdir)), os.path.isdir(ckdir / str(step)), items))
         return original(point, step)
-    monkeypatch.setattr(health, "fault", record)
+    monkeypatch.setattr(faults, "fault", record)
 
     ck = Checkpointer(str(ckdir), keep=2, best_metric="accuracy", async_save=async_save)
     ck.save(3, {"w": np.ones(3, np.float32)}, metrics={"accuracy": 0.5})

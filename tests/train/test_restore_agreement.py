@@ -75,7 +75,7 @@ def test_single_process_agreement_is_local():
 def test_process_0_sets_aside_what_it_cannot_read(tmp_path, monkeypatch):
     agree = Scripted(0)
     ck = _saved(tmp_path, agree)
-    monkeypatch.setattr("mmjax.train.health.FAULTS", {("restore", 6): "damaged"})
+    monkeypatch.setattr("mmjax.train.faults.FAULTS", {("restore", 6): "damaged"})
     said = []
     state, step = ck.restore_latest_good(TARGET, said.append)
     assert step == 4 and np.array_equal(state["w"], np.full(3, 4))
