@@ -18,6 +18,7 @@ from typing import Any, Iterable, List, Sequence, Tuple
 import ml_collections
 
 from experiments.errors import UserError
+from mmjax.train.defaults import default
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "configs")
 NOT_EXPERIMENTS = {"__init__", "base"}
@@ -60,12 +61,9 @@ def load_config(experiment: str) -> ml_collections.ConfigDict:
 # Keys every training config has (configs/base.py sets them), added to configs that do
 # not start from base.py or were written before the keys existed (so
 # ``--config.train.check_finite=off`` is a known key everywhere).
-DEFAULTS = {
-    "train": {
-        "validate_batches": "every",  # every | first | off: structure, shapes, dtypes, labels
-        "check_finite": "every",      # every | first | off: NaN/Inf in inputs (host numpy)
-    },
-}
+# train.validate_batches / check_finite: every | first | off (batch structure; NaN/Inf in the inputs),
+# with the library's own defaults (mmjax.train.defaults).
+DEFAULTS = {"train": {k: default(f"train.{k}") for k in ("validate_batches", "check_finite")}}
 
 
 def add_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -33,6 +33,4 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict({"ks": (1, 5, 10), "prompts": (), "probe_examples": 4096, "probe_l2": 1e-4})
     c.optim.learning_rate = 1e-3
     c.optim.warmup_steps = 100
-    c.checkpoint.best_metric = "mean_R@1"
-    c.checkpoint.best_mode = "max"
     return c

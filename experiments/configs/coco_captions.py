@@ -32,6 +32,4 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict({"beam_size": 4, "alpha": 0.6, "num_samples": 50})
     c.optim.learning_rate = 5e-4
     c.optim.warmup_steps = 1000
-    c.checkpoint.best_metric = "cider_d"
-    c.checkpoint.best_mode = "max"
     return c

@@ -29,6 +29,4 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict({"beam_size": 4, "alpha": 0.6, "num_samples": 30})
     c.optim.learning_rate = 1e-3
     c.optim.warmup_steps = 200
-    c.checkpoint.best_metric = "cider_d"
-    c.checkpoint.best_mode = "max"
     return c

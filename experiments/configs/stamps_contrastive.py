@@ -37,6 +37,4 @@ def get_config() -> ml_collections.ConfigDict:
                                         "probe_examples": 2048, "probe_l2": 1e-3})
     c.optim.learning_rate = 1e-3
     c.optim.warmup_steps = 100
-    c.checkpoint.best_metric = "mean_R@1"
-    c.checkpoint.best_mode = "max"
     return c

@@ -30,6 +30,4 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict({"beam_size": 1, "alpha": 0.6, "num_samples": 16})
     c.optim.learning_rate = 3e-3
     c.optim.warmup_steps = 10
-    c.checkpoint.best_metric = "cider_d"
-    c.checkpoint.best_mode = "max"
     return c

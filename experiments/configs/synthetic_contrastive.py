@@ -32,6 +32,4 @@ def get_config() -> ml_collections.ConfigDict:
                                         "probe_l2": 1e-4})
     c.optim.learning_rate = 3e-3
     c.optim.warmup_steps = 10
-    c.checkpoint.best_metric = "mean_R@1"
-    c.checkpoint.best_mode = "max"
     return c

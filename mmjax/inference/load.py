@@ -18,7 +18,7 @@ import numpy as np
 
 from mmjax.inference.inputs import ModalitySpec, specs_from_record, to_batch
 from mmjax.train.checkpoint import CheckpointError
-from mmjax.train.config_access import get
+from mmjax.train.config_access import setting
 
 
 class LoadError(CheckpointError):
@@ -56,7 +56,7 @@ class LoadedModel:
         self.variables = variables
         self.specs = dict(specs)
         self.modalities: Tuple[str, ...] = tuple(sorted(self.specs))
-        self.loss = str(get(get(config, "loss"), "name", "softmax_xent"))
+        self.loss = str(setting(config, "loss.name"))
         self.last_notes: List[str] = []
         self._jitted: Dict[str, Any] = {}
 
@@ -126,7 +126,7 @@ def _record(workdir: str):
         raise LoadError(str(e)) from None
     if record is None:
         raise LoadError(f"{workdir} holds no run ({run_record.FILE}): train there first, or check --workdir")
-    task = str(record.config.get("task", "classification"))
+    task = str(setting(record.config, "task"))
     if task != "classification":
         raise LoadError(f"{workdir} is a {task!r} run: mmjax.load serves classifiers only")
     if "num_classes" not in record.data_info:

@@ -6,25 +6,23 @@ checkpoint written by one reads back in the others.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Tuple
 
 import jax
 
-from mmjax.train import files
+from mmjax.train import defaults, files
 from mmjax.train.checkpoint import Checkpointer, CheckpointError
-from mmjax.train.config_access import as_dict as _as_dict, get as _get
+from mmjax.train.config_access import as_dict as _as_dict, copy_with, get as _get, setting
 from mmjax.train.optim import make_optimizer
 from mmjax.train.parallel import Runner
-from mmjax.train.step import NAN_POLICY
-from mmjax.train.tasks import get_task
+from mmjax.train.tasks import Task, get_task
 
-# checkpoint.async_save of a config that does not set it (experiments/configs/base.py reads it from here).
-ASYNC_SAVE = True
+ASYNC_SAVE = defaults.ASYNC_SAVE  # checkpoint.async_save's default, also imported from here
 
 
 def parallel_mode(config: Any) -> str:
     """config.parallel.mode, where "auto" is "single" on one device and "sharded" otherwise."""
-    mode = _get(config.parallel, "mode", "auto")
+    mode = setting(config, "parallel.mode")
     if mode == "auto":
         return "single" if jax.device_count() == 1 else "sharded"
     return mode
@@ -36,17 +34,16 @@ def build(config: Any, num_classes: int, info: Optional[Mapping[str, Any]] = Non
     info = dict(info or {})
     info.setdefault("num_classes", num_classes)
     task = get_task(config, info)
-    train_cfg = _as_dict(_get(config, "train", {}))
     return Runner(
         parallel_mode(config), task.build_model(),
         lambda p: make_optimizer(_as_dict(config.optim), p, int(config.total_steps)),
         task=task,
-        step_kwargs={"grad_accum_steps": int(train_cfg.get("grad_accum_steps", 1)),
-                     "nan_policy": train_cfg.get("nan_policy", NAN_POLICY)},
-        mesh_cfg=_as_dict(_get(config.parallel, "mesh", {"data": -1})),
-        rules=_get(config.parallel, "rules", None),
+        step_kwargs={"grad_accum_steps": int(setting(config, "train.grad_accum_steps")),
+                     "nan_policy": setting(config, "train.nan_policy")},
+        mesh_cfg=_as_dict(setting(config, "parallel.mesh")),
+        rules=setting(config, "parallel.rules"),
         input_norm=info.get("image_norms"),
-        dcn_cfg=_as_dict(_get(config.parallel, "dcn_mesh", {})),
+        dcn_cfg=_as_dict(setting(config, "parallel.dcn_mesh")),
     )
 
 
@@ -59,13 +56,27 @@ def open_checkpoints(config: Any, workdir: str, *, for_eval: bool = False,
     leftovers of failed saves are removed. ``say``: where lines about damaged
     checkpoints go (default: stderr).
     """
-    ck_cfg = _as_dict(_get(config, "checkpoint", {}))
     directory = files.path(workdir) / "checkpoints"
     if for_eval and not directory.is_dir():
         raise CheckpointError(f"no checkpoints in {files.display(workdir)} (no {directory}): train first")
-    task = get_task(config, {})  # ranks checkpoints by its own metric unless the config names one
-    metric = ck_cfg.get("best_metric") or task.best_metric
-    mode = ck_cfg.get("best_mode") or (task.best_mode if not ck_cfg.get("best_metric") else "max")
-    return Checkpointer(os.fspath(directory), keep=int(ck_cfg.get("keep", 2)), best_metric=metric, best_mode=mode,
-                        async_save=bool(ck_cfg.get("async_save", ASYNC_SAVE)) and not for_eval,
+    metric, mode = best_checkpoint(config, get_task(config, {}))
+    return Checkpointer(os.fspath(directory), keep=int(setting(config, "checkpoint.keep")), best_metric=metric,
+                        best_mode=mode, async_save=bool(setting(config, "checkpoint.async_save")) and not for_eval,
                         say=say, clean_partial=not for_eval)
+
+
+def best_checkpoint(config: Any, task: Task) -> Tuple[str, str]:
+    """-> (metric, mode) that rank the run's checkpoints: ``checkpoint.best_metric`` / ``best_mode``
+    where the config names them, else the task's (a metric named without a mode is maximised)."""
+    metric = setting(config, "checkpoint.best_metric")
+    mode = setting(config, "checkpoint.best_mode")
+    return metric or task.best_metric, mode or (task.best_mode if not metric else "max")
+
+
+def with_best_checkpoint(config: Any, task: Task) -> Any:
+    """A copy of ``config`` whose ``checkpoint.best_metric`` / ``best_mode`` hold the ranking in effect
+    (:func:`best_checkpoint`), so a run record names it the same way whether the config or the task
+    chose it: a run recorded with an explicit ``"accuracy"`` resumes under ``""`` for a classifier."""
+    metric, mode = best_checkpoint(config, task)
+    return copy_with(config, checkpoint=dict(_as_dict(_get(config, "checkpoint")), best_metric=metric,
+                                             best_mode=mode))

@@ -17,7 +17,7 @@ from mmjax.train import builder, files, selection
 from mmjax.train import logging as log_lib
 from mmjax.train.checkpoint import Checkpointer, CheckpointError
 from mmjax.train.checksum import DamagedCheckpointError
-from mmjax.train.config_access import get as _get
+from mmjax.train.config_access import setting
 from mmjax.train.parallel import Runner
 
 DataFn = Callable[..., Iterator[Dict[str, Any]]]
@@ -26,7 +26,7 @@ DataFn = Callable[..., Iterator[Dict[str, Any]]]
 def evaluate_split(runner: Runner, state, config: Any, data_fn: DataFn, out_dir: Optional[str] = None,
                    split: Optional[str] = None) -> Dict[str, Any]:
     """The eval metrics of ``state`` on ``split`` (default ``config.eval_split``): the runner's task's evaluation."""
-    seed, batch_size = int(_get(config, "seed", 0)), int(config.batch_size)
+    seed, batch_size = int(setting(config, "seed")), int(config.batch_size)
 
     def batches(name):
         return data_fn(config, name, global_batch_size=batch_size, seed=seed, train=False, start_step=0)
@@ -50,7 +50,7 @@ def selected_step(ckpt: Checkpointer, which: str) -> int:
 
 def restore(runner: Runner, ckpt: Checkpointer, step: int, example: Dict[str, Any], config: Any):
     """Checkpoint ``step`` placed as ``runner`` runs it (``example``: one batch, for the shapes)."""
-    seed = int(_get(config, "seed", 0))
+    seed = int(setting(config, "seed"))
     abstract = runner.abstract_state(example, jax.random.PRNGKey(seed))
     return runner.place_restored(ckpt.restore(abstract, step, config=config))
 
@@ -77,8 +77,8 @@ def test_of_selected(runner: Runner, state, step: int, ckpt: Checkpointer, confi
 
     None when the config has no test split, or it is the selection split itself.
     """
-    test_split = _get(config, "test_split", "")
-    if not test_split or test_split == _get(config, "eval_split", "test"):
+    test_split = setting(config, "test_split")
+    if not test_split or test_split == setting(config, "eval_split"):
         return None
     best = ckpt.agreed(ckpt.best_step())
     best = step if best is None else int(best)
@@ -105,7 +105,7 @@ def evaluate(config: Any, workdir: str, *, which: str = "best", split: Optional[
         info_fn = info_fn or factory.data_info
     info = info_fn(config)
     config, _ = selection.resolve(config, info)
-    split = split or _get(config, "test_split", "") or _get(config, "eval_split", "test")
+    split = split or setting(config, "test_split") or setting(config, "eval_split")
     runner = builder.build(config, int(info["num_classes"]), info)
     say = (lambda line: print(line, file=console, flush=True)) if console is not None else None
     ckpt = builder.open_checkpoints(config, workdir, for_eval=True, say=say)
@@ -126,7 +126,7 @@ def evaluate(config: Any, workdir: str, *, which: str = "best", split: Optional[
 
 def first_batch(config: Any, data_fn: DataFn, split: str) -> Tuple[Dict[str, Any], Iterator[Dict[str, Any]]]:
     """The first eval batch of ``split`` and the iterator over all of them (the first included)."""
-    it = iter(data_fn(config, split, global_batch_size=int(config.batch_size), seed=int(_get(config, "seed", 0)),
+    it = iter(data_fn(config, split, global_batch_size=int(config.batch_size), seed=int(setting(config, "seed")),
                       train=False, start_step=0))
     first = next(it)
 

@@ -40,9 +40,8 @@ from typing import Any, Callable, Dict, Optional
 import fsspec
 
 from mmjax.train import files
+from mmjax.train.defaults import WORKDIR_LEASE_S as DEFAULT_TTL_S  # workdir_lease_s's default
 from mmjax.train.health import WorkdirBusyError
-
-DEFAULT_TTL_S = 120.0
 
 
 class WorkdirLease:

@@ -1,6 +1,6 @@
 """The training loop: ``train_and_evaluate(config, workdir)`` and ``evaluate(config, workdir)``.
 
-Config keys read here (see ``experiments/configs/base.py`` for defaults):
+Config keys read here (defaults: :mod:`mmjax.train.defaults`):
 ``seed, total_steps, batch_size, log_every, eval_every, checkpoint_every,
 eval_steps, eval_split, train_split, data, model, loss, optim, train, parallel, checkpoint,
 init_from, tensorboard``.
@@ -30,13 +30,12 @@ from mmjax.train import builder, evaluation, files, resume, run_record, selectio
 from mmjax.train import health
 from mmjax.train import init_from as init_from_lib
 from mmjax.train import logging as log_lib
-from mmjax.train.config_access import as_dict as _as_dict, get as _get
+from mmjax.train.config_access import as_dict as _as_dict, get as _get, setting
 from mmjax.train.checkpoint import CheckpointError
 from mmjax.train.optim import make_schedule
 from mmjax.train.logging import truncate_metrics
 from mmjax.train.parallel import prefetch_to_device
 from mmjax.train.preflight import WorkdirError, check_config, check_workdir  # noqa: F401  (re-exported)
-from mmjax.train.step import NAN_POLICY
 
 DataFn = Callable[..., Iterator[Dict[str, Any]]]
 DEVICE_PREFETCH = 2  # batches on their way to the device while a step runs
@@ -111,7 +110,7 @@ def train_and_evaluate(config: Any, workdir: str, *, data_fn: Optional[DataFn] =
     is_main = jax.process_index() == 0
     console = log_lib.resolve_console(console)
     lock = health.workdir_lock(workdir, say=lambda line: console and print(line, file=console, flush=True),
-                               lease_s=_get(config, "workdir_lease_s", None))
+                               lease_s=setting(config, "workdir_lease_s"))
     if is_main:
         lock.acquire()
     try:
@@ -137,15 +136,17 @@ def _train(config, workdir, data_fn, info_fn, console, stop_at, guard, lock, rec
     num_classes = int(info["num_classes"])
     total_steps = int(config.total_steps)
     batch_size = int(config.batch_size)
-    train_cfg = _as_dict(_get(config, "train", {}))
-    validate_mode = train_cfg.get("validate_batches", "every")
-    finite_mode = train_cfg.get("check_finite", "first")
+    validate_mode = setting(config, "train.validate_batches")
+    finite_mode = setting(config, "train.check_finite")
     for key, value in (("validate_batches", validate_mode), ("check_finite", finite_mode)):
         if value not in ("every", "first", "off"):
             raise BatchValidationError(f"train.{key} must be 'every', 'first' or 'off', got {value!r}")
-    nan_stop = train_cfg.get("nan_policy", NAN_POLICY) == "stop"
-    loss_name = _as_dict(_get(config, "loss", {})).get("name", "softmax_xent")
+    nan_stop = setting(config, "train.nan_policy") == "stop"
+    loss_name = setting(config, "loss.name")
     runner = builder.build(config, num_classes, info)
+    # Recorded and compared as the ranking in effect: the config's, else the task's.
+    config = builder.with_best_checkpoint(config, runner.task)
+    saved_config = builder.with_best_checkpoint(saved_config, runner.task)
     model_cfg, label_kind = runner.task.input_spec(info)
     spec = validation.spec_from_config(model_cfg, info, loss=loss_name,
                                        batch_size=batch_size // jax.process_count(), label=label_kind)
@@ -158,10 +159,10 @@ def _train(config, workdir, data_fn, info_fn, console, stop_at, guard, lock, rec
     ckpt = builder.open_checkpoints(config, workdir, say=say)
     writer = None
     try:
-        seed = int(_get(config, "seed", 0))
+        seed = int(setting(config, "seed"))
         rng = jax.random.PRNGKey(seed)
         def batches_from(step):
-            it = data_fn(config, _get(config, "train_split", "train"), global_batch_size=batch_size, seed=seed, train=True, start_step=step)
+            it = data_fn(config, setting(config, "train_split"), global_batch_size=batch_size, seed=seed, train=True, start_step=step)
             first, it = _peek(iter(it))
             spec.validate(first, check_finite=finite_mode != "off", where=f"train batch at step {step + 1}")
             return first, it
@@ -191,7 +192,7 @@ def _train(config, workdir, data_fn, info_fn, console, stop_at, guard, lock, rec
                 say(f"metrics.jsonl: dropped {later} records after step {start} (they will be replayed)")
             if damaged:
                 say(f"metrics.jsonl: dropped {damaged} damaged line(s) (not a JSON record with an integer step)")
-        writer = log_lib.MetricWriter(workdir, enabled=is_main, tensorboard=bool(_get(config, "tensorboard", True)),
+        writer = log_lib.MetricWriter(workdir, enabled=is_main, tensorboard=bool(setting(config, "tensorboard")),
                                       console=console)
         writer.write_config(run_record.to_json(config))
         spec = spec.freeze(example)
@@ -199,20 +200,20 @@ def _train(config, workdir, data_fn, info_fn, console, stop_at, guard, lock, rec
             say(f"resumed from {ckpt.directory} at step {start}")
         else:
             state = runner.create_state(example, rng)
-            init_from = _as_dict(_get(config, "init_from", {}))
+            init_from = _as_dict(setting(config, "init_from"))
             if init_from.get("path") or init_from.get("pretrained") or init_from.get("params") is not None:
                 state = init_from_lib.apply_init_from(runner, state, init_from, say=say)
         # After the restore (a change of model or optimizer is named there, array by array) and the
         # first trace (a config that cannot build a model leaves no record behind).
-        resume.keep_record(workdir, saved_config, info, bool(steps), record_opts, say)
+        resume.keep_record(workdir, saved_config, info, bool(steps), record_opts, say, task=runner.task)
         n_params = sum(int(x.size) for x in jax.tree.leaves(state.params))
-        fusion = _get(config.model, "fusion", None) if "model" in config else None
+        fusion = _get(_get(config, "model"), "fusion")
         say(f"model: {n_params:,} parameters" + (f", fusion {fusion}" if fusion else "")
-            + f"; training on {info.get('name') or _get(config.data, 'name', '')} "
-            f"{_get(config, 'train_split', 'train')}, selecting on {_get(config, 'eval_split', 'test')}, "
+            + f"; training on {info.get('name') or setting(config, 'data.name')} "
+            f"{setting(config, 'train_split')}, selecting on {setting(config, 'eval_split')}, "
             f"{total_steps} steps of {batch_size}")
         # The checkpoints kept plus the one being written, from the state's bytes (metadata comes on top).
-        keep = int(_as_dict(_get(config, "checkpoint", {})).get("keep", 2))
+        keep = int(setting(config, "checkpoint.keep"))
         state_bytes = sum(int(getattr(x, "nbytes", 0)) for x in jax.tree.leaves(state))
         low = files.space_warning(ckpt.directory, state_bytes * (keep + 1), f"{keep} + 1 checkpoints of "
                                   f"{files.human_size(state_bytes)}")
@@ -231,10 +232,10 @@ def _loop(config, workdir, runner, state, ckpt, writer, say, data_fn, train_iter
     total_steps = int(config.total_steps)
     batch_size = int(config.batch_size)
     is_main = jax.process_index() == 0
-    log_every = int(_get(config, "log_every", 50))
-    eval_every = int(_get(config, "eval_every", 0))
-    ckpt_every = int(_get(config, "checkpoint_every", 0))
-    eval_split = _get(config, "eval_split", "test")
+    log_every = int(setting(config, "log_every"))
+    eval_every = int(setting(config, "eval_every"))
+    ckpt_every = int(setting(config, "checkpoint_every"))
+    eval_split = setting(config, "eval_split")
     cfg_dict = _as_dict(config)
     progress = log_lib.Progress(total_steps, batch_size, start)
     last = stop_at if stop_at is not None else total_steps

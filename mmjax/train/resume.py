@@ -2,19 +2,26 @@
 checkpoint's data position against the batch size, and (object stores) that it still holds the lease."""
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, Optional
 
 import jax
 
-from mmjax.train import health, run_record
+from mmjax.train import builder, health, run_record
 from mmjax.train.checkpoint import Checkpointer, CheckpointError
 
 
-def keep_record(workdir, config, info, resuming: bool, record_opts, say) -> None:
-    """Writes the run record on a fresh start; on resume, compares ``config`` with it first."""
+def keep_record(workdir, config, info, resuming: bool, record_opts, say, task: Optional[Any] = None) -> None:
+    """Writes the run record on a fresh start; on resume, compares ``config`` with it first.
+
+    ``task``: the run's task; the record is compared with the checkpoint ranking it had in
+    effect (:func:`builder.with_best_checkpoint`), also where it left that to the task.
+    """
     allow, experiment = record_opts
     saved = run_record.read(workdir)
     if saved is not None and resuming:
+        if task is not None:
+            saved = dataclasses.replace(saved, config=builder.with_best_checkpoint(saved.config, task))
         changed = run_record.check_resume(saved, config, allow_change=allow)
         if not changed:
             return

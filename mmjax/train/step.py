@@ -23,6 +23,7 @@ import optax
 
 from mmjax import errors
 from mmjax.sharding import BatchShards
+from mmjax.train.defaults import NAN_POLICY  # train.nan_policy's default (also imported from here)
 from mmjax.train.state import TrainState
 
 PyTree = Any
@@ -30,7 +31,6 @@ Metrics = Dict[str, jax.Array]
 
 
 NAN_POLICIES = ("skip", "stop")
-NAN_POLICY = "skip"  # train.nan_policy of a config that does not set it
 
 
 class StepConfigError(errors.ConfigError):

@@ -110,3 +110,56 @@ def test_best_checkpoint_selected_on_validation_reports_test_once(tmp_path):
     assert res["test"]["step"] == best
     again = evaluation.evaluate(_config(), wd, data_fn=data_fn, info_fn=_info, console=None)
     assert again["step"] == best and again["accuracy"] == pytest.approx(res["test"]["accuracy"])
+
+
+def test_a_run_recorded_with_the_explicit_task_metric_resumes_under_the_empty_default(tmp_path, capsys):
+    wd = str(tmp_path / "old")
+    old = _config()
+    old.checkpoint.best_metric, old.checkpoint.best_mode = "accuracy", "max"  # what base.py used to say
+    loop.train_and_evaluate(old, wd, info_fn=_info, console=None, stop_at=2)
+    assert run_record.read(wd).config.checkpoint.best_metric == "accuracy"
+    new = _config()
+    assert (new.checkpoint.best_metric, new.checkpoint.best_mode) == ("", "")
+    out = loop.train_and_evaluate(new, wd, info_fn=_info)
+    assert out["step"] == 4 and "config changes" not in capsys.readouterr().out
+    # Another metric than the task's is a real change.
+    with pytest.raises(run_record.ConfigChangedError, match=r"checkpoint\.best_metric: 'accuracy' -> 'loss'"):
+        loop.train_and_evaluate(_config(checkpoint={"best_metric": "loss"}), wd, info_fn=_info, console=None)
+
+
+def test_a_fresh_record_names_the_ranking_in_effect_and_a_record_without_one_resumes(tmp_path):
+    wd = str(tmp_path / "new")
+    loop.train_and_evaluate(_config(), wd, info_fn=_info, console=None, stop_at=2)
+    saved = run_record.read(wd).config.checkpoint
+    assert (saved.best_metric, saved.best_mode) == ("accuracy", "max")
+    # A library user's config without a checkpoint section, recorded before the ranking was written in.
+    bare = _config()
+    del bare["checkpoint"]
+    run_record.write(wd, bare, _info(bare))
+    loop.train_and_evaluate(bare, wd, info_fn=_info, console=None)
+    assert run_record.read(wd).config.get("checkpoint") is None  # no difference: the record stays as it was
+
+
+def _sliced_data_fn(seen):
+    """Synthetic batches for any slice of a split ("train[:36]" reads "train"), the names asked for in ``seen``."""
+    def data_fn(config, split, *, global_batch_size, seed, train, start_step=0):
+        seen.append(split)
+        return synthetic.make_iterator(config.data, selection._base(split), global_batch_size=global_batch_size,
+                                       seed=seed, train=train, start_step=start_step)
+    return data_fn
+
+
+@pytest.mark.parametrize("splits,test", [({"train": 40, "test": 16}, "test"), ({"train": 40}, None)])
+def test_a_config_without_split_keys_selects_on_a_held_out_slice(tmp_path, capsys, splits, test):
+    c = _config()
+    for key in ("eval_split", "test_split", "train_split"):
+        del c[key]  # a library user's config: the defaults (validation / test / train) apply
+    seen = []
+    res = loop.train_and_evaluate(c, str(tmp_path / "run"), data_fn=_sliced_data_fn(seen),
+                                  info_fn=lambda cfg: dict(_info(cfg), name="two_splits", splits=splits))
+    # 10 % of 40 train examples held out: the last 4 select the model, the first 36 train it.
+    assert res["eval_split"] == "train[36:]" and seen.count("train[36:]") == 2 and "train[:36]" in seen
+    assert (res.get("test") or {}).get("split") == test and seen.count("test") == (1 if test else 0)
+    out = capsys.readouterr().out
+    assert "two_splits has no 'validation' split" in out
+    assert ("two_splits has no 'test' split: no test evaluation" in out) == (test is None)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Type
 
-from mmjax.train.config_access import get as _get
+from mmjax.train.config_access import setting
+from mmjax.train.defaults import DEFAULTS
 from mmjax.train.tasks.base import Task, TaskConfigError
 from mmjax.train.tasks.captioning import CaptioningTask, write_samples
 from mmjax.train.tasks.classification import ClassificationLoss, ClassificationTask
@@ -22,7 +23,7 @@ TASKS = tuple(REGISTRY)
 
 def task_class(config: Any) -> Type[Task]:
     """The :class:`Task` subclass named by ``config.task`` (default "classification")."""
-    name = _get(config, "task", "classification") or "classification"
+    name = setting(config, "task") or DEFAULTS["task"]
     if name not in REGISTRY:
         raise TaskConfigError(f"config.task must be one of {TASKS}, got {name!r}")
     return REGISTRY[name]

@@ -26,7 +26,7 @@ import numpy as np
 
 from mmjax import errors
 from mmjax.sharding import BatchShards
-from mmjax.train.config_access import as_dict as _as_dict, get as _get
+from mmjax.train.config_access import as_dict as _as_dict, get as _get, setting
 
 PyTree = Any
 Batches = Callable[[str], Iterator[Dict[str, Any]]]
@@ -107,8 +107,8 @@ class Task:
     def __init__(self, config: Any, info: Mapping[str, Any]):
         self.config = config
         self.info = dict(info)
-        self.model_cfg = _as_dict(_get(config, "model", {}))
-        self.eval_cfg = _as_dict(_get(config, "eval", {}))
+        self.model_cfg = _as_dict(_get(config, "model"))
+        self.eval_cfg = _as_dict(_get(config, "eval"))
 
     def build_model(self) -> nn.Module:
         raise NotImplementedError
@@ -126,7 +126,7 @@ class Task:
         configs name their inputs their own way (towers, encoder + target) are checked against the
         dataset's modalities, with the label kind from the data (COCO's multi-hot objects ride along)."""
         model_cfg = {"encoders": {m: {} for m in (info.get("modalities") or ())}}
-        multi = _as_dict(_get(self.config, "data", {})).get("label_kind") == "multi_hot"
+        multi = _get(_get(self.config, "data"), "label_kind") == "multi_hot"
         return model_cfg, "multi" if multi else "int"
 
     def logged_eval(self, metrics: Mapping[str, Any]) -> Dict[str, Any]:
@@ -135,7 +135,7 @@ class Task:
 
     def split_and_limit(self, split: Optional[str]) -> Tuple[str, int]:
         """-> (the split to evaluate: ``split`` or ``config.eval_split``, ``config.eval_steps`` (0: all))."""
-        return split or _get(self.config, "eval_split", "test"), int(_get(self.config, "eval_steps", 0) or 0)
+        return split or setting(self.config, "eval_split"), int(setting(self.config, "eval_steps"))
 
     # Evaluation helpers: params on the host layout, batches on the runner's layout.
     def variables(self, runner, state) -> Dict[str, PyTree]:

@@ -19,7 +19,7 @@ from mmjax import caption_metrics
 from mmjax.models.captioner import Captioner, generate, strip_bos, token_nll
 from mmjax.sharding import BatchShards
 from mmjax.train import files
-from mmjax.train.config_access import get as _get
+from mmjax.train.config_access import setting
 from mmjax.train.tasks.base import (Batches, Task, TaskConfigError, apply_model, dtype, example_weight, freeze,
                                     gather, real_rows, tokenizer)
 
@@ -59,7 +59,7 @@ class CaptioningTask(Task):
         del shards  # a token mean: the step's weight reduction makes it global
         logits, new_stats = apply_model(apply_fn, params, batch_stats, batch, rng, train)
         targets = self._target(batch)
-        nll, logp = token_nll(logits, targets, float(_get(_get(self.config, "loss", {}), "label_smoothing", 0.0)))
+        nll, logp = token_nll(logits, targets, float(setting(self.config, "loss.label_smoothing")))
         # Token weights: non-padding targets times the example weight, so the
         # global loss is the mean over every real token of the global batch.
         mask = (targets != 0).astype(jnp.float32) * example_weight(batch, targets.shape[0])[:, None]

@@ -13,7 +13,7 @@ import numpy as np
 from mmjax import losses as losses_lib
 from mmjax import metrics as metrics_lib
 from mmjax.sharding import BatchShards
-from mmjax.train.config_access import as_dict as _as_dict, get as _get
+from mmjax.train.config_access import setting
 from mmjax.train.tasks.base import Batches, Task, TaskConfigError, apply_model
 
 PyTree = Any
@@ -83,10 +83,9 @@ class ClassificationLoss:
 
 def loss_from_config(config: Any, num_classes: int) -> ClassificationLoss:
     """``config.loss`` -> :class:`ClassificationLoss`."""
-    cfg = _as_dict(_get(config, "loss", {}))
-    weights = cfg.get("class_weights")
-    return ClassificationLoss(num_classes=int(num_classes), loss=cfg.get("name", "softmax_xent"),
-                              label_smoothing=float(cfg.get("label_smoothing", 0.0)),
+    weights = setting(config, "loss.class_weights")
+    return ClassificationLoss(num_classes=int(num_classes), loss=setting(config, "loss.name"),
+                              label_smoothing=float(setting(config, "loss.label_smoothing")),
                               class_weights=tuple(float(w) for w in weights) if weights else None)
 
 
