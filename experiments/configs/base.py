@@ -45,16 +45,16 @@ def get_config() -> ml_collections.ConfigDict:
     c.loss.class_weights = D["loss"]["class_weights"]    # () = none, else one weight per class
 
     c.optim = ml_collections.ConfigDict()
-    c.optim.name = "adamw"
-    c.optim.learning_rate = 1e-3
-    c.optim.schedule = "cosine"
-    c.optim.warmup_steps = 50
-    c.optim.end_lr_factor = 0.0
-    c.optim.weight_decay = 1e-4
-    c.optim.b1 = 0.9
-    c.optim.b2 = 0.999
-    c.optim.clip_norm = 1.0
-    c.optim.freeze = ()            # parameter path prefixes, e.g. ("encoder_text",)
+    c.optim.name = D["optim"]["name"]
+    c.optim.learning_rate = D["optim"]["learning_rate"]
+    c.optim.schedule = D["optim"]["schedule"]
+    c.optim.warmup_steps = D["optim"]["warmup_steps"]
+    c.optim.end_lr_factor = D["optim"]["end_lr_factor"]
+    c.optim.weight_decay = D["optim"]["weight_decay"]
+    c.optim.b1 = D["optim"]["b1"]
+    c.optim.b2 = D["optim"]["b2"]
+    c.optim.clip_norm = D["optim"]["clip_norm"]
+    c.optim.freeze = D["optim"]["freeze"]  # parameter path prefixes, e.g. ("encoder_text",)
 
     c.train = ml_collections.ConfigDict()
     c.train.grad_accum_steps = D["train"]["grad_accum_steps"]

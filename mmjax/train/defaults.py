@@ -7,8 +7,9 @@ a bare library call agree. The library reads such keys with
 :func:`mmjax.train.config_access.setting` (dotted keys: ``"train.nan_policy"``).
 
 Keys a run cannot do without (``total_steps``, ``batch_size``, ``data``,
-``model``, ``optim``) have no default; model and optimizer options keep theirs
-next to the code that builds them.
+``model``) have no default; model options keep theirs next to the code that
+builds them (the model classes' attributes). ``optim.*`` is here, read by
+:mod:`mmjax.train.optim`.
 
 So a config lacking the keys trains as base.py's experiments do: it selects on
 ``"validation"`` (a dataset without it: a slice held out of its train split, see
@@ -45,6 +46,11 @@ DEFAULTS: Dict[str, Any] = {
     # best_metric / best_mode "": the task's (mmjax.train.tasks, e.g. accuracy / max for classifiers).
     "checkpoint": {"keep": 2, "best_metric": "", "best_mode": "", "async_save": ASYNC_SAVE},
     "init_from": {"path": "", "pretrained": "", "source": "", "target": ""},
+    # name: adamw | sgd; schedule: cosine | constant (both after a linear warmup); clip_norm 0: off;
+    # momentum: sgd's (0: none); freeze: parameter path prefixes that get no update.
+    "optim": {"name": "adamw", "learning_rate": 1e-3, "schedule": "cosine", "warmup_steps": 50,
+              "end_lr_factor": 0.0, "weight_decay": 1e-4, "b1": 0.9, "b2": 0.999, "clip_norm": 1.0,
+              "momentum": 0.0, "freeze": ()},
 }
 
 

@@ -1,6 +1,6 @@
 """The optimizer from config: schedule, AdamW with a decay mask, clipping, freezing.
 
-Config keys (``config.optim``):
+Config keys (``config.optim``; defaults, base.py's values, in :mod:`mmjax.train.defaults`):
   name: "adamw" | "sgd".
   learning_rate: peak learning rate.
   schedule: "cosine" (linear warmup, then cosine to ``end_lr_factor * lr``) | "constant" (with warmup).
@@ -11,12 +11,13 @@ Config keys (``config.optim``):
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import jax
 import optax
 
 from mmjax import errors
+from mmjax.train.config_access import setting
 
 PyTree = Any
 
@@ -72,17 +73,41 @@ def freeze_labels(params: PyTree, freeze: Sequence[str]) -> PyTree:
     )
 
 
-def check_ranges(cfg: Mapping[str, Any]) -> None:
-    """Raises OptimConfigError naming the ``optim.*`` key whose value is out of range.
+def options(cfg: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    """``config.optim`` with every key the optimizer reads; a missing one (or None) takes its
+    default from :mod:`mmjax.train.defaults`, the values base.py's experiments have.
+
+    ``clip_norm`` is the exception: an explicit None turns clipping off, as 0 does.
+    """
+    cfg = cfg or {}
+    run = {"optim": cfg}
+    return {
+        "name": setting(run, "optim.name"),
+        "learning_rate": setting(run, "optim.learning_rate"),
+        "schedule": setting(run, "optim.schedule"),
+        "warmup_steps": setting(run, "optim.warmup_steps"),
+        "end_lr_factor": setting(run, "optim.end_lr_factor"),
+        "weight_decay": setting(run, "optim.weight_decay"),
+        "b1": setting(run, "optim.b1"),
+        "b2": setting(run, "optim.b2"),
+        "momentum": setting(run, "optim.momentum"),
+        "clip_norm": (cfg["clip_norm"] or 0.0) if "clip_norm" in cfg else setting(run, "optim.clip_norm"),
+        "freeze": tuple(setting(run, "optim.freeze") or ()),
+    }
+
+
+def check_ranges(cfg: Optional[Mapping[str, Any]]) -> None:
+    """Raises OptimConfigError naming the ``optim.*`` key whose value (given, or its default) is out of range.
 
     A negative learning rate would silently ascend the loss, b1 / b2 >= 1 never
     forget, and a negative weight decay grows the weights: none fails loudly on
     its own.
     """
+    o = options(cfg)
+
     def check(key, ok, want):
-        value = cfg.get(key)
-        if value is not None and not ok(float(value)):
-            raise OptimConfigError(f"optim.{key} must be {want}, got {value!r}")
+        if not ok(float(o[key])):
+            raise OptimConfigError(f"optim.{key} must be {want}, got {o[key]!r}")
 
     check("learning_rate", lambda v: v > 0, "> 0")
     check("warmup_steps", lambda v: v >= 0, ">= 0")
@@ -91,15 +116,15 @@ def check_ranges(cfg: Mapping[str, Any]) -> None:
     check("b1", lambda v: 0 <= v < 1, "in [0, 1)")
     check("b2", lambda v: 0 <= v < 1, "in [0, 1)")
     check("momentum", lambda v: 0 <= v < 1, "in [0, 1)")
-    if cfg.get("clip_norm"):
+    if o["clip_norm"]:
         check("clip_norm", lambda v: v > 0, "> 0 (or 0 / None: no clipping)")
 
 
-def make_schedule(cfg: Mapping[str, Any], total_steps: int) -> Callable[[int], Any]:
+def make_schedule(cfg: Optional[Mapping[str, Any]], total_steps: int) -> Callable[[int], Any]:
+    """step -> learning rate, from ``config.optim`` (:func:`options`)."""
     check_ranges(cfg)
-    lr = float(cfg.get("learning_rate", 1e-3))
-    warmup = int(cfg.get("warmup_steps", 0))
-    kind = cfg.get("schedule", "cosine")
+    o = options(cfg)
+    lr, warmup, kind = float(o["learning_rate"]), int(o["warmup_steps"]), o["schedule"]
     if kind == "cosine":
         decay_steps = max(int(total_steps), warmup + 1)
         return optax.warmup_cosine_decay_schedule(
@@ -107,7 +132,7 @@ def make_schedule(cfg: Mapping[str, Any], total_steps: int) -> Callable[[int], A
             peak_value=lr,
             warmup_steps=warmup,
             decay_steps=decay_steps,
-            end_value=lr * float(cfg.get("end_lr_factor", 0.0)),
+            end_value=lr * float(o["end_lr_factor"]),
         )
     if kind == "constant":
         if not warmup:
@@ -118,35 +143,28 @@ def make_schedule(cfg: Mapping[str, Any], total_steps: int) -> Callable[[int], A
     raise OptimConfigError(f"optim.schedule must be 'cosine' or 'constant', got {kind!r}")
 
 
-def make_optimizer(cfg: Mapping[str, Any], params: PyTree, total_steps: int) -> optax.GradientTransformation:
-    """The optax chain: clip -> optimizer (with decay mask) -> freeze.
+def make_optimizer(cfg: Optional[Mapping[str, Any]], params: PyTree, total_steps: int) -> optax.GradientTransformation:
+    """The optax chain: clip -> optimizer (with decay mask) -> freeze, from ``config.optim`` (:func:`options`).
 
     ``params`` (arrays or ShapeDtypeStructs) is only used to build the decay
     and freeze label trees, so the same transformation works for any sharding.
     """
-    cfg = dict(cfg)
     schedule = make_schedule(cfg, total_steps)
-    name = cfg.get("name", "adamw")
-    if name == "adamw":
-        opt = optax.adamw(
-            schedule,
-            b1=float(cfg.get("b1", 0.9)),
-            b2=float(cfg.get("b2", 0.999)),
-            weight_decay=float(cfg.get("weight_decay", 0.0)),
-            mask=decay_mask(params),
-        )
-    elif name == "sgd":
-        opt = optax.sgd(schedule, momentum=cfg.get("momentum") or None)
+    o = options(cfg)
+    if o["name"] == "adamw":
+        opt = optax.adamw(schedule, b1=float(o["b1"]), b2=float(o["b2"]),
+                          weight_decay=float(o["weight_decay"]), mask=decay_mask(params))
+    elif o["name"] == "sgd":
+        opt = optax.sgd(schedule, momentum=float(o["momentum"]) or None)
     else:
-        raise OptimConfigError(f"optim.name must be 'adamw' or 'sgd', got {name!r}")
+        raise OptimConfigError(f"optim.name must be 'adamw' or 'sgd', got {o['name']!r}")
     chain = []
-    if cfg.get("clip_norm"):
-        chain.append(optax.clip_by_global_norm(float(cfg["clip_norm"])))
+    if o["clip_norm"]:
+        chain.append(optax.clip_by_global_norm(float(o["clip_norm"])))
     chain.append(opt)
     tx = optax.chain(*chain)
-    freeze = list(cfg.get("freeze") or ())
-    if freeze:
+    if o["freeze"]:
         tx = optax.multi_transform(
-            {"trainable": tx, "frozen": optax.set_to_zero()}, freeze_labels(params, freeze)
+            {"trainable": tx, "frozen": optax.set_to_zero()}, freeze_labels(params, o["freeze"])
         )
     return tx

@@ -10,7 +10,7 @@ import numpy as np
 
 from mmjax import errors
 from mmjax.train import builder, files
-from mmjax.train.config_access import as_dict as _as_dict, get as _get
+from mmjax.train.config_access import as_dict as _as_dict, setting
 from mmjax.train.tasks import task_class
 
 
@@ -89,7 +89,7 @@ def check_config(config: Any) -> None:
     check_processes(mode, jax.process_count())
     n = jax.device_count()
     if mode == "sharded":
-        sizes = dict(zip(("data", "fsdp", "tensor"), mesh_shape(_as_dict(_get(config.parallel, "mesh", {})), n)))
+        sizes = dict(zip(("data", "fsdp", "tensor"), mesh_shape(_as_dict(setting(config, "parallel.mesh")), n)))
         width = sizes["data"] * sizes["fsdp"]
     elif mode == "pmap":
         width = n

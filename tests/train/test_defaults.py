@@ -2,10 +2,13 @@
 import pathlib
 import re
 
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import pytest
 
-from mmjax.train import defaults
+from experiments.configs import base
+from mmjax.train import defaults, optim
 from mmjax.train.config_access import copy_with, setting
 
 
@@ -46,5 +49,32 @@ def test_every_key_the_library_reads_through_setting_has_a_default():
             continue  # another module's own ``setting``
         keys.update(re.findall(r"""\bsetting\([^,()]+(?:\([^()]*\))?, ["']([\w.]+)["']\)""", text))
     assert {"seed", "eval_split", "train.nan_policy", "checkpoint.best_metric"} <= keys  # the scan finds them
+    # optim.py reads every optim key base.py sets (and sgd's momentum) through setting ...
+    assert {f"optim.{k}" for k in base.get_config().optim} | {"optim.momentum"} <= keys
     for key in sorted(keys):
         defaults.default(key)  # KeyError names a key read without a default
+    # ... and writes no fallback of its own (``cfg.get("weight_decay", 0.0)``).
+    assert not re.search(r"""\.get\(\s*["']\w+["']\s*,""", pathlib.Path(optim.__file__).read_text())
+
+
+def _update(optim_cfg, grad, w=1.0):
+    params = {"w": jnp.full((2, 2), w)}
+    tx = optim.make_optimizer(optim_cfg, params, 100)
+    updates, _ = tx.update({"w": jnp.full((2, 2), grad)}, tx.init(params), params)
+    return np.asarray(updates["w"])
+
+
+def test_an_optim_section_without_the_keys_trains_as_base_py_does():
+    # Warmup over 50 steps to 1e-3, cosine to 0 at total_steps.
+    lr = optim.make_schedule({}, 1000)
+    np.testing.assert_allclose([lr(0), lr(25), lr(50), lr(1000)], [0.0, 5e-4, 1e-3, 0.0], atol=1e-9)
+    # AdamW with weight decay 1e-4: a zero gradient still shrinks a matrix by lr * 1e-4 * w.
+    np.testing.assert_allclose(_update({"schedule": "constant", "warmup_steps": 0, "learning_rate": 1.0}, 0.0),
+                               -1e-4, rtol=1e-5)
+    # Clipping at global norm 1: the (2, 2) gradient of 5s (norm 10) steps sgd by 0.5 per entry;
+    # an explicit None (as 0) turns clipping off.
+    sgd = {"name": "sgd", "schedule": "constant", "warmup_steps": 0, "learning_rate": 1.0}
+    np.testing.assert_allclose(_update(sgd, 5.0), -0.5, rtol=1e-5)
+    np.testing.assert_allclose(_update(dict(sgd, clip_norm=None), 5.0), -5.0, rtol=1e-5)
+    np.testing.assert_allclose(_update(dict(sgd, clip_norm=0), 5.0), -5.0, rtol=1e-5)
+    assert optim.options(None) == optim.options(ml_collections.ConfigDict({"b1": None}))

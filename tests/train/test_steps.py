@@ -100,9 +100,10 @@ def test_optimizer_options_out_of_range_name_their_key():
                              ("warmup_steps", -1, ">= 0"), ("momentum", 1.5, "in [0, 1)"), ("clip_norm", -1.0, "> 0 (or 0 / None: no clipping)")]:
         with pytest.raises(OptimConfigError, match=rf"^optim\.{key} must be {re.escape(want)}, got"):
             make_optimizer({"learning_rate": 1e-3, key: value}, params, 10)
-    # In range (and clip_norm 0 = off): builds, and one update moves against the gradient.
+    # In range (and clip_norm 0 = off): builds, and one update moves against the gradient
+    # (warmup 0: the default warmup would start at learning rate 0).
     tx = make_optimizer({"learning_rate": 0.1, "clip_norm": 0, "b1": 0.0, "weight_decay": 0.0,
-                         "schedule": "constant"}, params, 10)
+                         "schedule": "constant", "warmup_steps": 0}, params, 10)
     updates, _ = tx.update({"w": jnp.ones((2, 2))}, tx.init(params), params)
     assert float(updates["w"][0, 0]) < 0
 
