@@ -90,6 +90,34 @@ class BatchSpec:
           check_finite: also look for NaN/Inf in the float inputs, labels and weights.
           where: how to name the batch in messages (e.g. "train batch at step 12").
         """
+        self._check_keys(batch, where)
+        label = _array(batch["label"], f"{where}['label']")
+        if label.ndim == 0:
+            raise BatchValidationError(f"{where}['label']: expected shape (B,) or (B, C), got a scalar")
+        b = label.shape[0]
+        if b == 0:
+            raise BatchValidationError(f"{where}: the batch is empty (batch size 0)")
+        if self.batch_size is not None and b != self.batch_size:
+            raise BatchValidationError(f"{where}: expected batch size {self.batch_size}, got {b} (from 'label')")
+        arrays = self._check_inputs(batch["inputs"], b, where)
+        present = self._masks(batch, "modality_mask", arrays, b, where, lambda m, x: (b,))
+        tokens = self._masks(batch, "token_mask", arrays, b, where,
+                             lambda m, x: x.shape[:2] if x.ndim >= 2 else None)
+        self._check_label(label, b, where)
+        weight = None
+        if batch.get("weight") is not None:
+            weight = _array(batch["weight"], f"{where}['weight']")
+            if weight.shape != (b,) or _kind(weight.dtype) not in "fi":
+                raise BatchValidationError(f"{where}['weight']: expected shape ({b},) float, got {weight.shape} "
+                                           f"{weight.dtype}")
+        if not check_finite:
+            return
+        _check_finite(arrays, present, tokens, label, weight, b, where)
+        if weight is not None and (weight < 0).any():
+            raise BatchValidationError(f"{where}['weight']: negative example weights")
+
+    def _check_keys(self, batch: Any, where: str) -> None:
+        """The batch's top-level keys and its modalities against the spec."""
         if not isinstance(batch, Mapping):
             raise BatchValidationError(f"{where}: expected a dict with keys {list(TOP_LEVEL_KEYS)}, "
                                        f"got {type(batch).__name__}")
@@ -112,15 +140,8 @@ class BatchSpec:
             raise BatchValidationError(f"{where}['inputs']: unexpected modality {extra[0]!r}"
                                        f"{_hint(extra[0], self.modalities)}; the model has {sorted(self.modalities)}")
 
-        label = _array(batch["label"], f"{where}['label']")
-        if label.ndim == 0:
-            raise BatchValidationError(f"{where}['label']: expected shape (B,) or (B, C), got a scalar")
-        b = label.shape[0]
-        if b == 0:
-            raise BatchValidationError(f"{where}: the batch is empty (batch size 0)")
-        if self.batch_size is not None and b != self.batch_size:
-            raise BatchValidationError(f"{where}: expected batch size {self.batch_size}, got {b} (from 'label')")
-
+    def _check_inputs(self, inputs: Mapping[str, Any], b: int, where: str) -> Dict[str, np.ndarray]:
+        """Each modality's batch size, shape and dtype against its spec -> the arrays by name."""
         arrays = {m: _array(inputs[m], f"{where}['inputs'][{m!r}]") for m in sorted(inputs)}
         for m, x in arrays.items():
             name = f"{where}['inputs'][{m!r}]"
@@ -136,37 +157,7 @@ class BatchSpec:
                                            f"got {x.dtype} (shape {x.shape})")
             if _kind(x.dtype) not in "fib":
                 raise BatchValidationError(f"{name}: unsupported dtype {x.dtype}")
-
-        present = self._masks(batch, "modality_mask", arrays, b, where, lambda m, x: (b,))
-        tokens = self._masks(batch, "token_mask", arrays, b, where,
-                             lambda m, x: x.shape[:2] if x.ndim >= 2 else None)
-        self._check_label(label, b, where)
-        weight = None
-        if batch.get("weight") is not None:
-            weight = _array(batch["weight"], f"{where}['weight']")
-            if weight.shape != (b,) or _kind(weight.dtype) not in "fi":
-                raise BatchValidationError(f"{where}['weight']: expected shape ({b},) float, got {weight.shape} "
-                                           f"{weight.dtype}")
-        if not check_finite:
-            return
-        for m, x in arrays.items():
-            if _kind(x.dtype) != "f":
-                continue
-            use = np.ones(x.shape[:1], bool) if m not in present else present[m]
-            use = use.reshape((b,) + (1,) * (x.ndim - 1))
-            if m in tokens and x.ndim >= 2:
-                use = use & tokens[m].reshape(tokens[m].shape + (1,) * (x.ndim - 2))
-            bad = ~np.isfinite(x) & use
-            if bad.any():
-                rows = np.unique(np.nonzero(bad)[0])
-                raise BatchValidationError(
-                    f"{where}['inputs'][{m!r}]: {int(bad.sum())} NaN/Inf values in examples {rows[:5].tolist()}"
-                    f"{'...' if len(rows) > 5 else ''} (of a {x.shape} batch)")
-        for key, x in (("label", label), ("weight", weight)):
-            if x is not None and _kind(x.dtype) == "f" and not np.isfinite(x).all():
-                raise BatchValidationError(f"{where}['{key}']: contains NaN/Inf")
-        if weight is not None and (weight < 0).any():
-            raise BatchValidationError(f"{where}['weight']: negative example weights")
+        return arrays
 
     def _masks(self, batch, key, arrays, b, where, shape_of) -> Dict[str, np.ndarray]:
         masks = batch.get(key)
@@ -271,3 +262,23 @@ def spec_from_config(model_config: Mapping[str, Any], info: Mapping[str, Any], *
     return BatchSpec(mods, None if num_classes is None else int(num_classes),
                      label=label or ("multi" if loss == "sigmoid_bce" else "int"), batch_size=batch_size,
                      optional_modalities=optional)
+
+
+def _check_finite(arrays, present, tokens, label, weight, b: int, where: str) -> None:
+    """NaN/Inf in the float inputs (where the modality is present and the token real), labels, weights."""
+    for m, x in arrays.items():
+        if _kind(x.dtype) != "f":
+            continue
+        use = np.ones(x.shape[:1], bool) if m not in present else present[m]
+        use = use.reshape((b,) + (1,) * (x.ndim - 1))
+        if m in tokens and x.ndim >= 2:
+            use = use & tokens[m].reshape(tokens[m].shape + (1,) * (x.ndim - 2))
+        bad = ~np.isfinite(x) & use
+        if bad.any():
+            rows = np.unique(np.nonzero(bad)[0])
+            raise BatchValidationError(
+                f"{where}['inputs'][{m!r}]: {int(bad.sum())} NaN/Inf values in examples {rows[:5].tolist()}"
+                f"{'...' if len(rows) > 5 else ''} (of a {x.shape} batch)")
+    for key, x in (("label", label), ("weight", weight)):
+        if x is not None and _kind(x.dtype) == "f" and not np.isfinite(x).all():
+            raise BatchValidationError(f"{where}['{key}']: contains NaN/Inf")
