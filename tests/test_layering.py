@@ -1,4 +1,5 @@
-"""The library ``mmjax/`` never imports the applications built on it (``experiments/``, ``benchmarks/``)."""
+"""Layering rules: the library ``mmjax/`` never imports the applications built on it (``experiments/``,
+``benchmarks/``), uses public Orbax APIs only, and its step loop holds no fault point."""
 import ast
 import pathlib
 
@@ -31,3 +32,22 @@ def test_mmjax_never_imports_experiments_or_benchmarks():
 def test_the_check_sees_lazy_imports():
     tree = ast.parse("def f():\n    from experiments import data_factory\n    import benchmarks.common\n")
     assert [m for _, m in _imported_modules(tree)] == ["experiments", "benchmarks.common"]
+
+
+def test_mmjax_uses_public_orbax_apis_only():
+    bad = []
+    for path in sorted((ROOT / "mmjax").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for line, module in _imported_modules(tree):
+            if module.startswith("orbax") and any(part.startswith("_") for part in module.split(".")):
+                bad.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
+    assert not bad, "\n".join(bad)
+
+
+def test_the_step_loop_calls_no_fault_point():
+    """Fault injection wraps the loop's parts from outside (mmjax/train/faults.py)."""
+    tree = ast.parse((ROOT / "mmjax" / "train" / "step_loop.py").read_text(encoding="utf-8"))
+    calls = [node.func.attr for node in ast.walk(tree)
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+             and isinstance(node.func.value, ast.Name) and node.func.value.id in ("faults", "health")]
+    assert calls and set(calls) <= {"before", "after", "after_each_call", "poison_batches"}, calls
