@@ -46,6 +46,11 @@ DEFAULTS: Dict[str, Any] = {
     # best_metric / best_mode "": the task's (mmjax.train.tasks, e.g. accuracy / max for classifiers).
     "checkpoint": {"keep": 2, "best_metric": "", "best_mode": "", "async_save": ASYNC_SAVE},
     "init_from": {"path": "", "pretrained": "", "source": "", "target": ""},
+    # The contrastive and captioning tasks' eval options: recall@k, zero-shot prompts ("{}" = the
+    # class name; () = this default), linear-probe examples from train (0: none) and its L2;
+    # captions by beam search (beam_size 1: greedy) with length penalty alpha, num_samples written out.
+    "eval": {"ks": (1, 5, 10), "prompts": ("{}",), "probe_examples": 512, "probe_l2": 1e-4,
+             "beam_size": 1, "alpha": 0.6, "num_samples": 20},
     # name: adamw | sgd; schedule: cosine | constant (both after a linear warmup); clip_norm 0: off;
     # momentum: sgd's (0: none); freeze: parameter path prefixes that get no update.
     "optim": {"name": "adamw", "learning_rate": 1e-3, "schedule": "cosine", "warmup_steps": 50,

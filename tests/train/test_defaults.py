@@ -51,6 +51,9 @@ def test_every_key_the_library_reads_through_setting_has_a_default():
     assert {"seed", "eval_split", "train.nan_policy", "checkpoint.best_metric"} <= keys  # the scan finds them
     # optim.py reads every optim key base.py sets (and sgd's momentum) through setting ...
     assert {f"optim.{k}" for k in base.get_config().optim} | {"optim.momentum"} <= keys
+    # The tasks read their eval options through it too.
+    assert {f"eval.{k}" for k in ("ks", "prompts", "probe_examples", "probe_l2", "beam_size", "alpha",
+                                  "num_samples")} <= keys
     for key in sorted(keys):
         defaults.default(key)  # KeyError names a key read without a default
     # ... and writes no fallback of its own (``cfg.get("weight_decay", 0.0)``).

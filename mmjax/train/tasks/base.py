@@ -108,7 +108,6 @@ class Task:
         self.config = config
         self.info = dict(info)
         self.model_cfg = _as_dict(_get(config, "model"))
-        self.eval_cfg = _as_dict(_get(config, "eval"))
 
     def build_model(self) -> nn.Module:
         raise NotImplementedError

@@ -39,8 +39,11 @@ class CaptioningTask(Task):
             raise TaskConfigError("captioning needs model.vocab_size and model.max_len (or dataset info with "
                                   "vocab_size / max_text_len)")
         encoder = freeze(cfg.pop("encoder", None) or {})
-        cfg["dtype"] = dtype(cfg.get("dtype", "float32"), "model.dtype")
-        cfg["param_dtype"] = dtype(cfg.get("param_dtype", "float32"), "model.param_dtype")
+        for key in ("dtype", "param_dtype"):  # left out: the Captioner's own
+            if cfg.get(key) is None:
+                cfg.pop(key, None)
+            else:
+                cfg[key] = dtype(cfg[key], f"model.{key}")
         known = set(Captioner.__dataclass_fields__) - {"parent", "name", "encoder", "vocab_size", "max_len"}
         unknown = sorted(set(cfg) - known)
         if unknown:
@@ -72,8 +75,8 @@ class CaptioningTask(Task):
         tok = tokenizer(self.info)
         model: Captioner = runner.model
         variables = self.variables(runner, state)
-        beam = int(self.eval_cfg.get("beam_size", 1))
-        alpha = float(self.eval_cfg.get("alpha", 0.6))
+        beam = int(setting(self.config, "eval.beam_size"))
+        alpha = float(setting(self.config, "eval.alpha"))
         if not hasattr(self, "_gen_fn"):
             self._gen_fn = jax.jit(lambda v, b: generate(model, v, b, beam_size=beam, alpha=alpha))
             self._loss_fn = jax.jit(
@@ -122,7 +125,7 @@ class CaptioningTask(Task):
         }
         if out_dir is not None and jax.process_index() == 0:
             write_samples(os.path.join(out_dir, "samples.md"), hyps, refs, cider["per_image"],
-                          int(self.eval_cfg.get("num_samples", 20)), out)
+                          int(setting(self.config, "eval.num_samples")), out)
         return out
 
 

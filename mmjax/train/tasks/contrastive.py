@@ -17,7 +17,8 @@ import numpy as np
 from mmjax.models import retrieval
 from mmjax.models.contrastive import ContrastiveModel
 from mmjax.sharding import BatchShards
-from mmjax.train.config_access import as_dict as _as_dict, get as _get
+from mmjax.train.config_access import as_dict as _as_dict, get as _get, setting
+from mmjax.train.defaults import default
 from mmjax.train.tasks.base import (Batches, Task, TaskConfigError, apply_model, dtype, freeze, gather, real_rows,
                                     tokenizer)
 
@@ -34,14 +35,13 @@ class ContrastiveTask(Task):
         towers = freeze(cfg.pop("towers", None) or {})
         if len(towers) < 2:
             raise TaskConfigError(f"config.model.towers needs at least two modalities, got {sorted(towers)}")
-        return ContrastiveModel(
-            towers=towers,
-            embed_dim=int(cfg.get("embed_dim", 128)),
-            loss=str(cfg.get("loss", "clip")),
-            project=bool(cfg.get("project", True)),
-            dtype=dtype(cfg.get("dtype", "float32"), "model.dtype"),
-            param_dtype=dtype(cfg.get("param_dtype", "float32"), "model.param_dtype"),
-        )
+        # Options the config leaves out keep the model's own defaults (its attributes).
+        kwargs = {k: cast(cfg[k]) for k, cast in (("embed_dim", int), ("loss", str), ("project", bool))
+                  if cfg.get(k) is not None}
+        for key in ("dtype", "param_dtype"):
+            if cfg.get(key) is not None:
+                kwargs[key] = dtype(cfg[key], f"model.{key}")
+        return ContrastiveModel(towers=towers, **kwargs)
 
     def loss_terms(self, apply_fn, params, batch_stats, batch, rng, *, train: bool,
                    shards: BatchShards = BatchShards()):
@@ -100,7 +100,7 @@ class ContrastiveTask(Task):
         tok = tokenizer(self.info) if checkpoint_tok is None else None
         if "text" not in self._towers() or not names or (tok is None and checkpoint_tok is None):
             return None
-        prompts = list(self.eval_cfg.get("prompts") or ("{}",))
+        prompts = list(setting(self.config, "eval.prompts") or default("eval.prompts"))
         texts = [p.format(name) for name in names for p in prompts]
         if checkpoint_tok is not None:  # the prompts are tokenised as the pipeline tokenises the captions
             from mmjax.data.preprocess import tokenize_checkpoint
@@ -121,7 +121,7 @@ class ContrastiveTask(Task):
         split, eval_steps = self.split_and_limit(split)
         bs = int(self.config.batch_size)
         emb, labels = self.embed_split(runner, state, batches(split), eval_steps * bs or None)
-        ks = tuple(int(k) for k in (self.eval_cfg.get("ks") or (1, 5, 10)))
+        ks = tuple(int(k) for k in (setting(self.config, "eval.ks") or default("eval.ks")))
         out: Dict[str, Any] = {"num_examples": float(len(labels))}
         towers = sorted(emb)
         r1 = []
@@ -145,13 +145,13 @@ class ContrastiveTask(Task):
                 if m != "text":
                     out[f"zero_shot/{m}/accuracy"] = float(
                         retrieval.zero_shot_accuracy(jnp.asarray(emb[m]), jnp.asarray(classes), jnp.asarray(labels)))
-        probe_n = int(self.eval_cfg.get("probe_examples", 512))
+        probe_n = int(setting(self.config, "eval.probe_examples"))
         num_classes = int(self.info.get("num_classes") or 0)
         if probe_n > 0 and num_classes > 1:
             train_emb, train_labels = self.embed_split(runner, state, batches("train"), probe_n)
             for m in towers:
                 params, _ = retrieval.linear_probe(jnp.asarray(train_emb[m]), jnp.asarray(train_labels), num_classes,
-                                                   l2=float(self.eval_cfg.get("probe_l2", 1e-4)))
+                                                   l2=float(setting(self.config, "eval.probe_l2")))
                 pred = np.asarray(retrieval.linear_probe_predict(params, jnp.asarray(emb[m])))
                 out[f"linear_probe/{m}/accuracy"] = float(np.mean(pred == labels))
             out["linear_probe/train_examples"] = float(len(train_labels))
