@@ -34,7 +34,8 @@ from mmjax import encoders as encoder_registry
 from mmjax import fusion as fusion_registry
 from mmjax.layers import dense
 from mmjax.models import early
-from mmjax.models.fusion_choice import NO_FUSION, PLACEMENTS, FusionChoice, ModelConfigError, resolve
+from mmjax.models.fusion_choice import (DEFAULT_FUSION, DEFAULT_PLACEMENT, NO_FUSION, PLACEMENTS, FusionChoice,
+                                        ModelConfigError, resolve)
 from mmjax.registry import BadSizeError, check_sizes
 from mmjax.sharding import CLASSES, FUSION_IN, MLP
 from mmjax.types import Encoded
@@ -149,9 +150,9 @@ class Classifier(nn.Module):
 
     num_classes: int
     encoders: Mapping[str, Any]
-    fusion: str = "concat"
+    fusion: str = DEFAULT_FUSION
     fusion_config: Mapping[str, Any] = None  # type: ignore[assignment]
-    placement: str = "middle"
+    placement: str = DEFAULT_PLACEMENT
     head_hidden: Sequence[int] = ()
     dropout_rate: float = 0.0
     early_width: int = 64
@@ -267,7 +268,7 @@ def build_classifier(model_config: Mapping[str, Any], num_classes: int) -> Class
         cfg["head_hidden"] = tuple(cfg["head_hidden"])
     if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
         raise ModelConfigError(f"the classifier needs num_classes >= 1 (from the dataset), got {num_classes!r}")
-    rate = cfg.get("dropout_rate", 0.0)
+    rate = cfg.get("dropout_rate", Classifier.dropout_rate)
     if not 0 <= float(rate) < 1:
         raise ModelConfigError(f"model.dropout_rate must be in [0, 1), got {rate!r}")
     known = set(Classifier.__dataclass_fields__) - {"parent", "name"}

@@ -32,6 +32,9 @@ from mmjax.registry import UnknownNameError
 PLACEMENTS = ("early", "middle", "late")
 # model.fusion value for a single-modality model (a unimodal baseline): no fusion block.
 NO_FUSION = "none"
+# The classifier's defaults (its ``placement`` / ``fusion`` attributes), read here for a config that leaves them out.
+DEFAULT_PLACEMENT = "middle"
+DEFAULT_FUSION = "concat"
 
 
 class ModelConfigError(errors.ConfigError):
@@ -76,8 +79,8 @@ def resolve(model_config: Mapping[str, Any], num_classes: Optional[int] = None) 
       UnknownNameError: an unknown fusion block (a ConfigError; the message starts with ``model.fusion``).
     """
     model = _plain(model_config)
-    placement = model.get("placement", "middle")
-    name = model.get("fusion", "concat")
+    placement = model.get("placement", DEFAULT_PLACEMENT)
+    name = model.get("fusion", DEFAULT_FUSION)
     block_config = _plain(model.get("fusion_config"))
     if placement not in PLACEMENTS:
         raise ModelConfigError(f"model.placement must be one of {PLACEMENTS}, got {placement!r}")
