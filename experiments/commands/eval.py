@@ -62,11 +62,12 @@ def evaluate(config, workdir: str, *, which: str = "best", noise_levels: Sequenc
     from experiments.reports import analysis
     from mmjax.data import factory
     from mmjax.train import builder, evaluation, selection
+    from mmjax.train.config_access import setting
 
     data_fn = data_fn or factory.make_data
     info_fn = info_fn or factory.data_info
     info = info_fn(config)
-    if str(config.get("task", "classification")) != "classification":
+    if str(setting(config, "task")) != "classification":
         # Contrastive / captioning runs have their own metrics (retrieval, BLEU, samples.md).
         out = evaluation.evaluate(config, workdir, which=which, split=split, data_fn=data_fn, info_fn=info_fn)
         if console is not None:
@@ -80,22 +81,19 @@ def evaluate(config, workdir: str, *, which: str = "best", noise_levels: Sequenc
         if jax.process_index() == 0 and os.path.isdir(d):
             files.check_writable(d)
     ckpt = builder.open_checkpoints(config, workdir, for_eval=True)
-    seed = int(config.get("seed", 0))
-    split = split or config.get("test_split") or config.get("eval_split", "test")
+    seed = int(setting(config, "seed"))
+    split = split or setting(config, "test_split") or setting(config, "eval_split")
     try:
         evaluation.selected_step(ckpt, which)  # no checkpoint at all: said before the data is read
         batches = analysis.collect(
             data_fn(config, split, global_batch_size=int(config.batch_size), seed=seed, train=False, start_step=0),
-            int(config.eval_steps) if config.get("eval_steps") else None, image_norms=info.get("image_norms"))
+            int(setting(config, "eval_steps")) or None, image_norms=info.get("image_norms"))
         # A damaged checkpoint is set aside (a line on stderr) and the next one is evaluated, as training does.
         step, state = evaluation.restore_selected(runner, ckpt, which, batches[0], config)
-        host = runner.host_state(state)
     finally:
         ckpt.close()
-    variables = {"params": host.params}
-    if host.batch_stats:
-        variables["batch_stats"] = host.batch_stats
-    predict = analysis.make_predict_fn(runner.model, jax.device_get(variables))
+    # Every process predicts its rows in the run's parallel mode; the metrics see the whole split's.
+    predict = analysis.runner_predict_fn(runner, state)
     labels, logits, weights = analysis.run_predictions(predict, batches)
     out: Dict[str, Any] = {"step": int(step), "checkpoint": which, "eval_split": split,
                            **analysis.full_metrics(labels, logits, weights, class_names)}
@@ -117,12 +115,13 @@ def evaluate(config, workdir: str, *, which: str = "best", noise_levels: Sequenc
                                            os.path.join(eval_dir, "roc.png"), subtitle=subtitle),
                  "robustness": plots_lib.robustness_plot(out["robustness"], os.path.join(eval_dir, "robustness.png"),
                                                          subtitle=subtitle, chance=1.0 / num_classes)}
-        if config.get("tensorboard", True):
+        if setting(config, "tensorboard"):
             _plots_to_tensorboard(workdir, paths, step)
     if explain > 0:
         from experiments.commands import explain as explain_cmd
 
-        explain_cmd.explain_eval_examples(config, info, runner.model, jax.device_get(variables), batches, explain,
+        variables = jax.device_get(runner.host_state(state).variables)
+        explain_cmd.explain_eval_examples(config, info, runner.model, variables, batches, explain,
                                           os.path.join(eval_dir, "explain"), class_names, plots=plots)
         if console is not None:
             print(f"wrote {eval_dir}/explain/example_*/ ({explain} examples)", file=console)

@@ -12,6 +12,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 import numpy as np
 
 from mmjax import metrics as metrics_lib
+from mmjax.train.predict import gather_rows
 
 NOISE_LEVELS = (0.0, 0.25, 0.5, 1.0, 2.0)
 
@@ -29,16 +30,23 @@ def complete_masks(batch: Mapping[str, Any]) -> Dict[str, Any]:
     return out
 
 
+def model_inputs(batch: Mapping[str, Any]) -> Dict[str, Any]:
+    """The entries of ``batch`` the classifier reads (labels and weights stay on the host)."""
+    return {k: batch[k] for k in ("inputs", "token_mask", "modality_mask") if k in batch}
+
+
 def make_predict_fn(model, variables) -> Callable[[Mapping[str, Any]], np.ndarray]:
-    """batch -> (B, C) float32 logits, one jit for all batches of the same shapes."""
+    """batch -> (B, C) float32 logits, one jit for all batches of the same shapes (host ``variables``)."""
     import jax
 
     fn = jax.jit(lambda v, b: model.apply(v, b, train=False))
+    return lambda batch: np.asarray(fn(variables, model_inputs(batch)), np.float32)
 
-    def predict(batch):
-        b = {k: batch[k] for k in ("inputs", "token_mask", "modality_mask") if k in batch}
-        return np.asarray(fn(variables, b), np.float32)
-    return predict
+
+def runner_predict_fn(runner, state) -> Callable[[Mapping[str, Any]], np.ndarray]:
+    """batch (this process's rows) -> their (B, C) float32 logits, computed in the runner's parallel
+    mode on ``state`` as the runner placed it (:meth:`mmjax.train.parallel.Runner.predict`)."""
+    return lambda batch: np.asarray(runner.predict(state, model_inputs(batch)), np.float32)
 
 
 def collect(batches: Iterable[Mapping[str, Any]], max_batches: Optional[int] = None,
@@ -59,7 +67,10 @@ def collect(batches: Iterable[Mapping[str, Any]], max_batches: Optional[int] = N
 
 def run_predictions(predict, batches: Sequence[Mapping[str, Any]],
                     transform: Optional[Callable[[int, Dict[str, Any]], Dict[str, Any]]] = None):
-    """-> (labels (N,), logits (N, C), weights (N,)) over ``batches`` (padding rows have weight 0)."""
+    """-> (labels (N,), logits (N, C), weights (N,)) over ``batches`` (padding rows have weight 0).
+
+    ``batches`` are this process's rows; N counts every process's (process 0's first: all processes
+    call this together, see :func:`mmjax.train.predict.gather_rows`)."""
     labels, logits, weights = [], [], []
     for i, b in enumerate(batches):
         if transform is not None:
@@ -68,7 +79,7 @@ def run_predictions(predict, batches: Sequence[Mapping[str, Any]],
         labels.append(np.asarray(b["label"]))
         w = b.get("weight")
         weights.append(np.ones(len(b["label"]), np.float32) if w is None else np.asarray(w, np.float32))
-    return np.concatenate(labels), np.concatenate(logits), np.concatenate(weights)
+    return gather_rows((np.concatenate(labels), np.concatenate(logits), np.concatenate(weights)))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -127,7 +138,7 @@ def roc_curves(labels, logits, weights, class_names: Optional[List[str]] = None)
 
 
 def input_stds(batches: Sequence[Mapping[str, Any]]) -> Dict[str, float]:
-    """Std of each float modality's inputs over the eval set (present examples only)."""
+    """Std of each float modality's inputs over the eval set (present examples only; every process's)."""
     out = {}
     for m in batches[0]["inputs"]:
         x0 = np.asarray(batches[0]["inputs"][m])
@@ -140,8 +151,16 @@ def input_stds(batches: Sequence[Mapping[str, Any]]) -> Dict[str, float]:
                 present = present & (np.asarray(b["weight"]) > 0)
             vals.append(np.asarray(b["inputs"][m], np.float64)[present].ravel())
         v = np.concatenate(vals) if vals else np.zeros(1)
-        out[m] = float(v.std()) if v.size else 0.0
+        # Two passes over every process's values (mean, then squared deviations), as np.std does.
+        n = int(_total(v.size))
+        mean = _total(v.sum()) / max(n, 1)
+        out[m] = float(np.sqrt(_total(np.square(v - mean).sum()) / n)) if n else 0.0
     return out
+
+
+def _total(x) -> np.float64:
+    """A per-process number summed over the processes."""
+    return gather_rows(np.asarray([x], np.float64)).sum()
 
 
 def robustness(predict, batches: Sequence[Dict[str, Any]], levels: Sequence[float] = NOISE_LEVELS,

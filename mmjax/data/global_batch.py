@@ -55,6 +55,19 @@ def to_global(batch: Any, sharding: jax.sharding.Sharding) -> Any:
     return jax.device_put(put(_process_sharding(sharding)), sharding)
 
 
+def to_local(x: jax.Array, sharding: jax.sharding.Sharding) -> np.ndarray:
+    """The inverse of :func:`to_global` for one array: a global array with leading dim B whose rows
+    are laid out by ``sharding`` -> this process's rows [p*B/P, (p+1)*B/P) as numpy. Every process
+    must call it (when its rows live on other processes' devices they are first moved on device)."""
+    rows = int(x.shape[0])
+    if not _rows_direct(sharding, rows, jax.process_count()):
+        x = jax.device_put(x, _process_sharding(sharding))
+    shards = {}
+    for s in x.addressable_shards:  # replicas (a tensor axis) hold the same rows: keep one each
+        shards.setdefault(s.index[0].indices(rows)[:2], s.data)
+    return np.concatenate([np.asarray(shards[k]) for k in sorted(shards)])
+
+
 def prefetch_to_device(batches, put: Callable[[Any], Any], size: int = 2):
     """Yields ``put(batch)`` for each host batch, ``size`` batches ahead: the transfers of the next
     batches run while the current step computes (jax dispatches them asynchronously)."""

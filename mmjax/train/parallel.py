@@ -45,6 +45,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from mmjax.data.global_batch import prefetch_to_device, to_global  # noqa: F401 (prefetch_to_device re-exported)
 from mmjax.data.normalize import normalize_images
 from mmjax.sharding import MESH_AXES, BatchShards
+from mmjax.train import predict as predict_lib
 from mmjax.train import step as step_lib
 from mmjax.train.mesh import ParallelConfigError, check_processes, device_grid, mesh_shape, parse_rules  # noqa: F401
 from mmjax.train.pmap_dropout import global_batch_masks
@@ -122,6 +123,7 @@ class Runner:
         self._pmap_devices = None if devices is None else list(devices)
         self._train = None
         self._eval = None
+        self._predict = None
         self.input_norm = dict(input_norm or {})
         self._normalize = jax.jit(functools.partial(normalize_images, norms=self.input_norm, xp=jax.numpy))
 
@@ -275,6 +277,17 @@ class Runner:
             self._compile()
         with self.context():
             return self._eval(state, batch)
+
+    def predict(self, state: TrainState, batch: Mapping[str, Any]) -> PyTree:
+        """The model's eval-mode outputs (a classifier's (B, C) logits) for this process's numpy rows
+        ``batch``, on ``state`` as placed, in this mode -> numpy, those rows in order (every process
+        calls it; :func:`mmjax.train.predict.gather_rows` joins the processes' rows)."""
+        if self._predict is None:
+            self._predict = predict_lib.compile_outputs(self)
+        placed = self.put_batch(batch)
+        with self.context():
+            out = self._predict(state, placed)
+        return predict_lib.process_rows(self, out)
 
     def train_metrics(self, metrics: Dict[str, Any]) -> Dict[str, float]:
         """Device metrics -> python floats (pmap: replicas agree after pmean; take the first)."""
