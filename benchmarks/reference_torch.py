@@ -113,14 +113,16 @@ class ConcatRef(FusionReference):
 
 @_register("sum")
 class SumRef(FusionReference):
-    """sum_m Linear_m(z_m)."""
+    """sum_m Linear_m(z_m), divided by M with ``mean`` (mmjax's default)."""
 
-    def __init__(self, names, dims, out_dim):
+    def __init__(self, names, dims, out_dim, mean: bool = True):
         super().__init__(names, dims, out_dim)
+        self.mean = mean
         self.proj = nn.ModuleList(nn.Linear(d, out_dim) for d in dims)
 
     def forward(self, *xs):
-        return torch.stack([p(x) for p, x in zip(self.proj, xs)], dim=1).sum(dim=1)
+        v = torch.stack([p(x) for p, x in zip(self.proj, xs)], dim=1)
+        return v.mean(dim=1) if self.mean else v.sum(dim=1)
 
     def load_flax(self, params):
         for n, lin in zip(self.names, self.proj):
@@ -188,10 +190,13 @@ class FiLMRef(FusionReference):
 
     x_b is the ``target`` modality (default: first sorted), x_c the others
     concatenated; gamma is parametrised around 1 as in the mmjax block.
+    ``normalize`` (mmjax's default) brings z to zero mean and unit variance (a
+    LayerNorm without parameters); ``normalize=False`` is the published formula.
     """
 
-    def __init__(self, names, dims, out_dim, target: Optional[str] = None):
+    def __init__(self, names, dims, out_dim, target: Optional[str] = None, normalize: bool = True):
         super().__init__(names, dims, out_dim)
+        self.normalize = normalize
         self.t = 0 if target is None else self.names.index(target)
         d_c = sum(dims) - dims[self.t]
         self.base = nn.Linear(dims[self.t], out_dim)
@@ -200,7 +205,8 @@ class FiLMRef(FusionReference):
 
     def forward(self, *xs):
         x_c = torch.cat([x for i, x in enumerate(xs) if i != self.t], dim=-1)
-        return (1 + self.gamma(x_c)) * self.base(xs[self.t]) + self.beta(x_c)
+        z = (1 + self.gamma(x_c)) * self.base(xs[self.t]) + self.beta(x_c)
+        return F.layer_norm(z, z.shape[-1:], eps=1e-6) if self.normalize else z
 
     def load_flax(self, params):
         for k in ("base", "gamma", "beta"):

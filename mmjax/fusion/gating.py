@@ -94,9 +94,18 @@ class FiLMFusion(nn.Module):
     conditioner's scale (std 1.0 on av_digits: a sign flip on ~16% of units,
     and a gradient norm of 23 at step 50).
 
+    With ``normalize=True`` (the default) z goes through a LayerNorm without
+    parameters (zero mean, unit variance over out_dim, eps 1e-6): z is a
+    product of the two encoders' projections, trained through it, and grows
+    with both (on av_digits from std 1.2 at init to 3.4, max |z| 17, after
+    300 steps; a gradient norm of 5.6 at step 50, 1.9 with the LayerNorm; see
+    experiments/SWEEP_av_digits.md). The head's first Dense absorbs a
+    LayerNorm's scale and bias, so none are added and the parameter tree is
+    the same. ``normalize=False`` is the published formula.
+
     Input: pooled (B, D_m) or tokens (B, T_m, D_m) per modality. Output: (B, out_dim).
 
-    Missing modality: a missing conditioner's slice of x_c is zeros, so with
+    Missing modality (z before the LayerNorm): a missing conditioner's slice of x_c is zeros, so with
     all conditioners missing z = (1 + b_gamma) * (W x_b + b) + b_beta. A
     missing target gives x_b = 0, so z = gamma(x_c) * b + beta(x_c): only the
     conditioners speak.
@@ -105,11 +114,13 @@ class FiLMFusion(nn.Module):
       out_dim: output width.
       target: name of the modulated modality; None = the first in sorted order.
       identity_init: start W_gamma at zero (gamma = 1); same parameter tree either way.
+      normalize: unit-scale the output (no parameters, so the tree is the same).
     """
 
     out_dim: int
     target: Optional[str] = None
     identity_init: bool = True
+    normalize: bool = True
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -124,7 +135,8 @@ class FiLMFusion(nn.Module):
         gamma_init = nn.initializers.zeros_init() if self.identity_init else nn.initializers.lecun_normal()
         gamma = 1 + dense(self.out_dim, **kw, kernel_init=gamma_init, name="gamma")(x_c)
         beta = dense(self.out_dim, **kw, name="beta")(x_c)
-        return gamma * base + beta
+        z = gamma * base + beta
+        return _unit_scale(z) if self.normalize else z
 
 
 def _unit_scale(x: jax.Array, eps: float = 1e-6) -> jax.Array:

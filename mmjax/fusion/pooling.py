@@ -58,21 +58,31 @@ def _project_all(module: nn.Module, inputs, out_dim: int) -> jax.Array:
 
 @register("sum")
 class SumFusion(nn.Module):
-    """z = sum_m present_m * (W_m z_m + b_m): every modality projected to ``out_dim``, then summed.
+    """z = s * sum_m present_m * (W_m z_m + b_m): every modality projected to ``out_dim``, then summed.
+
+    With ``mean=True`` (the default) s = 1 / (number of present modalities),
+    a mean: the output keeps the projections' scale whatever M, and at
+    initialisation the block is exactly ``weighted`` (whose softmax weights
+    start at 1/M). The plain sum (``mean=False``, s = 1) is M times that
+    scale; on av_digits (M = 2, same initialisation and data order as
+    ``weighted``) it fell 8 points behind on one seed of three, its audio
+    branch under-trained (projection std 1.7 against the image's 3.7; see
+    experiments/SWEEP_av_digits.md, "film and sum: seed spread").
 
     Input: pooled (B, D_m) or tokens (B, T_m, D_m) (mean-pooled over real
     tokens) per modality, D_m may differ. Output: (B, out_dim).
 
     Missing modality: its whole term, bias included, is zero, so the sum runs
-    over the present modalities only (it is a sum, not a mean: the output
-    scale grows with the number of present modalities). An example with no
-    modality present gets zeros.
+    over the present modalities only (with ``mean=False`` the output scale
+    grows with their number). An example with no modality present gets zeros.
 
     Attributes:
       out_dim: the common projection width.
+      mean: divide by the number of present modalities (no parameters, so the tree is the same).
     """
 
     out_dim: int
+    mean: bool = True
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -81,7 +91,10 @@ class SumFusion(nn.Module):
         inputs = prepare(features, modality_mask, block="sum")
         v = _project_all(self, inputs, self.out_dim)
         present = inputs.present_matrix(bool)[..., None]
-        return jnp.where(present, v, 0).sum(axis=1)
+        z = jnp.where(present, v, 0).sum(axis=1)
+        if self.mean:
+            z = z / jnp.maximum(present.sum(axis=1), 1).astype(z.dtype)
+        return z
 
 
 @register("weighted")

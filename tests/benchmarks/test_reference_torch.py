@@ -22,11 +22,14 @@ ATT = dict(dim=8, num_heads=2)
 CASES = [
     ("concat", {}, False, 3),
     ("sum", {}, False, 3),
+    ("sum", {"mean": False}, False, 3),  # the plain sum; the default divides by M
     ("weighted", {}, False, 3),
     # normalize=False: the published GMU; the default unit-scales each input first.
     ("gated", {"normalize": False}, False, 3),
     ("gated", {"gate": "sigmoid", "normalize": False}, False, 2),
     ("gated", {}, False, 2),
+    # normalize=False: the published FiLM; the default unit-scales the output.
+    ("film", {"normalize": False}, False, 3),
     ("film", {}, False, 3),
     ("film", {"target": "m1"}, False, 2),
     # normalize=False: MultiBench's TFN / LMF formulas; the default adds a LayerNorm on the output.

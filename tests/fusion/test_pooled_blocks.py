@@ -27,12 +27,14 @@ CASES = {
     "concat": ("concat", {"out_dim": None}, "abc"),
     "concat_proj": ("concat", {"out_dim": OUT}, "abc"),
     "sum": ("sum", {"out_dim": OUT}, "abc"),
+    "sum_plain": ("sum", {"out_dim": OUT, "mean": False}, "abc"),  # the plain sum
     "weighted": ("weighted", {"out_dim": OUT}, "abc"),
     "gated": ("gated", {"out_dim": OUT}, "abc"),
     "gated_sigmoid": ("gated", {"out_dim": OUT, "gate": "sigmoid"}, "ab"),
     "gated_paper": ("gated", {"out_dim": OUT, "normalize": False}, "abc"),  # the published GMU
     "film": ("film", {"out_dim": OUT}, "abc"),
     "film_target": ("film", {"out_dim": OUT, "target": "c"}, "abc"),
+    "film_paper": ("film", {"out_dim": OUT, "normalize": False}, "abc"),  # the published formula
     # normalize=False: the papers' TFN / LMF formulas; the *_norm cases add the default output LayerNorm.
     "tensor": ("tensor", {"out_dim": OUT, "normalize": False}, "abc"),
     "tensor_pre": ("tensor", {"out_dim": OUT, "pre_dim": 2, "normalize": False}, "abc"),
@@ -169,7 +171,8 @@ def reference(case_id, params, feats, mask):
     if name in ("sum", "weighted"):
         v = np.stack([lin(P[f"proj_{n}"], z[n]) for n in names], 1)
         if name == "sum":
-            return (v * pr[..., None]).sum(1)
+            count = np.maximum(pr.sum(1), 1)[:, None] if cfg.get("mean", True) else 1.0  # default: the mean
+            return (v * pr[..., None]).sum(1) / count
         w = np_softmax_present(np.broadcast_to(P["modality_logits"], pr.shape), pr, 1)
         return (w[..., None] * v).sum(1)
     if name == "gated":
@@ -187,7 +190,10 @@ def reference(case_id, params, feats, mask):
     if name == "film":
         t = cfg.get("target") or names[0]
         xc = np.concatenate([z[n] for n in names if n != t], -1)
-        return (1 + lin(P["gamma"], xc)) * lin(P["base"], z[t]) + lin(P["beta"], xc)
+        out = (1 + lin(P["gamma"], xc)) * lin(P["base"], z[t]) + lin(P["beta"], xc)
+        if cfg.get("normalize", True):  # the default: zero mean, unit variance over out_dim (no params)
+            out = (out - out.mean(-1, keepdims=True)) / np.sqrt(out.var(-1, keepdims=True) + 1e-6)
+        return out
     if name == "tensor":
         hs = [z[n] for n in names]
         if cfg.get("pre_dim"):
@@ -276,7 +282,7 @@ def test_masked_garbage_changes_nothing(case_id):
 
 
 def test_no_modality_present_gives_zero_where_documented():
-    for case_id in ["sum", "weighted", "gated", "gated_sigmoid", "late_mean", "late_learned", "bilinear"]:
+    for case_id in ["sum", "sum_plain", "weighted", "gated", "gated_sigmoid", "late_mean", "late_learned", "bilinear"]:
         case = get_case(case_id)
         out = case(make_features(case.mods, 5), some_missing(case.mods))
         np.testing.assert_array_equal(out[3], 0.0, err_msg=case_id)
