@@ -8,8 +8,8 @@ decoder width; the decoder (``"transformer"`` or ``"lstm"``, see
 Captions are ``batch["inputs"][target]``: (B, L) int32 ids, 0 = padding, each
 ending with ``eos_id`` when it fits. Teacher forcing feeds the decoder
 ``[bos, y_1, ..., y_{L-1}]`` and scores ``[y_1, ..., y_L]``, so ``apply`` returns
-logits (B, L, V) aligned with the caption itself; :func:`caption_loss` is the
-matching masked cross-entropy.
+logits (B, L, V) aligned with the caption itself; :func:`mmjax.losses.caption.caption_loss`
+is the matching masked cross-entropy (re-exported here).
 
 >>> model = Captioner(encoder={"encoder": "vit", ...}, vocab_size=1000, max_len=32)
 >>> logits = model.apply(variables, batch)                       # (B, 32, 1000)
@@ -17,7 +17,7 @@ matching masked cross-entropy.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Mapping, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -28,6 +28,7 @@ from mmjax import errors
 from mmjax import tokenizer
 from mmjax.layers import dense
 from mmjax.layers.decoder import LSTMDecoder, TransformerDecoder
+from mmjax.losses.caption import caption_loss, token_nll
 from mmjax.models import decoding
 from mmjax.sharding import EMBED, FUSION_IN
 
@@ -53,41 +54,6 @@ def strip_bos(targets: Array, bos_id: int, pad_id: int = 0) -> Array:
     """
     shifted = jnp.concatenate([targets[:, 1:], jnp.full_like(targets[:, :1], pad_id)], axis=1)
     return jnp.where(targets[:, :1] == bos_id, shifted, targets)
-
-
-def token_nll(logits: Array, targets: Array, label_smoothing: float = 0.0) -> Tuple[Array, Array]:
-    """(B, L, V) logits, (B, L) int targets -> ((B, L) f32 negative log-likelihood, (B, L, V) log-probs);
-    ``label_smoothing`` spreads that mass uniformly over the vocabulary."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-    if label_smoothing:
-        nll = (1 - label_smoothing) * nll - label_smoothing * logp.mean(-1)
-    return nll, logp
-
-
-def caption_loss(
-    logits: Array, targets: Array, pad_id: int = 0, label_smoothing: float = 0.0
-) -> Tuple[Array, Dict[str, Array]]:
-    """Token cross-entropy averaged over non-padding targets.
-
-    Args:
-      logits: (B, L, V); targets: (B, L) int, ``pad_id`` marks padding.
-      label_smoothing: mass spread uniformly over the vocabulary.
-
-    Returns:
-      (loss, {"loss", "token_accuracy", "num_tokens"}); an all-padding batch
-      gives loss 0, not NaN.
-    """
-    if logits.shape[:2] != targets.shape:
-        raise CaptionerConfigError(
-            f"caption_loss: logits {tuple(logits.shape)} do not match targets {tuple(targets.shape)}"
-        )
-    nll, logp = token_nll(logits, targets, label_smoothing)
-    mask = (targets != pad_id).astype(jnp.float32)
-    count = mask.sum()
-    loss = (nll * mask).sum() / jnp.maximum(count, 1.0)
-    acc = ((jnp.argmax(logp, -1) == targets) * mask).sum() / jnp.maximum(count, 1.0)
-    return loss, {"loss": loss, "token_accuracy": acc, "num_tokens": count}
 
 
 class Captioner(nn.Module):

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from mmjax import encoders as encoder_registry
 from mmjax import errors
 from mmjax.layers import dense
-from mmjax.models import contrastive_loss as losses
+from mmjax.losses import contrastive as losses
 from mmjax.sharding import EMBED, FUSION_OUT, BatchShards
 
 Array = jax.Array

@@ -15,8 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmjax import caption_metrics
-from mmjax.models.captioner import Captioner, generate, strip_bos, token_nll
+from mmjax.losses.caption import token_nll
+from mmjax.metrics import caption as caption_metrics
+from mmjax.models.captioner import Captioner, generate, strip_bos
 from mmjax.sharding import BatchShards
 from mmjax.train import files
 from mmjax.train.config_access import setting

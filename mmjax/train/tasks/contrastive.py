@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmjax.models import retrieval
+from mmjax.metrics import retrieval
 from mmjax.models.contrastive import ContrastiveModel
 from mmjax.sharding import BatchShards
 from mmjax.train.config_access import as_dict as _as_dict, get as _get, setting
