@@ -1,7 +1,8 @@
 """Runner.predict: the model's logits in the runner's own parallel mode equal a plain ``model.apply``
 on the host params (single mode in process; sharded with params split over fsdp and tensor, and
-pmap, on 8 CPU devices in a child process)."""
+pmap, on 8 CPU devices in a child process; two processes, whose rows gather_rows joins)."""
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -58,6 +59,36 @@ CHILD = textwrap.dedent(
     """
 )
 
+# One of two processes (gloo) with one device each: every process predicts its 8 rows of a 16-row
+# batch; with tensor=2 the rows cross processes both ways. gather_rows joins them in process order.
+PROCESS = textwrap.dedent(
+    """
+    import os, sys
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0"
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    import jax
+    from mmjax.train import distributed
+    distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
+    """
+) + SETUP + textwrap.dedent(
+    """
+    from jax.experimental import multihost_utils
+    from mmjax.train.predict import gather_rows
+    p = jax.process_index()
+    for mesh in ({"data": -1}, {"tensor": 2}):
+        model = build_classifier(MODEL, 3)
+        runner = Runner("sharded", model, lambda params: optax.sgd(0.1), task=ClassificationLoss(num_classes=3),
+                        mesh_cfg=mesh)
+        full = batch(16, 1)
+        mine = jax.tree.map(lambda x: x[8 * p:8 * (p + 1)], full)
+        state = runner.create_state(mine, jax.random.PRNGKey(0))
+        host = multihost_utils.process_allgather(state.variables, tiled=True)
+        got = gather_rows(runner.predict(state, mine))
+        np.testing.assert_allclose(got, model.apply(host, full, train=False), rtol=1e-5, atol=1e-6, err_msg=str(mesh))
+    print("PROCESS_OK")
+    """
+)
+
 
 def test_single_mode_predict_equals_model_apply():
     namespace = {}
@@ -66,11 +97,32 @@ def test_single_mode_predict_equals_model_apply():
     namespace["check"]("sharded", {"data": -1}, rows=4)  # the sharded path on this process's devices
 
 
-@pytest.mark.multidevice
-def test_sharded_and_pmap_predict_equal_model_apply_on_8_devices():
+def _env():
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=300)
+    return env
+
+
+@pytest.mark.multidevice
+def test_sharded_and_pmap_predict_equal_model_apply_on_8_devices():
+    proc = subprocess.run([sys.executable, "-c", CHILD], env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "PREDICT_OK" in proc.stdout, proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_two_processes_predict_their_rows_and_gather_the_batch():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [subprocess.Popen([sys.executable, "-c", PROCESS, f"127.0.0.1:{port}", str(i)], env=_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=300)
+            assert proc.returncode == 0 and "PROCESS_OK" in out, out[-3000:] + err[-3000:]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
