@@ -34,7 +34,7 @@ def _save(tmp_path):
 
 
 def test_sharded_conversion_places_each_devices_slice_with_the_native_axes(tmp_path):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8",
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=1",
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     p = subprocess.run([sys.executable, CHILD, *_save(tmp_path)], capture_output=True, text=True, env=env,
                        timeout=300, cwd=ROOT)

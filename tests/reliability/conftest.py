@@ -31,7 +31,8 @@ def cache_dir(tmp_path_factory):
 def child_env(cache_dir, devices=1, **extra):
     env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=cache_dir,
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} --xla_cpu_multi_thread_eigen=false")
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} --xla_cpu_multi_thread_eigen=false "
+                         "--xla_backend_optimization_level=1")
     env.pop("MMJAX_FAULT", None)
     env.update({k: str(v) for k, v in extra.items()})
     return env

@@ -24,7 +24,8 @@ parser.add_argument("--num_processes", type=int)
 parser.add_argument("--process_id", type=int)
 parser.add_argument("--workdir")
 args = parser.parse_args()
-os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
+os.environ["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={args.devices} "
+                           "--xla_backend_optimization_level=1")
 os.environ["JAX_PLATFORMS"] = "cpu"
 
 import jax  # noqa: E402

@@ -44,7 +44,7 @@ SETUP = textwrap.dedent(
 CHILD = textwrap.dedent(
     """
     import os
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=1"
     os.environ["JAX_PLATFORMS"] = "cpu"
     """
 ) + SETUP + textwrap.dedent(
@@ -64,7 +64,7 @@ CHILD = textwrap.dedent(
 PROCESS = textwrap.dedent(
     """
     import os, sys
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0"
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=1"
     os.environ["JAX_PLATFORMS"] = "cpu"
     import jax
     from mmjax.train import distributed
