@@ -11,9 +11,16 @@ from typing import Dict, Tuple
 import jax
 import jax.numpy as jnp
 
-from mmjax.losses.classification import LossConfigError
+from mmjax import errors
 
 Array = jax.Array
+
+
+class CaptionerConfigError(errors.ConfigError):
+    """Bad captioner config or batch (decoder kind, ids, missing modality, logits/targets shapes).
+
+    Defined with the caption loss, which raises it too; :mod:`mmjax.models.captioner` re-exports it.
+    """
 
 
 def token_nll(logits: Array, targets: Array, label_smoothing: float = 0.0) -> Tuple[Array, Array]:
@@ -40,7 +47,7 @@ def caption_loss(
       gives loss 0, not NaN.
     """
     if logits.shape[:2] != targets.shape:
-        raise LossConfigError(
+        raise CaptionerConfigError(
             f"caption_loss: logits {tuple(logits.shape)} do not match targets {tuple(targets.shape)}"
         )
     nll, logp = token_nll(logits, targets, label_smoothing)
@@ -51,4 +58,4 @@ def caption_loss(
     return loss, {"loss": loss, "token_accuracy": acc, "num_tokens": count}
 
 
-__all__ = ["caption_loss", "token_nll"]
+__all__ = ["CaptionerConfigError", "caption_loss", "token_nll"]

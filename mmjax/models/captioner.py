@@ -24,20 +24,15 @@ import jax
 import jax.numpy as jnp
 
 from mmjax import encoders as encoder_registry
-from mmjax import errors
 from mmjax import tokenizer
 from mmjax.layers import dense
 from mmjax.layers.decoder import LSTMDecoder, TransformerDecoder
-from mmjax.losses.caption import caption_loss, token_nll
+from mmjax.losses.caption import CaptionerConfigError, caption_loss, token_nll
 from mmjax.models import decoding
 from mmjax.sharding import EMBED, FUSION_IN
 
 Array = jax.Array
 DECODERS = ("transformer", "lstm")
-
-
-class CaptionerConfigError(errors.ConfigError):
-    """Bad captioner config or batch (decoder kind, ids, missing modality)."""
 
 
 def shift_right(targets: Array, bos_id: int) -> Array:
