@@ -28,8 +28,9 @@ def _hand_run(model_config, train, test):
         logits = model.apply({"params": p}, train)
         return optax.softmax_cross_entropy_with_integer_labels(logits, train["label"]).mean()
 
+    grad_fn = jax.jit(jax.value_and_grad(loss_fn))  # one compile, not one per op
     for _ in range(STEPS):
-        loss, grads = jax.value_and_grad(loss_fn)(params)
+        loss, grads = grad_fn(params)
         updates, opt = tx.update(grads, opt, params)
         params = optax.apply_updates(params, updates)
     acc = [float(np.mean(np.argmax(model.apply({"params": params}, b), -1) == b["label"])) for b in (train, test)]
