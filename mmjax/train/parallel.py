@@ -279,14 +279,11 @@ class Runner:
             return self._eval(state, batch)
 
     def predict(self, state: TrainState, batch: Mapping[str, Any]) -> PyTree:
-        """The model's eval-mode outputs (a classifier's (B, C) logits) for this process's numpy rows
-        ``batch``, on ``state`` as placed, in this mode -> numpy, those rows in order (every process
-        calls it; :func:`mmjax.train.predict.gather_rows` joins the processes' rows)."""
-        if self._predict is None:
-            self._predict = predict_lib.compile_outputs(self)
-        placed = self.put_batch(batch)
+        """Eval-mode outputs (logits (B, C)) of this process's numpy rows on ``state`` as placed -> numpy,
+        the same rows in order (:mod:`mmjax.train.predict`; its ``gather_rows`` joins the processes')."""
+        self._predict = self._predict or predict_lib.compile_outputs(self)
         with self.context():
-            out = self._predict(state, placed)
+            out = self._predict(state, self.put_batch(batch))
         return predict_lib.process_rows(self, out)
 
     def train_metrics(self, metrics: Dict[str, Any]) -> Dict[str, float]:
