@@ -131,10 +131,13 @@ class DeepsetTransformerRef(DeepsetRef):
 
 @_register("multiplicative")
 class MultiplicativeRef(FusionReference):
-    """MultiBench MultiplicativeInteractions2Modal (matrix / vector / scalar), chained over ``order``."""
+    """MultiBench MultiplicativeInteractions2Modal (matrix / vector / scalar), chained over ``order``.
+
+    ``normalize`` (mmjax's default) adds its LayerNorm over the output; ``normalize=False`` is MultiBench's.
+    """
 
     def __init__(self, names, dims, out_dim, output: str = "matrix", mi_dim: Optional[int] = None,
-                 order: Optional[Sequence[str]] = None):
+                 order: Optional[Sequence[str]] = None, normalize: bool = True):
         super().__init__(names, dims, out_dim)
         self.output, o = output, mi_dim or out_dim
         self.order = [self.names.index(n) for n in order] if order is not None else list(range(len(dims)))
@@ -147,6 +150,7 @@ class MultiplicativeRef(FusionReference):
             self.links.append(nn.ParameterList(nn.Parameter(torch.zeros(s)) for s in shapes))
             h = o if output == "matrix" else d
         self.proj = nn.Linear(h, out_dim) if h != out_dim else None
+        self.norm = nn.LayerNorm(out_dim, eps=LN_EPS) if normalize else None
 
     def forward(self, *xs):
         m1 = xs[self.order[0]]
@@ -162,7 +166,8 @@ class MultiplicativeRef(FusionReference):
                 Wprime = torch.matmul(m1, W.unsqueeze(1)).squeeze(1) + V
                 bprime = torch.matmul(m1, U.unsqueeze(1)).squeeze(1) + b
                 m1 = Wprime.unsqueeze(1) * m2 + bprime.unsqueeze(1)
-        return self.proj(m1) if self.proj is not None else m1
+        m1 = self.proj(m1) if self.proj is not None else m1
+        return self.norm(m1) if self.norm is not None else m1
 
     def load_flax(self, params):
         for k, link in enumerate(self.links, start=1):
@@ -170,6 +175,8 @@ class MultiplicativeRef(FusionReference):
                 _copy(p, params[f"link_{k}_{s}"], f"multiplicative.link_{k}_{s}")
         if self.proj is not None:
             load_linear(self.proj, params["proj"])
+        if self.norm is not None:
+            load_layer_norm(self.norm, params["norm"])
 
 
 @_register("nl_gate")

@@ -12,7 +12,7 @@ from typing import Any, List
 from mmjax.encoders.registry import ENCODERS
 
 # Each import registers its encoders.
-from mmjax.encoders import vector, image, text, audio, video, pretrained  # noqa: E402,F401
+from mmjax.encoders import vector, image, text, audio, video, video_frames, pretrained  # noqa: E402,F401
 
 
 def create(name: str, **config: Any):

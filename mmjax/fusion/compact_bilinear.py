@@ -49,6 +49,7 @@ class MCBFusion(_Family):
 
         Psi_m = count_sketch(x_m; h_m, s_m)                (B, mm_dim), no learned weights
         z = IFFT(FFT(Psi_1) * FFT(Psi_2) * ... * FFT(Psi_M)) (B, mm_dim), real FFTs in float32
+        z = power_l2(z) if normalize                         signed sqrt + L2, as in Fukui et al.
         out = act_out(W_out z + b_out)                       (B, out_dim)
 
     z is the circular convolution of the sketches, i.e. the count sketch of
@@ -70,14 +71,18 @@ class MCBFusion(_Family):
       mm_dim: sketch length; 16000 in the published code.
       activ_output: "relu" (published), "tanh", "sigmoid" or None.
       seed: fixes the count-sketch hashes (with the modality names).
+      normalize: signed sqrt + L2 normalisation of z, the paper's (block.bootstrap's code has none).
       dropout_rate: dropout on the output (published ``dropout_output``), train only.
+      eps: normalisation epsilon.
     """
 
     out_dim: int
     mm_dim: int = 16000
     activ_output: Optional[str] = "relu"
     seed: int = 1
+    normalize: bool = False
     dropout_rate: float = 0.0
+    eps: float = 1e-8
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     block_name = "mcb"
@@ -92,8 +97,10 @@ class MCBFusion(_Family):
             h, s = count_sketch_hashes(n, x.shape[-1], self.mm_dim, self.seed)
             f = jnp.fft.rfft(count_sketch(x, h, s, self.mm_dim), axis=-1)
             spectrum = f if spectrum is None else spectrum * f
-        z = jnp.fft.irfft(spectrum, n=self.mm_dim, axis=-1).astype(self.dtype)
-        z = self._dense(self.out_dim, "linear_out")(z)
+        z = jnp.fft.irfft(spectrum, n=self.mm_dim, axis=-1)
+        if self.normalize:
+            z = power_l2(z, self.eps)
+        z = self._dense(self.out_dim, "linear_out")(z.astype(self.dtype))
         z = get_activation(self.activ_output, "mcb", "activ_output")(z)
         return nn.Dropout(self.dropout_rate)(z, deterministic=not train)
 

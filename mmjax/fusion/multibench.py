@@ -17,6 +17,7 @@ from mmjax.fusion.base import FusionInputError, prepare
 from mmjax.fusion.multibench_cost import MI_FORMS, _mi_shapes  # importing registers the cost models
 from mmjax.fusion.registry import register
 from mmjax.layers import dense
+from mmjax.layers.transformer import layer_norm
 from mmjax.sharding import FUSION_IN, FUSION_OUT, NORM, logical
 
 Array = jax.Array
@@ -47,12 +48,16 @@ class MultiplicativeFusion(nn.Module):
       mi_dim: o, the matrix form's width; None = out_dim.
       order: the chain order of the modality names; None = sorted (MultiBench's
         ``flip=True`` is order=(second, first)).
+      normalize: a LayerNorm (``norm``) over the (B, out_dim) output; False is the
+        published formula. The bilinear term grows as the product of the two
+        encoders' features while both train through it, as in ``tensor``.
     """
 
     out_dim: int
     output: str = "matrix"
     mi_dim: Optional[int] = None
     order: Optional[Sequence[str]] = None
+    normalize: bool = True
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -71,7 +76,7 @@ class MultiplicativeFusion(nn.Module):
             h = self._link(f"link_{k}", h, y, o)
         if h.shape[-1] != self.out_dim:
             h = dense(self.out_dim, dtype=self.dtype, param_dtype=self.param_dtype, name="proj")(h)
-        return h
+        return layer_norm(self.dtype, self.param_dtype, "norm")(h) if self.normalize else h
 
     def _link(self, name: str, x: Array, y: Array, o: int) -> Array:
         """One interaction: context x (B, d_1), input y (B, d_2) -> (B, o) or (B, d_2)."""

@@ -26,8 +26,10 @@ def _mi_width(form: str, d2: int, o: int) -> int:
 
 
 @register_cost("multiplicative")
-def _multiplicative_cost(dims, out_dim, output="matrix", mi_dim=None, order=None, names=None, **config) -> Cost:
-    """Exact params; FLOPs of the contractions (elementwise gating not counted).
+def _multiplicative_cost(dims, out_dim, output="matrix", mi_dim=None, order=None, names=None, normalize=True,
+                         **config) -> Cost:
+    """Exact params (the LayerNorm's 2 * out_dim with ``normalize``); FLOPs of the contractions (elementwise
+    gating and the LayerNorm not counted).
 
     ``order`` (names) needs ``names`` (the sorted modality names) to reorder ``dims``.
     """
@@ -47,7 +49,7 @@ def _multiplicative_cost(dims, out_dim, output="matrix", mi_dim=None, order=None
     if h != out_dim:
         params += (h + 1) * out_dim
         flops += 2 * h * out_dim
-    return Cost(params=params, flops=flops)
+    return Cost(params=params + (2 * out_dim if normalize else 0), flops=flops)
 
 
 @register_cost("nl_gate")

@@ -67,7 +67,7 @@ CASES = [
     ("deepset", {"pooling": "mean", "norm_factor": 1.5}, False, 3),
     ("deepset_transformer", {"proj_dim": 4, "num_heads": 2, "num_layers": 2, "hidden_dims": (5,)}, False, 3),
     ("multiplicative", {}, False, 3),
-    ("multiplicative", {"output": "vector"}, False, 2),
+    ("multiplicative", {"output": "vector", "normalize": False}, False, 2),
     ("multiplicative", {"output": "scalar", "order": ("m1", "m0")}, False, 2),
     ("nl_gate", {}, True, 2),
     ("nl_gate", {"query": "m1", "dim": 3, "kv_tokens": 2}, True, 2),

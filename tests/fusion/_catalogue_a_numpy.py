@@ -137,7 +137,8 @@ def multiplicative(P, cfg, feats, mask):
             h = (h @ W + V) * y + h @ U + b
         else:
             h = (h @ W + V)[:, None] * y + (h @ U + b)[:, None]
-    return lin(P["proj"], h) if "proj" in P else h
+    h = lin(P["proj"], h) if "proj" in P else h
+    return layer_norm(P["norm"], h) if cfg.get("normalize", True) else h
 
 
 def nl_gate(P, cfg, feats, mask):

@@ -75,7 +75,7 @@ def sketch_hashes(name, d, mm_dim, seed):
     return h, 2 * rng.integers(0, 2, size=d) - 1
 
 
-def mcb_np(p, xs, mm_dim, seed=1):
+def mcb_np(p, xs, mm_dim, seed=1, normalize=False):
     spectrum = 1.0
     for n, x in xs.items():
         h, s = sketch_hashes(n, x.shape[-1], mm_dim, seed)
@@ -84,7 +84,7 @@ def mcb_np(p, xs, mm_dim, seed=1):
             psi[:, h[i]] += s[i] * x[:, i]
         spectrum = spectrum * np.fft.rfft(psi, axis=-1)
     z = np.fft.irfft(spectrum, n=mm_dim, axis=-1)
-    return ACT["relu"](lin(p["linear_out"], z))
+    return ACT["relu"](lin(p["linear_out"], power_l2(z) if normalize else z))
 
 
 def linear_sum_np(p, xs, mm_dim, normalize=False):
@@ -111,6 +111,7 @@ CASES = [
     ("block", dict(mm_dim=8, chunks=2, rank=2, pos_norm="after_cat"), block_np),
     ("mcb", dict(mm_dim=16), mcb_np),
     ("mcb", dict(mm_dim=9, seed=7), mcb_np),
+    ("mcb", dict(mm_dim=16, normalize=True), mcb_np),
     ("linear_sum", dict(mm_dim=7), linear_sum_np),
     ("linear_sum", dict(mm_dim=7, normalize=True), linear_sum_np),
     ("concat_mlp", dict(dimensions=(8, 6)), concat_mlp_np),

@@ -17,7 +17,7 @@ import pytest
 import mmjax.fusion as F
 from mmjax.errors import ConfigError
 from mmjax.fusion.attention import AttentionConfigError
-from _catalogue_a_numpy import reference
+from _catalogue_a_numpy import layer_norm as numpy_layer_norm, reference
 
 B, OUT = 4, 6
 DIMS = {"a": 3, "b": 4, "c": 2, "d": 3}
@@ -42,7 +42,7 @@ CASES = {
     "deepset_transformer": ("deepset_transformer", {"out_dim": OUT, "proj_dim": 4, "num_heads": 2,
                                                     "num_layers": 2, "hidden_dims": (5,)}, "abc", TOKENS, DIMS),
     "mi_matrix": ("multiplicative", {"out_dim": OUT}, "abc", TOKENS, DIMS),
-    "mi_vector": ("multiplicative", {"out_dim": OUT, "output": "vector"}, "abc", TOKENS, DIMS),
+    "mi_vector": ("multiplicative", {"out_dim": OUT, "output": "vector", "normalize": False}, "abc", TOKENS, DIMS),
     "mi_scalar_flip": ("multiplicative", {"out_dim": OUT, "output": "scalar", "order": ("b", "a")}, "ab",
                        TOKENS, DIMS),
     "nl_gate": ("nl_gate", {"out_dim": OUT}, "ab", {"a": 2, "b": 3}, DIMS),
@@ -192,12 +192,12 @@ def test_documented_mask_semantics():
     q = feats["a"].reshape(B, -1).astype(np.float64)
     out = case.params["out"]
     assert_close(np.asarray(case(feats, mask)), q @ out["kernel"] + out["bias"])
-    # multiplicative: a missing input y leaves the context's own term x U + b.
+    # multiplicative: a missing input y leaves the context's own term x U + b (then the LayerNorm).
     case = get_case("mi_matrix", "ab")
     feats = case.features(10)
     x = feats["a"].astype(np.float64)
     p = case.params
-    want = x @ p["link_1_U"] + p["link_1_b"]
+    want = numpy_layer_norm(p["norm"], x @ p["link_1_U"] + p["link_1_b"])
     assert_close(np.asarray(case(feats, {"a": np.ones(B, bool), "b": np.zeros(B, bool)})), want)
 
 
